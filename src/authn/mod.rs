@@ -1,0 +1,400 @@
+//! Caller identity: the embedded issuer (signing keys, minting, JWKS) and bearer-token
+//! verification.
+//!
+//! Every call carries a bearer token. Its signature (ES256 only; `none` and HMAC are never
+//! accepted), `typ` (`at+jwt`), `iss` (exact), `aud` (this broker or the mission's resource URL),
+//! `exp` and `nbf` (30 s leeway) are checked. A verified token is cached by its SHA-256 until it
+//! expires, so its signature is checked once. External issuers, the agent registry, token exchange
+//! and `act` chains build on [`Caller`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::store::{ISSUER_KEY, KEYS_TREE, Store};
+
+/// `typ` header of access tokens (RFC 9068).
+pub const TOKEN_TYPE: &str = "at+jwt";
+/// Clock leeway for `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+/// Longest lifetime `mandate token` will mint.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Claims of a Mandate access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub jti: String,
+    pub tenant: String,
+    /// The agent (client) acting for `sub`.
+    pub azp: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+/// A verified caller: the human (or service) `subject` and the `agent` acting for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub tenant: String,
+    pub agent: String,
+    pub roles: Vec<String>,
+    pub token_id: String,
+    /// The token's `aud`.
+    pub audience: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Caller {
+    /// Whether the token has expired (with leeway).
+    pub fn expired(&self) -> bool {
+        unix_now() > self.expires_at + LEEWAY_SECS
+    }
+}
+
+/// Why a token was refused. Always maps to HTTP 401.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AuthnError {
+    #[error("no bearer token: send `Authorization: Bearer <token>` (mint one with `mandate token`)")]
+    Missing,
+    #[error("malformed `Authorization` header: expected `Bearer <token>`")]
+    Malformed,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired: mint a new one with `mandate token`")]
+    Expired,
+}
+
+impl AuthnError {
+    /// Whether a token was presented (RFC 6750: no `error=` when there were no credentials).
+    pub fn token_presented(&self) -> bool {
+        !matches!(self, AuthnError::Missing)
+    }
+}
+
+/// The embedded issuer: an ES256 key kept in the store, published as a JWKS.
+pub struct Issuer {
+    issuer: String,
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwks: serde_json::Value,
+    cache: Mutex<HashMap<[u8; 32], Arc<Caller>>>,
+}
+
+impl Issuer {
+    /// Loads the issuer key from the store, creating it on first use.
+    pub fn load_or_create(store: &Store, issuer: &str) -> anyhow::Result<Self> {
+        let tree = store.tree(KEYS_TREE)?;
+        let pem = match tree.get(ISSUER_KEY)? {
+            Some(pem) => String::from_utf8(pem.to_vec())?,
+            None => {
+                let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+                let pem = key.to_pkcs8_pem(LineEnding::LF)?.to_string();
+                tree.insert(ISSUER_KEY, pem.as_bytes())?;
+                tree.flush()?;
+                pem
+            }
+        };
+        Self::from_pem(&pem, issuer)
+    }
+
+    fn from_pem(pem: &str, issuer: &str) -> anyhow::Result<Self> {
+        let secret = p256::SecretKey::from_pkcs8_pem(pem)?;
+        let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+            &secret.public_key(),
+            false,
+        );
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            anyhow::bail!("issuer key has no affine coordinates");
+        };
+        let (x, y) = (b64.encode(x), b64.encode(y));
+        let kid = hex::encode(&sha2::Sha256::digest(format!("{x}.{y}"))[..8]);
+        let jwks = serde_json::json!({
+            "keys": [{ "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "use": "sig", "alg": "ES256" }]
+        });
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            kid,
+            encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
+            decoding: DecodingKey::from_ec_components(&x, &y)?,
+            jwks,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    /// Mints an access token.
+    pub fn mint(&self, request: &TokenRequest) -> anyhow::Result<MintedToken> {
+        if request.ttl.is_zero() || request.ttl > MAX_TTL {
+            anyhow::bail!("`ttl` must be between 1s and 24h");
+        }
+        for (name, value) in [
+            ("sub", &request.subject),
+            ("tenant", &request.tenant),
+            ("agent", &request.agent),
+        ] {
+            if value.trim().is_empty() {
+                anyhow::bail!("`{name}` must not be empty");
+            }
+        }
+        let now = unix_now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: request.subject.clone(),
+            aud: request.audience.clone(),
+            exp: now + request.ttl.as_secs(),
+            iat: now,
+            nbf: now,
+            jti: random_id(),
+            tenant: request.tenant.clone(),
+            azp: request.agent.clone(),
+            roles: request.roles.clone(),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(TOKEN_TYPE.to_owned());
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
+        Ok(MintedToken {
+            token,
+            claims,
+        })
+    }
+
+    /// Verifies a bearer token for a resource: `aud` must be one of `audiences`.
+    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Arc<Caller>, AuthnError> {
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Ok(cache) = self.cache.lock()
+            && let Some(caller) = cache.get(&key)
+        {
+            if caller.expired() {
+                return Err(AuthnError::Expired);
+            }
+            if !audiences.contains(&caller.audience.as_str()) {
+                return Err(AuthnError::Invalid(
+                    "token audience is not this resource".into(),
+                ));
+            }
+            return Ok(caller.clone());
+        }
+        let caller = Arc::new(self.verify_uncached(token, audiences)?);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 10_000 {
+                cache.retain(|_, c| !c.expired());
+            }
+            cache.insert(key, caller.clone());
+        }
+        Ok(caller)
+    }
+
+    fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, AuthnError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthnError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::ES256 {
+            return Err(AuthnError::Invalid(format!(
+                "algorithm `{:?}` is not allowed",
+                header.alg
+            )));
+        }
+        if header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(AuthnError::Invalid(format!(
+                "token type must be `{TOKEN_TYPE}`"
+            )));
+        }
+        if header.kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(AuthnError::Invalid("unknown signing key".into()));
+        }
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[self.issuer.as_str()]);
+        validation.set_audience(audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthnError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    AuthnError::Invalid("token audience is not this resource".into())
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                    AuthnError::Invalid("token issuer is not trusted".into())
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    AuthnError::Invalid("bad signature".into())
+                }
+                _ => AuthnError::Invalid(e.to_string()),
+            },
+        )?;
+        let c = data.claims;
+        Ok(Caller {
+            subject: c.sub,
+            tenant: c.tenant,
+            agent: c.azp,
+            roles: c.roles,
+            token_id: c.jti,
+            audience: c.aud,
+            expires_at: c.exp,
+        })
+    }
+}
+
+/// What `mandate token` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub subject: String,
+    pub tenant: String,
+    pub agent: String,
+    /// The broker's public URL, or a mission's resource URL.
+    pub audience: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(with = "humantime_serde_secs")]
+    pub ttl: Duration,
+}
+
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+/// A minted token and its claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MintedToken {
+    pub token: String,
+    pub claims: Claims,
+}
+
+/// Extracts the bearer token from an `Authorization` header value.
+pub fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthnError> {
+    let Some(value) = header else {
+        return Err(AuthnError::Missing);
+    };
+    let value = value.to_str().map_err(|_| AuthnError::Malformed)?;
+    let mut parts = value.splitn(2, ' ');
+    let (Some(scheme), Some(token)) = (parts.next(), parts.next()) else {
+        return Err(AuthnError::Malformed);
+    };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(token)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// 128 random bits, hex.
+pub fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> Issuer {
+        let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string()).unwrap_or_default();
+        Issuer::from_pem(&pem, "http://127.0.0.1:8080").unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn request(aud: &str) -> TokenRequest {
+        TokenRequest {
+            subject: "alice@acme.example".into(),
+            tenant: "acme".into(),
+            agent: "invoice-bot".into(),
+            audience: aud.into(),
+            roles: vec![],
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn minted_token_verifies_and_is_cached() {
+        let iss = issuer();
+        let t = iss.mint(&request("http://127.0.0.1:8080")).map(|m| m.token);
+        let t = t.unwrap_or_default();
+        let c = iss.verify(&t, &["http://127.0.0.1:8080"]);
+        assert_eq!(c.map(|c| c.agent.clone()), Ok("invoice-bot".to_string()));
+        // Cached path still enforces the audience.
+        assert!(iss.verify(&t, &["http://other"]).is_err());
+    }
+
+    #[test]
+    fn wrong_audience_other_key_and_tampering_are_refused() {
+        let iss = issuer();
+        let other = issuer();
+        let t = iss.mint(&request("http://127.0.0.1:8080")).map(|m| m.token).unwrap_or_default();
+        assert!(iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"]).is_err());
+        assert!(other.verify(&t, &["http://127.0.0.1:8080"]).is_err());
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"mallory"}"#);
+        assert!(iss.verify(&parts.join("."), &["http://127.0.0.1:8080"]).is_err());
+        assert!(iss.verify("not-a-jwt", &["http://127.0.0.1:8080"]).is_err());
+    }
+
+    #[test]
+    fn unsigned_and_hmac_tokens_are_refused() {
+        let iss = issuer();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = serde_json::json!({"iss":"http://127.0.0.1:8080","sub":"a","aud":"http://127.0.0.1:8080",
+            "exp": unix_now()+60,"nbf":unix_now(),"iat":unix_now(),"jti":"x","tenant":"acme","azp":"bot"});
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"at+jwt"}"#),
+            b64.encode(claims.to_string())
+        );
+        assert!(iss.verify(&none, &["http://127.0.0.1:8080"]).is_err());
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap_or_default();
+        assert!(iss.verify(&hs, &["http://127.0.0.1:8080"]).is_err());
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        let v = |s: &str| http::HeaderValue::from_str(s).ok();
+        assert_eq!(bearer(v("Bearer abc").as_ref()), Ok("abc"));
+        assert_eq!(bearer(None), Err(AuthnError::Missing));
+        assert_eq!(bearer(v("Basic abc").as_ref()), Err(AuthnError::Malformed));
+        assert_eq!(bearer(v("Bearer ").as_ref()), Err(AuthnError::Malformed));
+        assert_eq!(bearer(v("Bearer a b").as_ref()), Err(AuthnError::Malformed));
+    }
+}

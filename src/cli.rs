@@ -1,0 +1,759 @@
+//! The `mandate` command line. `mandate --help` is the manual.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Auditor, Event, EventKind, ExportFilter};
+use crate::authn::{Issuer, TokenRequest};
+use crate::config::{self, Config};
+use crate::downstream::{self, Pool};
+use crate::inbound::handler::{MissionHandler, MissionState};
+use crate::inbound::{self, Broker};
+use crate::mission::MissionRuntime;
+use crate::store::{self, AdminCredential, Store, StoreError};
+use crate::tools::{LockFile, lock_path};
+
+/// Mandate: a Backend-for-Agent broker. It serves each mission's scoped toolset over MCP,
+/// verifies every caller, validates every call against pinned tool definitions, and writes a
+/// hash-chained audit record of everything.
+#[derive(Debug, Parser)]
+#[command(name = "mandate", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve every mission over streamable HTTP at /mcp/<domain>/<env>/<name>, or one mission
+    /// over stdio (`--stdio --mission <id>`, caller token from MANDATE_TOKEN).
+    Serve {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Address to listen on (overrides [server] listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve one mission over stdin/stdout instead of HTTP.
+        #[arg(long, requires = "mission")]
+        stdio: bool,
+        /// The mission to serve with --stdio, e.g. finance/prod/invoice-review.
+        #[arg(long)]
+        mission: Option<String>,
+    },
+    /// Validate every manifest, mission and lock file; print each problem as path:line:col.
+    Check {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+    },
+    /// Fetch each downstream's tool definitions and write <manifest>.lock.json beside it.
+    Pin {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Only this tool manifest, e.g. finance/ledger.
+        manifest: Option<String>,
+    },
+    /// Mint an access token from the embedded issuer (development and tests). Prints only the token.
+    Token {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The user the agent acts for.
+        #[arg(long)]
+        sub: String,
+        /// The user's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The registered agent id (the token's azp).
+        #[arg(long)]
+        agent: String,
+        /// Bind the token to one mission's resource URL (default: the whole broker).
+        #[arg(long)]
+        mission: Option<String>,
+        /// A role of the user (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 15m or 1h (at most 24h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+    /// Read and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the JSON snippet that registers a mission in an agent client.
+    ClientConfig {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        #[arg(long)]
+        mission: String,
+        #[arg(long, value_enum)]
+        client: ClientKind,
+        /// Launch Mandate over stdio instead of connecting over HTTP.
+        #[arg(long)]
+        stdio: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain and name the first bad record (exit 1 if any).
+    Verify {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Verify a JSON-lines export instead of the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write records as JSON lines to stdout.
+    Export {
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ClientKind {
+    Claude,
+    Vscode,
+    Cursor,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MANDATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            stdio,
+            mission,
+        } => serve(&config, listen, stdio, mission).await,
+        Command::Check { config } => Ok(check(&config)),
+        Command::Pin { config, manifest } => pin(&config, manifest.as_deref()).await,
+        Command::Token {
+            config,
+            sub,
+            tenant,
+            agent,
+            mission,
+            roles,
+            ttl,
+        } => {
+            let ttl = humantime::parse_duration(&ttl)
+                .map_err(|_| anyhow::anyhow!("invalid `--ttl` `{ttl}` (write e.g. 15m or 1h)"))?;
+            let request = AdminTokenRequest {
+                subject: sub,
+                tenant,
+                agent,
+                mission,
+                roles,
+                ttl_secs: ttl.as_secs(),
+            };
+            token(&config, request).await
+        }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { config, file } => audit_verify(&config, file.as_deref()).await,
+            AuditCommand::Export {
+                config,
+                tenant,
+                since,
+            } => {
+                if let Some(s) = &since {
+                    humantime::parse_rfc3339_weak(s).map_err(|_| {
+                        anyhow::anyhow!("invalid `--since` `{s}` (write e.g. 2026-11-25T09:00:00Z)")
+                    })?;
+                }
+                audit_export(&config, ExportFilter { tenant, since }).await
+            }
+        },
+        Command::ClientConfig {
+            config,
+            mission,
+            client,
+            stdio,
+        } => client_config(&config, &mission, client, stdio),
+    }
+}
+
+/// Loads the configuration or prints every diagnostic.
+fn load(dir: &Path, require_locks: bool) -> Result<Config, ExitCode> {
+    match config::load(dir, require_locks) {
+        Ok(c) => Ok(c),
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("error: {} problem(s) in the configuration", diags.len());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn check(dir: &Path) -> ExitCode {
+    let config = match load(dir, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(errors) = MissionRuntime::build_all(&config) {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "ok: {} mission(s), {} tool manifest(s)",
+        config.missions.len(),
+        config.manifests.len()
+    );
+    ExitCode::SUCCESS
+}
+
+async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Some(id) = only
+        && !config.manifests.contains_key(id)
+    {
+        bail!(
+            "unknown tool manifest `{id}`{}",
+            config::diag::suggestion(id, config.manifests.keys().map(String::as_str))
+        );
+    }
+    let http = downstream::http_client();
+    let mut failed = false;
+    for manifest in config.manifests.values() {
+        if only.is_some_and(|id| id != manifest.id) {
+            continue;
+        }
+        let routes = Arc::new(downstream::Routes::default());
+        let result = async {
+            let service = downstream::connect(manifest, routes, &http, &manifest.id).await?;
+            let tools = service.peer().list_all_tools().await?;
+            let server = service
+                .peer()
+                .peer_info()
+                .and_then(|i| serde_json::to_value(&i.server_info).ok());
+            let _ = service.cancel().await;
+            let definitions = tools
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<Vec<_>, _>>()?;
+            anyhow::Ok(LockFile::from_definitions(&manifest.id, server, definitions))
+        }
+        .await;
+        match result {
+            Ok(lock) => {
+                let path = lock_path(&manifest.path);
+                let change = match &manifest.lock {
+                    Some(old) => {
+                        let served: Vec<_> =
+                            lock.tools.iter().map(|t| t.definition.clone()).collect();
+                        let drift = old.drift(&served);
+                        if drift.is_empty() {
+                            "unchanged".to_owned()
+                        } else {
+                            drift.describe()
+                        }
+                    }
+                    None => "new".to_owned(),
+                };
+                lock.write(&path)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+                let missing: Vec<&str> = manifest
+                    .tools
+                    .keys()
+                    .filter(|t| lock.get(t).is_none())
+                    .map(String::as_str)
+                    .collect();
+                println!(
+                    "pinned {} ({} tools, {change}) -> {}",
+                    manifest.id,
+                    lock.tools.len(),
+                    path.display()
+                );
+                if !missing.is_empty() {
+                    eprintln!(
+                        "warning: {} declares tools the downstream does not serve: {}",
+                        manifest.id,
+                        missing.join(", ")
+                    );
+                    failed = true;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: cannot pin {}: {e:#}", manifest.id);
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `mandate token` as sent to the admin API (the server computes the audience).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminTokenRequest {
+    pub subject: String,
+    pub tenant: String,
+    pub agent: String,
+    pub mission: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub ttl_secs: u64,
+}
+
+impl AdminTokenRequest {
+    /// Checks the request against the configuration and builds the issuer's request.
+    pub fn resolve(&self, config: &Config, public_url: &str) -> anyhow::Result<TokenRequest> {
+        let audience = match &self.mission {
+            None => public_url.to_owned(),
+            Some(id) => {
+                let Some(m) = config.missions.get(id) else {
+                    bail!(
+                        "unknown mission `{id}`{}",
+                        config::diag::suggestion(id, config.missions.keys().map(String::as_str))
+                    );
+                };
+                if m.tenant != self.tenant {
+                    bail!("mission `{id}` belongs to tenant `{}`, not `{}`", m.tenant, self.tenant);
+                }
+                if !m.agents.contains(&self.agent) {
+                    bail!(
+                        "agent `{}` is not allowed on mission `{id}` (its agents: {})",
+                        self.agent,
+                        m.agents.join(", ")
+                    );
+                }
+                format!("{public_url}{}", m.http_path())
+            }
+        };
+        Ok(TokenRequest {
+            subject: self.subject.clone(),
+            tenant: self.tenant.clone(),
+            agent: self.agent.clone(),
+            audience,
+            roles: self.roles.clone(),
+            ttl: Duration::from_secs(self.ttl_secs),
+        })
+    }
+}
+
+/// Either the store (no server running) or the running server's admin API.
+enum Backend {
+    Direct(Store),
+    Admin(AdminCredential),
+}
+
+fn backend(config: &Config) -> anyhow::Result<Backend> {
+    let path = &config.settings.store_path;
+    match Store::open(path) {
+        Ok(store) => Ok(Backend::Direct(store)),
+        Err(StoreError::Locked(_)) => match store::read_admin_credential(path) {
+            Some(cred) => Ok(Backend::Admin(cred)),
+            None => bail!(
+                "store `{}` is locked by another process but no admin credential was found: is a `mandate serve` starting up? try again",
+                path.display()
+            ),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn admin_get(cred: &AdminCredential, path: &str) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", cred.url))
+        .bearer_auth(&cred.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("server answered {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let token = match backend(&config)? {
+        Backend::Direct(store) => {
+            let public_url = config.settings.public_url.clone();
+            let issuer_request = request.resolve(&config, &public_url)?;
+            let (audit, writer) = Auditor::start(&store)?;
+            let issuer = Issuer::load_or_create(&store, &public_url)?;
+            let minted = inbound::mint(&issuer, &audit, &issuer_request).await?;
+            drop(audit);
+            let _ = writer.await;
+            minted.token
+        }
+        Backend::Admin(cred) => {
+            let response = reqwest::Client::new()
+                .post(format!("{}/admin/token", cred.url))
+                .bearer_auth(&cred.token)
+                .json(&request)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                bail!("{}", body.trim());
+            }
+            let minted: crate::authn::MintedToken = serde_json::from_str(&body)?;
+            minted.token
+        }
+    };
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit_verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let result: Result<u64, String> = match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?;
+            crate::audit::verify_jsonl(&text).map_err(|e| e.to_string())
+        }
+        None => {
+            let config = match load(dir, false) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            match backend(&config)? {
+                Backend::Direct(store) => {
+                    crate::audit::verify_store(&store).map_err(|e| e.to_string())
+                }
+                Backend::Admin(cred) => {
+                    let body: serde_json::Value =
+                        serde_json::from_str(&admin_get(&cred, "/admin/audit/verify").await?)?;
+                    match body.get("records").and_then(|r| r.as_u64()) {
+                        Some(n) if body["ok"] == true => Ok(n),
+                        _ => Err(body["error"].as_str().unwrap_or("unknown error").to_owned()),
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(n) => {
+            println!("ok: {n} record(s), chain intact");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn audit_export(dir: &Path, filter: ExportFilter) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let lines = match backend(&config)? {
+        Backend::Direct(store) => crate::audit::export(&store, &filter).map_err(anyhow::Error::msg)?,
+        Backend::Admin(cred) => {
+            let mut query = Vec::new();
+            if let Some(t) = &filter.tenant {
+                query.push(("tenant", t.as_str()));
+            }
+            if let Some(s) = &filter.since {
+                query.push(("since", s.as_str()));
+            }
+            let qs = serde_urlencoded(&query);
+            admin_get(&cred, &format!("/admin/audit/export{qs}")).await?
+        }
+    };
+    print!("{lines}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serde_urlencoded(pairs: &[(&str, &str)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut url = reqwest::Url::parse("http://x/").unwrap_or_else(|_| unreachable_url());
+    url.query_pairs_mut().extend_pairs(pairs);
+    format!("?{}", url.query().unwrap_or_default())
+}
+
+#[allow(clippy::panic, reason = "a constant URL always parses")]
+fn unreachable_url() -> reqwest::Url {
+    panic!("constant URL failed to parse")
+}
+
+fn client_config(dir: &Path, mission: &str, client: ClientKind, stdio: bool) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let Some(m) = config.missions.get(mission) else {
+        bail!(
+            "unknown mission `{mission}`{}",
+            config::diag::suggestion(mission, config.missions.keys().map(String::as_str))
+        );
+    };
+    let name = format!("mandate-{}", m.id.replace('/', "-"));
+    let url = format!("{}{}", config.settings.public_url, m.http_path());
+    let token_hint = format!(
+        "<token from: mandate token --sub <you> --tenant {} --agent {} --mission {}>",
+        m.tenant,
+        m.agents.first().map(String::as_str).unwrap_or("<agent>"),
+        m.id
+    );
+    let entry = if stdio {
+        let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+        let dir = std::fs::canonicalize(dir)?.to_string_lossy().into_owned();
+        let mut e = serde_json::json!({
+            "command": exe,
+            "args": ["serve", "--stdio", "--mission", m.id, "--config", dir],
+            "env": { "MANDATE_TOKEN": token_hint },
+        });
+        if matches!(client, ClientKind::Vscode)
+            && let Some(obj) = e.as_object_mut()
+        {
+            obj.insert("type".into(), "stdio".into());
+        }
+        e
+    } else {
+        let auth = match client {
+            ClientKind::Vscode => "Bearer ${input:mandate-token}".to_owned(),
+            _ => format!("Bearer {token_hint}"),
+        };
+        match client {
+            ClientKind::Claude => serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } }),
+            ClientKind::Vscode => serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } }),
+            ClientKind::Cursor => serde_json::json!({ "url": url, "headers": { "Authorization": auth } }),
+        }
+    };
+    let snippet = match client {
+        ClientKind::Vscode => {
+            let mut s = serde_json::json!({ "servers": { name.clone(): entry } });
+            if !stdio {
+                s["inputs"] = serde_json::json!([{
+                    "type": "promptString",
+                    "id": "mandate-token",
+                    "description": format!("Mandate token for {} ({token_hint})", m.id),
+                    "password": true
+                }]);
+            }
+            s
+        }
+        ClientKind::Claude | ClientKind::Cursor => serde_json::json!({ "mcpServers": { name: entry } }),
+    };
+    println!("{}", serde_json::to_string_pretty(&snippet)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    dir: &Path,
+    listen: Option<String>,
+    stdio: bool,
+    mission: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = match load(dir, true) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Some(id) = &mission {
+        if !config.missions.contains_key(id) {
+            bail!(
+                "unknown mission `{id}`{}",
+                config::diag::suggestion(id, config.missions.keys().map(String::as_str))
+            );
+        }
+        config.missions.retain(|k, _| k == id);
+    }
+    let listener = if stdio {
+        None
+    } else {
+        let addr = listen.clone().unwrap_or_else(|| config.settings.listen.clone());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on `{addr}`"))?;
+        let local = listener.local_addr()?;
+        if !config.settings.public_url_explicit {
+            config.settings.public_url = format!("http://{local}");
+        }
+        Some(listener)
+    };
+    let missions = MissionRuntime::build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    let store = match Store::open(&config.settings.store_path) {
+        Ok(s) => s,
+        Err(StoreError::Locked(path)) => bail!(
+            "store `{}` is in use by another `mandate serve`: stop it, or give this one its own store ([store] path in mandate.toml)",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let (audit, writer) = Auditor::start(&store)?;
+    let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
+    let mut event = Event::new(EventKind::ConfigLoad);
+    event.detail = Some(format!(
+        "{} mission(s): {}; {} tool manifest(s)",
+        config.missions.len(),
+        config.missions.keys().cloned().collect::<Vec<_>>().join(", "),
+        config.manifests.len()
+    ));
+    audit.record_durable(event).await?;
+
+    let config = Arc::new(config);
+    let pool = Pool::start(&config, &audit);
+    let mut states = BTreeMap::new();
+    for (id, runtime) in &missions {
+        let state = MissionState::new(runtime.clone(), &pool).map_err(anyhow::Error::msg)?;
+        states.insert(id.clone(), Arc::new(state));
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+
+    let result = match listener {
+        None => serve_stdio(&config, &states, &issuer, &audit, mission.as_deref(), shutdown.clone()).await,
+        Some(listener) => {
+            let local = listener.local_addr()?;
+            let admin_token = crate::authn::random_id() + &crate::authn::random_id();
+            let cred = AdminCredential {
+                url: format!("http://127.0.0.1:{}", local.port()),
+                token: admin_token.clone(),
+                pid: std::process::id(),
+            };
+            store::write_admin_credential(store.path(), &cred)
+                .context("cannot write the admin credential")?;
+            let broker = Arc::new(Broker {
+                config: config.clone(),
+                store: store.clone(),
+                audit: audit.clone(),
+                issuer: issuer.clone(),
+                pool: pool.clone(),
+                missions: states.clone(),
+                admin_token,
+            });
+            println!("mandate listening on {}", config.settings.public_url);
+            for m in missions.values() {
+                println!("  mission {} at {}", m.mission.id, m.resource_url);
+            }
+            tracing::info!(addr = %local, "serving");
+            let r = inbound::serve_http(broker, listener, shutdown.clone()).await;
+            store::remove_admin_credential(store.path());
+            r.map_err(anyhow::Error::from)
+        }
+    };
+    shutdown.cancel();
+    pool.shutdown().await;
+    drop(states);
+    let _ = audit.sync().await;
+    drop(audit);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let _ = store.flush();
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+async fn serve_stdio(
+    config: &Config,
+    states: &BTreeMap<String, Arc<MissionState>>,
+    issuer: &Issuer,
+    audit: &Auditor,
+    mission: Option<&str>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let Some(state) = mission.and_then(|m| states.get(m)) else {
+        bail!("`--stdio` needs `--mission <id>`");
+    };
+    let token = std::env::var("MANDATE_TOKEN").map_err(|_| {
+        anyhow::anyhow!("no caller token: set MANDATE_TOKEN (mint one with `mandate token … --mission {}`)", state.runtime.mission.id)
+    })?;
+    let audiences = [config.settings.public_url.as_str(), state.runtime.resource_url.as_str()];
+    let caller = match issuer.verify(token.trim(), &audiences) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut event = Event::new(EventKind::AuthFailure);
+            event.mission = Some(state.runtime.mission.id.clone());
+            event.outcome = Some("unauthenticated".into());
+            event.detail = Some(e.to_string());
+            audit.record_durable(event).await?;
+            bail!("MANDATE_TOKEN refused: {e}");
+        }
+    };
+    if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
+        bail!("MANDATE_TOKEN may not use mission `{}`: {denied}", state.runtime.mission.id);
+    }
+    let handler = MissionHandler::new(state.clone(), audit.clone(), Some(caller));
+    let running = handler.serve(rmcp::transport::stdio()).await?;
+    let ct = running.cancellation_token();
+    tokio::select! {
+        r = running.waiting() => { r?; }
+        _ = shutdown.cancelled() => { ct.cancel(); }
+    }
+    Ok(())
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,963 @@
+//! Configuration: raw TOML types ([`raw`]) → one pure validation pass that reports every problem
+//! as `path:line:col: message` → [`Config`].
+//!
+//! Layout of a configuration directory (the repository root is one):
+//! `mandate.toml` (optional), `missions/<domain>/<env>/<name>.toml`,
+//! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
+
+pub mod diag;
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use diag::Diagnostic;
+use diag::{Source, suggestion};
+use raw::*;
+
+use crate::tools::{LockFile, lock_path};
+
+/// Default per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// MCP revisions Mandate can speak to a downstream.
+pub const DOWNSTREAM_PROTOCOLS: [&str; 3] = ["2025-06-18", "2025-11-25", "2026-07-28"];
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub settings: Settings,
+    pub manifests: BTreeMap<String, ToolManifest>,
+    pub missions: BTreeMap<String, Mission>,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub public_url: String,
+    /// Whether `public_url` was set in `mandate.toml` (otherwise it follows the bound address).
+    pub public_url_explicit: bool,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub store_path: PathBuf,
+}
+
+/// A validated tool manifest.
+#[derive(Debug, Clone)]
+pub struct ToolManifest {
+    pub id: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub environments: Vec<String>,
+    pub region: String,
+    pub transport: Transport,
+    pub timeout: Duration,
+    pub tools: BTreeMap<String, ToolSpec>,
+    /// `None` only when loaded for `mandate pin`.
+    pub lock: Option<LockFile>,
+}
+
+/// How a downstream is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: PathBuf,
+        protocol: String,
+    },
+    Http {
+        url: String,
+        protocol: String,
+    },
+}
+
+/// Effect of a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Effect {
+    Read,
+    Write,
+    Irreversible,
+}
+
+impl Effect {
+    pub const NAMES: [&'static str; 3] = ["read", "write", "irreversible"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Self::Read),
+            "write" => Some(Self::Write),
+            "irreversible" => Some(Self::Irreversible),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Irreversible => "irreversible",
+        }
+    }
+}
+
+/// A tool the manifest allows Mandate to expose.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: String,
+    pub effect: Effect,
+    pub sensitivity: String,
+    pub scopes: Vec<String>,
+    pub approval: String,
+    pub timeout: Option<Duration>,
+}
+
+/// A validated mission.
+#[derive(Debug, Clone)]
+pub struct Mission {
+    /// `<domain>/<env>/<name>`.
+    pub id: String,
+    pub domain: String,
+    pub env: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub tenant: String,
+    pub owner: String,
+    /// Last day served, `YYYY-MM-DD`.
+    pub expires: String,
+    /// Unix seconds at the end of the `expires` day (UTC).
+    pub expires_at: u64,
+    pub agents: Vec<String>,
+    pub regions: Vec<String>,
+    pub tools: Vec<MissionTool>,
+    pub resources: Vec<String>,
+    pub prompts: Vec<String>,
+    pub handoffs: Vec<String>,
+    pub require_reasoning: BTreeSet<Effect>,
+    pub calls_per_minute: Option<u32>,
+}
+
+impl Mission {
+    /// `/mcp/<domain>/<env>/<name>`.
+    pub fn http_path(&self) -> String {
+        format!("/mcp/{}", self.id)
+    }
+
+    /// Manifest ids this mission uses (tools, resources, prompts).
+    pub fn manifest_ids(&self) -> BTreeSet<String> {
+        self.tools
+            .iter()
+            .map(|t| t.manifest.clone())
+            .chain(self.resources.iter().cloned())
+            .chain(self.prompts.iter().cloned())
+            .collect()
+    }
+}
+
+/// One tool of a mission.
+#[derive(Debug, Clone)]
+pub struct MissionTool {
+    /// The name the mission exposes.
+    pub exposed: String,
+    pub manifest: String,
+    /// The name on the downstream.
+    pub tool: String,
+}
+
+/// Loads and validates a configuration directory. With `require_locks`, every manifest must have
+/// a lock file listing each of its tools (everything but `mandate pin`).
+pub fn load(root: &Path, require_locks: bool) -> Result<Config, Vec<Diagnostic>> {
+    let sources = read_sources(root)?;
+    build(root, &sources, require_locks)
+}
+
+/// The files of a configuration directory, read into memory.
+pub struct Sources {
+    pub settings: Option<(PathBuf, String)>,
+    pub manifests: Vec<(PathBuf, String, Result<Option<LockFile>, String>)>,
+    pub missions: Vec<(PathBuf, String)>,
+}
+
+fn io_diag(path: &Path, e: impl std::fmt::Display) -> Diagnostic {
+    Diagnostic {
+        file: path.to_owned(),
+        line: 1,
+        col: 1,
+        message: format!("cannot read: {e}"),
+    }
+}
+
+/// Reads every configuration file (the only I/O of loading).
+pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let settings_path = root.join("mandate.toml");
+    let settings = match std::fs::read_to_string(&settings_path) {
+        Ok(text) => Some((settings_path, text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            diags.push(io_diag(&settings_path, e));
+            None
+        }
+    };
+    let mut manifests = Vec::new();
+    for path in toml_files(&root.join("tool-manifests"), &mut diags) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let lock = LockFile::read(&lock_path(&path));
+                manifests.push((path, text, lock));
+            }
+            Err(e) => diags.push(io_diag(&path, e)),
+        }
+    }
+    let mut missions = Vec::new();
+    for path in toml_files(&root.join("missions"), &mut diags) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => missions.push((path, text)),
+            Err(e) => diags.push(io_diag(&path, e)),
+        }
+    }
+    if diags.is_empty() {
+        Ok(Sources {
+            settings,
+            manifests,
+            missions,
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+fn toml_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                diags.push(io_diag(&d, e));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Relative id of a file under `base` without extension, with `/` separators.
+fn relative_id(base: &Path, path: &Path) -> Option<Vec<String>> {
+    let rel = path.strip_prefix(base).ok()?.with_extension("");
+    Some(
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn parse_duration(
+    src: &Source,
+    value: &Spanned<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Duration> {
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Some(d),
+        Ok(_) => {
+            diags.push(src.at(
+                value.span().start,
+                format!("timeout `{}` must be between 1ms and 1h", value.get_ref()),
+            ));
+            None
+        }
+        Err(_) => {
+            diags.push(src.at(
+                value.span().start,
+                format!(
+                    "invalid duration `{}` (write e.g. `30s` or `2m`)",
+                    value.get_ref()
+                ),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_protocol(
+    src: &Source,
+    value: &Option<Spanned<String>>,
+    diags: &mut Vec<Diagnostic>,
+) -> String {
+    match value {
+        None => "2025-11-25".to_owned(),
+        Some(v) if DOWNSTREAM_PROTOCOLS.contains(&v.get_ref().as_str()) => v.get_ref().clone(),
+        Some(v) => {
+            diags.push(src.at(
+                v.span().start,
+                format!(
+                    "unknown MCP revision `{}` (expected one of {})",
+                    v.get_ref(),
+                    DOWNSTREAM_PROTOCOLS.join(", ")
+                ),
+            ));
+            String::new()
+        }
+    }
+}
+
+/// Validates the sources (pure: no I/O).
+pub fn build(
+    root: &Path,
+    sources: &Sources,
+    require_locks: bool,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let settings = build_settings(root, sources.settings.as_ref(), &mut diags);
+
+    let mut manifests = BTreeMap::new();
+    let manifests_dir = root.join("tool-manifests");
+    for (path, text, lock) in &sources.manifests {
+        let src = Source { path, text };
+        if let Some(m) = build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags)
+        {
+            manifests.insert(m.id.clone(), m);
+        }
+    }
+
+    let mut missions = BTreeMap::new();
+    let missions_dir = root.join("missions");
+    for (path, text) in &sources.missions {
+        let src = Source { path, text };
+        if let Some(m) = build_mission(&missions_dir, &src, &manifests, &mut diags) {
+            missions.insert(m.id.clone(), m);
+        }
+    }
+    // Handoffs name missions, which are only all known now.
+    for (path, text) in &sources.missions {
+        let src = Source { path, text };
+        if let Ok(raw) = toml::from_str::<RawMission>(text) {
+            for h in &raw.handoffs {
+                if !missions.contains_key(h.get_ref()) {
+                    diags.push(src.at(
+                        h.span().start,
+                        format!(
+                            "unknown mission `{}` in `handoffs`{}",
+                            h.get_ref(),
+                            suggestion(h.get_ref(), missions.keys().map(String::as_str))
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    if diags.is_empty() {
+        Ok(Config {
+            root: root.to_owned(),
+            settings,
+            manifests,
+            missions,
+        })
+    } else {
+        diags.sort();
+        diags.dedup();
+        Err(diags)
+    }
+}
+
+fn build_settings(
+    root: &Path,
+    source: Option<&(PathBuf, String)>,
+    diags: &mut Vec<Diagnostic>,
+) -> Settings {
+    let (raw, src_path, text) = match source {
+        None => (RawSettings::default(), PathBuf::from("mandate.toml"), ""),
+        Some((path, text)) => match toml::from_str::<RawSettings>(text) {
+            Ok(raw) => (raw, path.clone(), text.as_str()),
+            Err(e) => {
+                diags.push(Source { path, text }.toml_error(&e));
+                (RawSettings::default(), path.clone(), text.as_str())
+            }
+        },
+    };
+    let src = Source {
+        path: &src_path,
+        text,
+    };
+    let listen = raw
+        .server
+        .listen
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:8080".to_owned(), |l| l.get_ref().clone());
+    if let Some(l) = &raw.server.listen
+        && l.get_ref().parse::<std::net::SocketAddr>().is_err()
+    {
+        diags.push(src.at(
+            l.span().start,
+            format!(
+                "`listen` must be an address like `127.0.0.1:8080`, not `{}`",
+                l.get_ref()
+            ),
+        ));
+    }
+    let public_url = match &raw.server.public_url {
+        Some(u) => {
+            let url = u.get_ref().trim_end_matches('/').to_owned();
+            match reqwest::Url::parse(&url) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https")
+                        && parsed.query().is_none()
+                        && parsed.fragment().is_none() => {}
+                _ => diags.push(src.at(
+                    u.span().start,
+                    format!(
+                        "`public_url` must be an http(s) URL without query or fragment, not `{}`",
+                        u.get_ref()
+                    ),
+                )),
+            }
+            url
+        }
+        None => format!("http://{listen}"),
+    };
+    for issuer in &raw.identity.issuers {
+        diags.push(src.at(
+            issuer.span().start,
+            "external issuers are not supported yet: remove `[[identity.issuers]]` (only the embedded issuer is trusted)",
+        ));
+    }
+    for ex in &raw.exchange {
+        diags.push(src.at(
+            ex.span().start,
+            format!(
+                "token exchange profile `{}` is not supported yet: remove it (downstream calls carry no caller token)",
+                ex.get_ref().name
+            ),
+        ));
+    }
+    Settings {
+        listen,
+        public_url,
+        public_url_explicit: raw.server.public_url.is_some(),
+        allowed_hosts: raw.server.allowed_hosts,
+        allowed_origins: raw.server.allowed_origins,
+        store_path: root.join(raw.store.path.as_deref().unwrap_or(".mandate")),
+    }
+}
+
+fn build_manifest(
+    root: &Path,
+    dir: &Path,
+    src: &Source,
+    lock: &Result<Option<LockFile>, String>,
+    require_locks: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ToolManifest> {
+    let raw: RawManifest = match toml::from_str(src.text) {
+        Ok(r) => r,
+        Err(e) => {
+            diags.push(src.toml_error(&e));
+            return None;
+        }
+    };
+    let segments = relative_id(dir, src.path).unwrap_or_default();
+    if segments.len() != 2 || !segments.iter().all(|s| valid_segment(s)) {
+        diags.push(src.file(
+            "a tool manifest must be at `tool-manifests/<domain>/<name>.toml` (lowercase letters, digits, `-`, `_`)",
+        ));
+        return None;
+    }
+    let id = segments.join("/");
+    let before = diags.len();
+
+    if raw.environments.is_empty() {
+        diags.push(src.file("`environments` must list at least one environment"));
+    }
+    for env in &raw.environments {
+        if !valid_segment(env.get_ref()) {
+            diags.push(src.at(
+                env.span().start,
+                format!("invalid environment `{}`", env.get_ref()),
+            ));
+        }
+    }
+    let transport = match raw.transport.get_ref() {
+        RawTransport::Stdio {
+            command,
+            args,
+            env,
+            protocol,
+        } => {
+            if command.trim().is_empty() {
+                diags.push(src.at(raw.transport.span().start, "`command` must not be empty"));
+            }
+            let command = if command.contains('/') && !command.starts_with('/') {
+                root.join(command).to_string_lossy().into_owned()
+            } else {
+                command.clone()
+            };
+            Transport::Stdio {
+                command,
+                args: args.clone(),
+                env: env.clone(),
+                cwd: root.to_owned(),
+                protocol: parse_protocol(src, protocol, diags),
+            }
+        }
+        RawTransport::Http { url, protocol } => {
+            match reqwest::Url::parse(url.get_ref()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => diags.push(src.at(
+                    url.span().start,
+                    format!("`url` must be an http(s) URL, not `{}`", url.get_ref()),
+                )),
+            }
+            Transport::Http {
+                url: url.get_ref().clone(),
+                protocol: parse_protocol(src, protocol, diags),
+            }
+        }
+    };
+    if let Some(auth) = &raw.auth {
+        let ex = &auth.get_ref().exchange;
+        if ex.get_ref() != "none" && ex.get_ref() != "embedded" {
+            diags.push(src.at(
+                ex.span().start,
+                format!(
+                    "unknown exchange profile `{}` (expected `none` or `embedded`)",
+                    ex.get_ref()
+                ),
+            ));
+        }
+    }
+    let timeout = raw
+        .timeout
+        .as_ref()
+        .and_then(|t| parse_duration(src, t, diags))
+        .unwrap_or(DEFAULT_TIMEOUT);
+
+    let lock_result = lock;
+    let lock = match lock {
+        Ok(lock) => lock.clone(),
+        Err(e) => {
+            diags.push(Diagnostic {
+                file: lock_path(src.path),
+                line: 1,
+                col: 1,
+                message: format!("invalid lock file: {e}"),
+            });
+            None
+        }
+    };
+    if require_locks && matches!(lock_result, Ok(None)) {
+        diags.push(src.file(format!(
+            "no lock file `{}`: run `mandate pin {id}` to pin the downstream's tool definitions",
+            lock_path(src.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )));
+    }
+    if let Some(l) = &lock
+        && l.manifest != id
+    {
+        diags.push(Diagnostic {
+            file: lock_path(src.path),
+            line: 1,
+            col: 1,
+            message: format!(
+                "lock file is for `{}`, not `{id}`: run `mandate pin {id}`",
+                l.manifest
+            ),
+        });
+    }
+
+    let mut tools = BTreeMap::new();
+    for tool in &raw.tools {
+        let t = tool.get_ref();
+        let name = t.name.get_ref().clone();
+        if tools.contains_key(&name) {
+            diags.push(src.at(
+                t.name.span().start,
+                format!("duplicate tool `{name}` in `[[tools]]`"),
+            ));
+            continue;
+        }
+        let effect = match Effect::parse(t.effect.get_ref()) {
+            Some(e) => e,
+            None => {
+                diags.push(src.at(
+                    t.effect.span().start,
+                    format!(
+                        "unknown effect `{}` (expected one of read, write, irreversible){}",
+                        t.effect.get_ref(),
+                        suggestion(t.effect.get_ref(), Effect::NAMES)
+                    ),
+                ));
+                Effect::Read
+            }
+        };
+        let sensitivity = one_of(
+            src,
+            t.sensitivity.as_ref(),
+            &["public", "internal", "confidential", "restricted"],
+            "internal",
+            "sensitivity",
+            diags,
+        );
+        let approval = one_of(
+            src,
+            t.approval.as_ref(),
+            &["none", "approver"],
+            "none",
+            "approval",
+            diags,
+        );
+        if approval == "approver" {
+            diags.push(src.at(
+                t.approval.as_ref().map_or(0, |a| a.span().start),
+                "`approval = \"approver\"` is not supported yet: human approval lands with the approvals feature",
+            ));
+        }
+        if let Some(l) = &lock
+            && l.get(&name).is_none()
+        {
+            diags.push(src.at(
+                t.name.span().start,
+                format!(
+                    "tool `{name}` is not in the lock file{}: run `mandate pin {id}` (after checking the downstream serves it)",
+                    suggestion(&name, l.tools.iter().map(|t| t.name.as_str()))
+                ),
+            ));
+        }
+        let timeout = t
+            .timeout
+            .as_ref()
+            .and_then(|d| parse_duration(src, d, diags));
+        tools.insert(
+            name.clone(),
+            ToolSpec {
+                name,
+                effect,
+                sensitivity,
+                scopes: t.scopes.clone(),
+                approval,
+                timeout,
+            },
+        );
+    }
+    if diags.len() != before {
+        return None;
+    }
+    Some(ToolManifest {
+        id,
+        path: src.path.to_owned(),
+        description: raw.description,
+        environments: raw.environments.into_iter().map(Spanned::into_inner).collect(),
+        region: raw.region.into_inner(),
+        transport,
+        timeout,
+        tools,
+        lock,
+    })
+}
+
+fn one_of(
+    src: &Source,
+    value: Option<&Spanned<String>>,
+    allowed: &[&str],
+    default: &str,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> String {
+    match value {
+        None => default.to_owned(),
+        Some(v) if allowed.contains(&v.get_ref().as_str()) => v.get_ref().clone(),
+        Some(v) => {
+            diags.push(src.at(
+                v.span().start,
+                format!(
+                    "unknown {field} `{}` (expected one of {}){}",
+                    v.get_ref(),
+                    allowed.join(", "),
+                    suggestion(v.get_ref(), allowed.iter().copied())
+                ),
+            ));
+            default.to_owned()
+        }
+    }
+}
+
+fn build_mission(
+    dir: &Path,
+    src: &Source,
+    manifests: &BTreeMap<String, ToolManifest>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Mission> {
+    let raw: RawMission = match toml::from_str(src.text) {
+        Ok(r) => r,
+        Err(e) => {
+            diags.push(src.toml_error(&e));
+            return None;
+        }
+    };
+    let segments = relative_id(dir, src.path).unwrap_or_default();
+    if segments.len() != 3 || !segments.iter().all(|s| valid_segment(s)) {
+        diags.push(src.file(
+            "a mission must be at `missions/<domain>/<env>/<name>.toml` (lowercase letters, digits, `-`, `_`)",
+        ));
+        return None;
+    }
+    let id = segments.join("/");
+    let env = segments[1].clone();
+    let before = diags.len();
+
+    if raw.tenant.get_ref().trim().is_empty() {
+        diags.push(src.at(raw.tenant.span().start, "`tenant` must not be empty"));
+    }
+    let expires = raw.expires.get_ref();
+    let expires_at = match (expires.date, expires.time) {
+        (Some(d), None) => days_from_civil(i64::from(d.year), u32::from(d.month), u32::from(d.day))
+            .map(|days| (days + 1) as u64 * 86_400 - 1),
+        _ => None,
+    };
+    let Some(expires_at) = expires_at else {
+        diags.push(src.at(
+            raw.expires.span().start,
+            "`expires` must be a date like `2027-06-30`",
+        ));
+        return None;
+    };
+    if raw.agents.is_empty() {
+        diags.push(src.file("`agents` must list at least one agent id"));
+    }
+
+    let manifest_names = || manifests.keys().map(String::as_str);
+    let mut tools: Vec<MissionTool> = Vec::new();
+    let mut exposed_at: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for entry in &raw.tools {
+        let offset = entry.span().start;
+        let (reference, rename) = match entry.get_ref() {
+            RawToolRef::Plain(r) => (r.as_str(), None),
+            RawToolRef::Renamed(r) => (r.tool.as_str(), r.as_name.as_deref()),
+        };
+        let Some((manifest_id, tool)) = reference.rsplit_once('/') else {
+            diags.push(src.at(
+                offset,
+                format!("tool reference `{reference}` must be `<domain>/<manifest>/<tool>`"),
+            ));
+            continue;
+        };
+        let Some(manifest) = manifests.get(manifest_id) else {
+            let all_refs: Vec<String> = manifests
+                .values()
+                .flat_map(|m| m.tools.keys().map(move |t| format!("{}/{t}", m.id)))
+                .collect();
+            let hint = match suggestion(reference, all_refs.iter().map(String::as_str)) {
+                s if !s.is_empty() => s,
+                _ => suggestion(manifest_id, manifest_names()),
+            };
+            diags.push(src.at(
+                offset,
+                format!("unknown tool manifest `{manifest_id}` in `tools`{hint}"),
+            ));
+            continue;
+        };
+        if !manifest.environments.contains(&env) {
+            diags.push(src.at(
+                offset,
+                format!(
+                    "tool manifest `{manifest_id}` is not allowed in environment `{env}` (its `environments` are {})",
+                    manifest.environments.join(", ")
+                ),
+            ));
+            continue;
+        }
+        if !raw.regions.is_empty()
+            && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region)
+        {
+            diags.push(src.at(
+                offset,
+                format!(
+                    "tool manifest `{manifest_id}` keeps data in region `{}`, which is not in this mission's `regions`",
+                    manifest.region
+                ),
+            ));
+            continue;
+        }
+        let names: Vec<String> = if tool == "*" {
+            if rename.is_some() {
+                diags.push(src.at(offset, "a `*` reference cannot be renamed with `as`"));
+                continue;
+            }
+            manifest.tools.keys().cloned().collect()
+        } else if manifest.tools.contains_key(tool) {
+            vec![tool.to_owned()]
+        } else {
+            diags.push(src.at(
+                offset,
+                format!(
+                    "unknown tool `{reference}` in `tools`{}",
+                    suggestion(
+                        reference,
+                        manifest
+                            .tools
+                            .keys()
+                            .map(|t| format!("{manifest_id}/{t}"))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str)
+                    )
+                ),
+            ));
+            continue;
+        };
+        for name in names {
+            let exposed = rename.unwrap_or(&name).to_owned();
+            if !valid_tool_name(&exposed) {
+                diags.push(src.at(
+                    offset,
+                    format!("`{exposed}` is not a valid tool name (1-128 of A-Z a-z 0-9 _ - .)"),
+                ));
+                continue;
+            }
+            let full = format!("{manifest_id}/{name}");
+            if let Some((_, first)) = exposed_at.get(&exposed) {
+                let msg = if *first == full {
+                    format!("tool `{full}` is listed twice")
+                } else {
+                    format!(
+                        "tool name `{exposed}` is exposed twice (by `{first}` and `{full}`): rename one with `{{ tool = \"{full}\", as = \"…\" }}`"
+                    )
+                };
+                diags.push(src.at(offset, msg));
+                continue;
+            }
+            exposed_at.insert(exposed.clone(), (offset, full));
+            tools.push(MissionTool {
+                exposed,
+                manifest: manifest_id.to_owned(),
+                tool: name,
+            });
+        }
+    }
+
+    let mut check_manifest_list = |list: &[Spanned<String>], field: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for m in list {
+            match manifests.get(m.get_ref()) {
+                Some(manifest) if manifest.environments.contains(&env) => {
+                    out.push(m.get_ref().clone())
+                }
+                Some(_) => diags.push(src.at(
+                    m.span().start,
+                    format!(
+                        "tool manifest `{}` is not allowed in environment `{env}`",
+                        m.get_ref()
+                    ),
+                )),
+                None => diags.push(src.at(
+                    m.span().start,
+                    format!(
+                        "unknown tool manifest `{}` in `{field}`{}",
+                        m.get_ref(),
+                        suggestion(m.get_ref(), manifests.keys().map(String::as_str))
+                    ),
+                )),
+            }
+        }
+        out
+    };
+    let resources = check_manifest_list(&raw.resources, "resources");
+    let prompts = check_manifest_list(&raw.prompts, "prompts");
+
+    let mut require_reasoning = BTreeSet::new();
+    for e in &raw.require_reasoning {
+        match Effect::parse(e.get_ref()) {
+            Some(effect) => {
+                require_reasoning.insert(effect);
+            }
+            None => diags.push(src.at(
+                e.span().start,
+                format!(
+                    "unknown effect `{}` in `require_reasoning` (expected read, write or irreversible){}",
+                    e.get_ref(),
+                    suggestion(e.get_ref(), Effect::NAMES)
+                ),
+            )),
+        }
+    }
+    if diags.len() != before {
+        return None;
+    }
+    Some(Mission {
+        domain: segments[0].clone(),
+        env,
+        name: segments[2].clone(),
+        id,
+        path: src.path.to_owned(),
+        description: raw.description,
+        tenant: raw.tenant.into_inner(),
+        owner: raw.owner,
+        expires: raw.expires.get_ref().to_string(),
+        expires_at,
+        agents: raw.agents.into_iter().map(Spanned::into_inner).collect(),
+        regions: raw.regions.into_iter().map(Spanned::into_inner).collect(),
+        tools,
+        resources,
+        prompts,
+        handoffs: raw.handoffs.into_iter().map(Spanned::into_inner).collect(),
+        require_reasoning,
+        calls_per_minute: raw.limits.calls_per_minute,
+    })
+}
+
+/// MCP tool names: 1-128 characters of `A-Z a-z 0-9 _ - .`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian), if the date exists.
+fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
+    let days_in_month = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let max = if m == 2 && leap {
+        29
+    } else {
+        *days_in_month.get(m.checked_sub(1)? as usize)?
+    };
+    if d == 0 || d > max {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+#[cfg(test)]
+mod tests;

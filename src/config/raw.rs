@@ -1,0 +1,208 @@
+//! Raw configuration types: exactly what the TOML files may contain. Unknown fields are errors.
+//! Every field's doc comment is user documentation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `mandate.toml`: broker settings. Every section is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// Token exchange profiles.
+    #[serde(default)]
+    pub exchange: Vec<Spanned<RawExchange>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    pub listen: Option<Spanned<String>>,
+    /// Canonical public base URL: the issuer of embedded tokens and the base of every mission's
+    /// resource URL (default `http://<listen>`).
+    pub public_url: Option<Spanned<String>>,
+    /// Extra `Host` values accepted besides `localhost`, `127.0.0.1`, `::1` and the public URL's
+    /// host (DNS-rebinding protection).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the MCP endpoints (default: none checked for non-browser
+    /// clients; requests carrying any other `Origin` are refused).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Directory of the sled database, relative to the configuration directory (default `.mandate`).
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// External OIDC issuers (not yet supported: only the embedded issuer is trusted).
+    #[serde(default)]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub tenant_claim: Option<String>,
+    pub agent_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    pub name: String,
+    pub kind: String,
+    pub token_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+}
+
+/// `tool-manifests/<domain>/<name>.toml`: one downstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    /// What the downstream is.
+    pub description: String,
+    /// Environments whose missions may use it (`prod`, `staging`, …).
+    pub environments: Vec<Spanned<String>>,
+    /// Where its data lives (data residency).
+    pub region: Spanned<String>,
+    /// How to reach it.
+    pub transport: Spanned<RawTransport>,
+    /// Outbound credentials.
+    pub auth: Option<Spanned<RawAuth>>,
+    /// Per-call timeout, e.g. `30s` (default 30s).
+    pub timeout: Option<Spanned<String>>,
+    /// The tools Mandate may expose from it.
+    #[serde(default)]
+    pub tools: Vec<Spanned<RawTool>>,
+}
+
+/// `[transport]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawTransport {
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        /// Program to run; a relative path containing `/` is relative to the configuration directory.
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        /// Environment variables set for the child (it inherits none but `PATH`, `HOME`, `LANG`).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// MCP revision to speak: `2025-11-25` (default), `2025-06-18`, or `2026-07-28` (stateless).
+        protocol: Option<Spanned<String>>,
+    },
+    /// A streamable HTTP MCP endpoint.
+    Http {
+        url: Spanned<String>,
+        /// MCP revision to speak (as for stdio).
+        protocol: Option<Spanned<String>>,
+    },
+}
+
+/// `[auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// An exchange profile from `mandate.toml`, `embedded`, or `none`.
+    pub exchange: Spanned<String>,
+    /// Audience of downstream tokens.
+    pub audience: Option<String>,
+    /// Scopes requested for every call.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[[tools]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// The tool's name on the downstream.
+    pub name: Spanned<String>,
+    /// `read`, `write` or `irreversible`.
+    pub effect: Spanned<String>,
+    /// `public`, `internal`, `confidential` or `restricted` (default `internal`).
+    pub sensitivity: Option<Spanned<String>>,
+    /// Scopes requested in the token exchange for this tool.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `none` or `approver` (default `none`).
+    pub approval: Option<Spanned<String>>,
+    /// Per-call timeout for this tool, overriding the manifest's.
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `missions/<domain>/<env>/<name>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMission {
+    pub description: String,
+    /// The tenant whose users may use it.
+    pub tenant: Spanned<String>,
+    /// Accountable human.
+    pub owner: String,
+    /// Last day it serves (`YYYY-MM-DD`).
+    pub expires: Spanned<toml::value::Datetime>,
+    /// Agent ids allowed to use it.
+    pub agents: Vec<Spanned<String>>,
+    /// Allowed data regions (empty: any).
+    #[serde(default)]
+    pub regions: Vec<Spanned<String>>,
+    /// `<manifest id>/<tool>`, `<manifest id>/*`, or `{ tool = "…", as = "new_name" }`.
+    pub tools: Vec<Spanned<RawToolRef>>,
+    /// Manifest ids whose resources pass through.
+    #[serde(default)]
+    pub resources: Vec<Spanned<String>>,
+    /// Manifest ids whose prompts pass through.
+    #[serde(default)]
+    pub prompts: Vec<Spanned<String>>,
+    /// Missions this one may hand work to.
+    #[serde(default)]
+    pub handoffs: Vec<Spanned<String>>,
+    /// Effects whose calls must carry `_meta["io.mandate/reasoning"]`.
+    #[serde(default)]
+    pub require_reasoning: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawToolRef {
+    Plain(String),
+    Renamed(RawRename),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRename {
+    pub tool: String,
+    #[serde(rename = "as")]
+    pub as_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Calls per minute per caller (not yet enforced).
+    pub calls_per_minute: Option<u32>,
+}

@@ -1,0 +1,437 @@
+//! Downstream MCP servers: one supervised client connection per (tenant, environment, manifest),
+//! and the relay that routes a downstream's notifications and server→client requests back to the
+//! caller whose call caused them.
+//!
+//! - stdio downstreams are child processes started once and reused, restarted with exponential
+//!   backoff (200 ms doubling to 30 s) when they exit, and stopped on shutdown. They get a clean
+//!   environment (`PATH`, `HOME`, `LANG` and the manifest's `env`), never the broker's secrets.
+//!   Their stderr goes to the log.
+//! - streamable HTTP downstreams use one pooled `reqwest` client with `TCP_NODELAY`.
+//! - Connections are never shared across tenants or environments ([`GroupKey`]).
+//! - After every (re)connect and on `notifications/tools/list_changed` the served tool
+//!   definitions are compared with the lock file; differing tools are quarantined and a drift
+//!   event is audited.
+//!
+//! Routing back (never broadcast): progress by the progress token Mandate put on the outbound
+//! request; server→client requests and log messages by the HTTP stream they arrived on (the
+//! outbound request id), or — on stdio, where the wire carries no association — to the single call
+//! in flight on that connection. With several calls in flight such a request is refused rather
+//! than risk delivering it to the wrong user.
+
+mod relay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
+    ProgressToken, RequestId, ServerResult,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, RoleClient};
+use rmcp::{Peer, RoleServer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Auditor, Event, EventKind};
+use crate::config::{Config, ToolManifest, Transport};
+use crate::policy::Authorized;
+use crate::tools::Drift;
+
+pub use relay::{CallRoute, Relay, Routes};
+
+/// How long a call waits for a (re)starting downstream before failing.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Connections are grouped by tenant, environment and manifest, and never shared across groups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub tenant: String,
+    pub env: String,
+    pub manifest: String,
+}
+
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.tenant, self.env, self.manifest)
+    }
+}
+
+/// Why a downstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownstreamError {
+    #[error("downstream `{0}` is unavailable: {1}")]
+    Unavailable(String, String),
+    #[error("downstream `{0}` did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("call cancelled by the caller")]
+    Cancelled,
+    #[error("downstream `{0}` failed: {1}")]
+    Transport(String, String),
+    #[error("{0}")]
+    Mcp(rmcp::ErrorData),
+}
+
+/// One supervised downstream connection.
+pub struct Downstream {
+    pub key: GroupKey,
+    pub manifest: Arc<ToolManifest>,
+    peer: watch::Sender<Option<Peer<RoleClient>>>,
+    pub routes: Arc<Routes>,
+    quarantine: RwLock<BTreeSet<String>>,
+    last_drift: Mutex<Option<Drift>>,
+    audit: Auditor,
+    http: reqwest::Client,
+}
+
+impl Downstream {
+    fn new(key: GroupKey, manifest: Arc<ToolManifest>, audit: Auditor, http: reqwest::Client) -> Self {
+        let (peer, _) = watch::channel(None);
+        Self {
+            key,
+            manifest,
+            peer,
+            routes: Arc::new(Routes::default()),
+            quarantine: RwLock::new(BTreeSet::new()),
+            last_drift: Mutex::new(None),
+            audit,
+            http,
+        }
+    }
+
+    /// Whether a downstream tool is quarantined (definition drifted from the lock).
+    pub fn is_quarantined(&self, tool: &str) -> bool {
+        self.quarantine
+            .read()
+            .map(|q| q.contains(tool))
+            .unwrap_or(true)
+    }
+
+    /// The connected peer, waiting up to [`CONNECT_WAIT`] for a (re)connect.
+    pub async fn peer(&self) -> Result<Peer<RoleClient>, DownstreamError> {
+        let mut rx = self.peer.subscribe();
+        let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()));
+        match tokio::time::timeout(CONNECT_WAIT, wait).await {
+            Ok(Ok(peer)) => peer.clone().ok_or_else(|| self.unavailable("not connected")),
+            Ok(Err(_)) => Err(self.unavailable("shut down")),
+            Err(_) => Err(self.unavailable("not connected (restarting?)")),
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> DownstreamError {
+        DownstreamError::Unavailable(self.manifest.id.clone(), why.to_owned())
+    }
+
+    /// Calls a tool. Only an [`Authorized`] call can reach a downstream.
+    pub async fn call_tool(
+        &self,
+        call: Authorized,
+        route: CallRoute,
+        upstream_progress: Option<ProgressToken>,
+        ct: CancellationToken,
+    ) -> Result<ServerResult, DownstreamError> {
+        let timeout = call.tool().timeout;
+        let mut params = CallToolRequestParams::new(call.tool().tool.clone());
+        params.arguments = Some(call.into_arguments());
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        self.forward(request, Some(route), upstream_progress, timeout, ct)
+            .await
+    }
+
+    /// Forwards any request (resources, prompts, completion) with routing for what comes back.
+    pub async fn forward(
+        &self,
+        request: ClientRequest,
+        route: Option<CallRoute>,
+        upstream_progress: Option<ProgressToken>,
+        timeout: Duration,
+        ct: CancellationToken,
+    ) -> Result<ServerResult, DownstreamError> {
+        let peer = self.peer().await?;
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| DownstreamError::Transport(self.manifest.id.clone(), e.to_string()))?;
+        let id = handle.id.clone();
+        let _registration = route.map(|route| {
+            self.routes
+                .register(id.clone(), handle.progress_token.clone(), route, upstream_progress)
+        });
+        let name = self.manifest.id.clone();
+        tokio::select! {
+            response = handle.await_response() => match response {
+                Ok(result) => Ok(result),
+                Err(rmcp::ServiceError::McpError(e)) => Err(DownstreamError::Mcp(e)),
+                Err(e) => Err(DownstreamError::Transport(name, e.to_string())),
+            },
+            _ = tokio::time::sleep(timeout) => {
+                cancel(&peer, id, "timeout").await;
+                Err(DownstreamError::Timeout(name, timeout))
+            }
+            _ = ct.cancelled() => {
+                cancel(&peer, id, "cancelled by the caller").await;
+                Err(DownstreamError::Cancelled)
+            }
+        }
+    }
+
+    /// Re-reads the served tool definitions and updates the quarantine; audits any change.
+    pub async fn check_drift(&self, peer: &Peer<RoleClient>) {
+        let Some(lock) = &self.manifest.lock else {
+            return;
+        };
+        let served = match peer.list_all_tools().await {
+            Ok(tools) => tools
+                .iter()
+                .filter_map(|t| serde_json::to_value(t).ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(downstream = %self.key, error = %e, "cannot list downstream tools; quarantining all");
+                let all: BTreeSet<String> = lock.tools.iter().map(|t| t.name.clone()).collect();
+                if let Ok(mut q) = self.quarantine.write() {
+                    *q = all;
+                }
+                return;
+            }
+        };
+        let drift = lock.drift(&served);
+        if let Ok(mut q) = self.quarantine.write() {
+            *q = drift.quarantined();
+        }
+        let changed = match self.last_drift.lock() {
+            Ok(mut last) => {
+                let changed = last.as_ref() != Some(&drift);
+                *last = Some(drift.clone());
+                changed
+            }
+            Err(_) => true,
+        };
+        if changed && !drift.is_empty() {
+            tracing::warn!(downstream = %self.key, drift = %drift.describe(), "tool definitions drifted from the lock file; quarantined");
+            let mut event = Event::new(EventKind::Drift).detail(format!(
+                "{}; quarantined until `mandate pin {}` after review",
+                drift.describe(),
+                self.manifest.id
+            ));
+            event.tenant = Some(self.key.tenant.clone());
+            event.downstream_tool = Some(self.manifest.id.clone());
+            event.outcome = Some("quarantined".into());
+            self.audit.record(event).await;
+        } else if changed {
+            tracing::info!(downstream = %self.key, "tool definitions match the lock file");
+        }
+    }
+
+    /// Runs the connection until `shutdown`: connect, check drift, wait, restart with backoff.
+    async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match connect(&self.manifest, self.routes.clone(), &self.http, &self.key.to_string()).await {
+                Ok(service) => {
+                    let started = Instant::now();
+                    let peer = service.peer().clone();
+                    self.check_drift(&peer).await;
+                    self.peer.send_replace(Some(peer));
+                    tracing::info!(downstream = %self.key, "downstream connected");
+                    let ct = service.cancellation_token();
+                    let waiting = service.waiting();
+                    tokio::pin!(waiting);
+                    let stop = tokio::select! {
+                        _ = &mut waiting => false,
+                        _ = shutdown.cancelled() => true,
+                        _ = self.routes.tools_changed.notified() => {
+                            // Re-check, then keep waiting.
+                            if let Some(peer) = self.peer.borrow().clone() {
+                                let this = self.clone();
+                                tokio::spawn(async move { this.check_drift(&peer).await });
+                            }
+                            tokio::select! {
+                                _ = &mut waiting => false,
+                                _ = shutdown.cancelled() => true,
+                            }
+                        }
+                    };
+                    self.peer.send_replace(None);
+                    if stop {
+                        ct.cancel();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+                        break;
+                    }
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(200);
+                    }
+                    tracing::warn!(downstream = %self.key, retry_in = ?backoff, "downstream exited; restarting");
+                }
+                Err(e) => {
+                    tracing::error!(downstream = %self.key, error = %e, retry_in = ?backoff, "cannot start downstream");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        tracing::info!(downstream = %self.key, "downstream stopped");
+    }
+}
+
+async fn cancel(peer: &Peer<RoleClient>, id: RequestId, reason: &str) {
+    let _ = peer
+        .notify_cancelled(CancelledNotificationParam::new(Some(id), Some(reason.to_owned())))
+        .await;
+}
+
+/// Every downstream connection of a running broker.
+pub struct Pool {
+    downstreams: BTreeMap<GroupKey, Arc<Downstream>>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// One connection per (tenant, environment, manifest) used by the missions; starts them.
+    pub fn start(config: &Config, audit: &Auditor) -> Arc<Self> {
+        let http = http_client();
+        let shutdown = CancellationToken::new();
+        let mut downstreams = BTreeMap::new();
+        for mission in config.missions.values() {
+            for manifest_id in mission.manifest_ids() {
+                let key = GroupKey {
+                    tenant: mission.tenant.clone(),
+                    env: mission.env.clone(),
+                    manifest: manifest_id.clone(),
+                };
+                let Some(manifest) = config.manifests.get(&manifest_id) else {
+                    continue;
+                };
+                downstreams.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(Downstream::new(
+                        key,
+                        Arc::new(manifest.clone()),
+                        audit.clone(),
+                        http.clone(),
+                    ))
+                });
+            }
+        }
+        let tasks = downstreams
+            .values()
+            .map(|d| tokio::spawn(d.clone().supervise(shutdown.child_token())))
+            .collect();
+        Arc::new(Self {
+            downstreams,
+            shutdown,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub fn get(&self, key: &GroupKey) -> Option<Arc<Downstream>> {
+        self.downstreams.get(key).cloned()
+    }
+
+    /// Stops every downstream and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// The HTTP client for downstreams: pooled, `TCP_NODELAY`, no redirects across origins.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Connects to a downstream (used by the supervisor and by `mandate pin`).
+pub async fn connect(
+    manifest: &ToolManifest,
+    routes: Arc<Routes>,
+    http: &reqwest::Client,
+    label: &str,
+) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
+    let (protocol, lifecycle) = match &manifest.transport {
+        Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => {
+            lifecycle(protocol)
+        }
+    };
+    let relay = Relay::new(routes, protocol);
+    let service = match &manifest.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+            ..
+        } => {
+            let mut cmd = tokio::process::Command::new(command);
+            cmd.args(args).current_dir(cwd).env_clear();
+            for var in ["PATH", "HOME", "LANG", "SYSTEMROOT"] {
+                if let Ok(v) = std::env::var(var) {
+                    cmd.env(var, v);
+                }
+            }
+            cmd.envs(env).kill_on_drop(true);
+            let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start `{command}`: {e}"))?;
+            if let Some(stderr) = stderr {
+                let label = label.to_owned();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncBufReadExt;
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::info!(target: "mandate::downstream::stderr", downstream = %label, "{line}");
+                    }
+                });
+            }
+            relay.serve_with_lifecycle(transport, lifecycle).await?
+        }
+        Transport::Http { url, .. } => {
+            let config =
+                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                    url.as_str(),
+                );
+            let transport =
+                rmcp::transport::StreamableHttpClientTransport::with_client(http.clone(), config);
+            relay.serve_with_lifecycle(transport, lifecycle).await?
+        }
+    };
+    service
+        .peer()
+        .set_response_cache_config(rmcp::service::ClientCacheConfig::disabled())
+        .await;
+    Ok(service)
+}
+
+fn lifecycle(protocol: &str) -> (rmcp::model::ProtocolVersion, ClientLifecycleMode) {
+    use rmcp::model::ProtocolVersion;
+    match protocol {
+        "2026-07-28" => (
+            ProtocolVersion::V_2026_07_28,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        ),
+        "2025-06-18" => (ProtocolVersion::V_2025_06_18, ClientLifecycleMode::Initialize),
+        _ => (ProtocolVersion::V_2025_11_25, ClientLifecycleMode::Initialize),
+    }
+}
+
+/// Upstream peers to tell about list changes, keyed by an opaque session id.
+pub type Listeners = HashMap<u64, Peer<RoleServer>>;

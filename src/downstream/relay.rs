@@ -1,0 +1,323 @@
+//! The relay: the downstream connection's client handler. It routes what the downstream sends
+//! (progress, log messages, server→client requests, resource updates, list changes) to the
+//! upstream caller it belongs to, and nowhere else.
+
+// Sampling, roots and logging are deprecated by SEP-2577 but clients still use them: relay them.
+#![allow(deprecated)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, GetExtensions, ClientResult, CreateMessageRequest,
+    CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
+    ElicitResult, Implementation, ListRootsRequest, ListRootsResult, LoggingLevel,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+    RequestId, ResourceUpdatedNotificationParam, ServerRequest,
+};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
+};
+use rmcp::{ClientHandler, ErrorData, Peer, RoleServer};
+use tokio::sync::Notify;
+
+/// Where a call came from: the upstream session's peer and the upstream request id.
+#[derive(Clone)]
+pub struct CallRoute {
+    pub upstream: Peer<RoleServer>,
+    pub upstream_id: RequestId,
+    /// Minimum log level the caller asked for (`logging/setLevel`); `None` = everything.
+    pub log_level: Option<LoggingLevel>,
+}
+
+/// Routing tables of one downstream connection.
+#[derive(Default)]
+pub struct Routes {
+    inflight: Mutex<HashMap<RequestId, CallRoute>>,
+    progress: Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>,
+    /// Resource URI → subscribed upstream sessions (by session id).
+    subscribers: Mutex<HashMap<String, HashMap<u64, Peer<RoleServer>>>>,
+    /// Upstream sessions to tell about list changes.
+    listeners: Mutex<HashMap<u64, Peer<RoleServer>>>,
+    /// Signalled on `notifications/tools/list_changed` (drift re-check).
+    pub tools_changed: Notify,
+}
+
+/// Removes a call's routes when the call ends, however it ends.
+pub struct Registration {
+    routes: Arc<Routes>,
+    id: RequestId,
+    progress: ProgressToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.routes.inflight.lock() {
+            m.remove(&self.id);
+        }
+        if let Ok(mut m) = self.routes.progress.lock() {
+            m.remove(&self.progress);
+        }
+    }
+}
+
+impl Routes {
+    /// Registers an outbound call so that what the downstream sends about it reaches the caller.
+    pub fn register(
+        self: &Arc<Self>,
+        id: RequestId,
+        downstream_progress: ProgressToken,
+        route: CallRoute,
+        upstream_progress: Option<ProgressToken>,
+    ) -> Registration {
+        if let Some(token) = upstream_progress
+            && let Ok(mut m) = self.progress.lock()
+        {
+            m.insert(downstream_progress.clone(), (route.upstream.clone(), token));
+        }
+        if let Ok(mut m) = self.inflight.lock() {
+            m.insert(id.clone(), route);
+        }
+        Registration {
+            routes: self.clone(),
+            id,
+            progress: downstream_progress,
+        }
+    }
+
+    /// The call a server→client message belongs to: by the HTTP stream it arrived on, else the
+    /// single call in flight. `None` when it cannot be attributed unambiguously.
+    fn attribute(&self, extensions: &rmcp::model::Extensions) -> Option<CallRoute> {
+        let inflight = self.inflight.lock().ok()?;
+        if let Some(InboundStreamOrigin::OutboundRequest(id)) = extensions.get() {
+            return inflight.get(id).cloned();
+        }
+        if inflight.len() == 1 {
+            return inflight.values().next().cloned();
+        }
+        None
+    }
+
+    pub fn subscribe(&self, uri: &str, session: u64, peer: Peer<RoleServer>) -> bool {
+        let Ok(mut subs) = self.subscribers.lock() else {
+            return false;
+        };
+        let entry = subs.entry(uri.to_owned()).or_default();
+        let first = entry.is_empty();
+        entry.insert(session, peer);
+        first
+    }
+
+    /// Returns whether nobody is subscribed to `uri` any more.
+    pub fn unsubscribe(&self, uri: &str, session: u64) -> bool {
+        let Ok(mut subs) = self.subscribers.lock() else {
+            return false;
+        };
+        let Some(entry) = subs.get_mut(uri) else {
+            return false;
+        };
+        entry.remove(&session);
+        entry.retain(|_, p| !p.is_transport_closed());
+        if entry.is_empty() {
+            subs.remove(uri);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn listen(&self, session: u64, peer: Peer<RoleServer>) {
+        if let Ok(mut l) = self.listeners.lock() {
+            l.retain(|_, p| !p.is_transport_closed());
+            l.insert(session, peer);
+        }
+    }
+
+    fn listeners(&self) -> Vec<Peer<RoleServer>> {
+        self.listeners
+            .lock()
+            .map(|l| {
+                l.values()
+                    .filter(|p| !p.is_transport_closed())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The client handler of a downstream connection.
+pub struct Relay {
+    routes: Arc<Routes>,
+    protocol: ProtocolVersion,
+}
+
+impl Relay {
+    pub fn new(routes: Arc<Routes>, protocol: ProtocolVersion) -> Self {
+        Self { routes, protocol }
+    }
+
+    fn route(&self, extensions: &rmcp::model::Extensions, what: &str) -> Result<CallRoute, ErrorData> {
+        self.routes.attribute(extensions).ok_or_else(|| {
+            tracing::warn!(request = what, "downstream request cannot be attributed to one caller; refused");
+            ErrorData::internal_error(
+                format!("mandate cannot attribute this {what} request to a single caller; refused"),
+                None,
+            )
+        })
+    }
+}
+
+/// Sends a server→client request to the caller on the originating request's stream.
+async fn ask_upstream(route: CallRoute, mut request: ServerRequest) -> Result<ClientResult, ErrorData> {
+    // The SDK would tag the request with the *downstream* request id (a task-local); sending from
+    // a fresh task with our own tag puts it on the caller's stream.
+    request
+        .extensions_mut()
+        .insert(OriginatingRequestId(route.upstream_id.clone()));
+    let upstream = route.upstream.clone();
+    let task = tokio::spawn(async move { upstream.send_request(request).await });
+    match task.await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(rmcp::ServiceError::McpError(e))) => Err(e),
+        Ok(Err(e)) => Err(ErrorData::internal_error(
+            format!("the caller could not answer: {e}"),
+            None,
+        )),
+        Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+    }
+}
+
+fn unexpected(what: &str) -> ErrorData {
+    ErrorData::internal_error(format!("the caller answered {what} with an unexpected result"), None)
+}
+
+fn level_rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+impl ClientHandler for Relay {
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = ClientCapabilities::builder()
+            .enable_roots()
+            .enable_roots_list_changed()
+            .enable_sampling()
+            .enable_elicitation()
+            .build();
+        ClientConfig::new(
+            capabilities,
+            Implementation::new("mandate", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(self.protocol.clone())
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let route = self.route(&context.extensions, "sampling")?;
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match ask_upstream(route, request).await? {
+            ClientResult::CreateMessageResult(r) => Ok(*r),
+            _ => Err(unexpected("sampling")),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let route = self.route(&context.extensions, "elicitation")?;
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match ask_upstream(route, request).await? {
+            ClientResult::ElicitResult(r) => Ok(r),
+            _ => Err(unexpected("elicitation")),
+        }
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        let route = self.route(&context.extensions, "roots")?;
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match ask_upstream(route, request).await? {
+            ClientResult::ListRootsResult(r) => Ok(r),
+            _ => Err(unexpected("roots/list")),
+        }
+    }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        let target = self
+            .routes
+            .progress
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&params.progress_token).cloned());
+        if let Some((upstream, token)) = target {
+            let mut params = params;
+            params.progress_token = token;
+            let _ = upstream.notify_progress(params).await;
+        }
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        context: NotificationContext<RoleClient>,
+    ) {
+        let Some(route) = self.routes.attribute(&context.extensions) else {
+            tracing::debug!("downstream log message not attributable to one caller; not relayed");
+            return;
+        };
+        if let Some(min) = route.log_level
+            && level_rank(params.level) < level_rank(min)
+        {
+            return;
+        }
+        let _ = route.upstream.notify_logging_message(params).await;
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let peers: Vec<Peer<RoleServer>> = self
+            .routes
+            .subscribers
+            .lock()
+            .map(|s| s.get(&params.uri).map(|m| m.values().cloned().collect()).unwrap_or_default())
+            .unwrap_or_default();
+        for peer in peers {
+            let _ = peer.notify_resource_updated(params.clone()).await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.routes.tools_changed.notify_one();
+        for peer in self.routes.listeners() {
+            let _ = peer.notify_tool_list_changed().await;
+        }
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        for peer in self.routes.listeners() {
+            let _ = peer.notify_resource_list_changed().await;
+        }
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        for peer in self.routes.listeners() {
+            let _ = peer.notify_prompt_list_changed().await;
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The HTTP face of Mandate: every mission at `/mcp/<domain>/<env>/<name>` (MCP streamable HTTP),
+//! RFC 9728 protected-resource metadata, the embedded issuer's discovery and JWKS, `/healthz`, and
+//! the loopback admin API the CLI uses while the server owns the store.
+//!
+//! Bearer tokens are verified by a layer in front of each mission's MCP service: no token or a bad
+//! one is a 401 with `WWW-Authenticate: Bearer resource_metadata="…"`; a valid token of another
+//! tenant or agent, or for an expired mission, is a 403. The MCP handler then finds the verified
+//! [`Caller`] in the request.
+
+pub mod handler;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Auditor, Event, EventKind, ExportFilter};
+use crate::authn::{AuthnError, Caller, Issuer, TokenRequest};
+use crate::config::Config;
+use crate::downstream::Pool;
+use crate::mission::MissionRuntime;
+use crate::store::Store;
+use handler::{MissionHandler, MissionState};
+
+/// Everything a running broker shares.
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub audit: Auditor,
+    pub issuer: Arc<Issuer>,
+    pub pool: Arc<Pool>,
+    pub missions: BTreeMap<String, Arc<MissionState>>,
+    /// Credential of the admin API (written to the store directory with mode 0600).
+    pub admin_token: String,
+}
+
+struct Gate {
+    runtime: Arc<MissionRuntime>,
+    issuer: Arc<Issuer>,
+    audit: Auditor,
+    public_url: String,
+    metadata_url: String,
+}
+
+/// Builds the router for a broker.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let settings = &broker.config.settings;
+    let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(url) = reqwest::Url::parse(&settings.public_url)
+        && let Some(host) = url.host_str()
+    {
+        hosts.push(host.trim_matches(['[', ']']).to_owned());
+    }
+    hosts.extend(settings.allowed_hosts.iter().cloned());
+
+    let mut app = Router::new();
+    for (id, state) in &broker.missions {
+        let path = state.runtime.mission.http_path();
+        let gate = Arc::new(Gate {
+            runtime: state.runtime.clone(),
+            issuer: broker.issuer.clone(),
+            audit: broker.audit.clone(),
+            public_url: settings.public_url.clone(),
+            metadata_url: format!(
+                "{}/.well-known/oauth-protected-resource{}",
+                settings.public_url, path
+            ),
+        });
+        let mut config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(hosts.clone())
+            .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
+        if !settings.allowed_origins.is_empty() {
+            config = config.with_allowed_origins(settings.allowed_origins.clone());
+        }
+        let (state, audit) = (state.clone(), broker.audit.clone());
+        let service = StreamableHttpService::new(
+            move || Ok(MissionHandler::new(state.clone(), audit.clone(), None)),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+        tracing::debug!(mission = %id, %path, "serving mission");
+        app = app.route(
+            &path,
+            axum::routing::any_service(service)
+                .layer(axum::middleware::from_fn_with_state(gate, authenticate)),
+        );
+    }
+    let metadata_broker = broker.clone();
+    let admin = broker.clone();
+    app.route(
+        "/.well-known/oauth-protected-resource/mcp/{*mission}",
+        get(move |axum::extract::Path(mission): axum::extract::Path<String>| {
+            let broker = metadata_broker.clone();
+            async move { protected_resource(&broker, &mission) }
+        }),
+    )
+    .route(
+        "/.well-known/openid-configuration",
+        get({
+            let b = broker.clone();
+            move || async move {
+                let base = &b.config.settings.public_url;
+                Json(serde_json::json!({
+                    "issuer": b.issuer.issuer(),
+                    "jwks_uri": format!("{base}/.well-known/jwks.json"),
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                    "token_endpoint_auth_methods_supported": [],
+                    "response_types_supported": [],
+                    "subject_types_supported": ["public"],
+                }))
+            }
+        }),
+    )
+    .route(
+        "/.well-known/jwks.json",
+        get({
+            let b = broker.clone();
+            move || async move { Json(b.issuer.jwks().clone()) }
+        }),
+    )
+    .route("/healthz", get(|| async { "ok\n" }))
+    .route("/admin/token", post(admin_token))
+    .route("/admin/audit/export", get(admin_export))
+    .route("/admin/audit/verify", get(admin_verify))
+    .with_state(admin)
+}
+
+fn protected_resource(broker: &Broker, mission: &str) -> Response {
+    match broker.missions.get(mission) {
+        None => (StatusCode::NOT_FOUND, "unknown mission\n").into_response(),
+        Some(state) => Json(serde_json::json!({
+            "resource": state.runtime.resource_url,
+            "authorization_servers": [broker.config.settings.public_url],
+            "bearer_methods_supported": ["header"],
+            "resource_name": format!("Mandate mission {mission}"),
+            "resource_documentation": "https://github.com/mandate/mandate#readme",
+        }))
+        .into_response(),
+    }
+}
+
+/// The authentication layer in front of a mission.
+async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let audiences = [gate.public_url.as_str(), gate.runtime.resource_url.as_str()];
+    let verified = crate::authn::bearer(request.headers().get(header::AUTHORIZATION))
+        .and_then(|token| gate.issuer.verify(token, &audiences));
+    let caller: Arc<Caller> = match verified {
+        Ok(c) => c,
+        Err(e) => {
+            let mut event = Event::new(EventKind::AuthFailure);
+            event.mission = Some(gate.runtime.mission.id.clone());
+            event.outcome = Some("unauthenticated".into());
+            event.detail = Some(e.to_string());
+            gate.audit.record_now(event);
+            return unauthorized(&gate, &e);
+        }
+    };
+    if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
+        let mut event = Event::new(EventKind::AuthFailure);
+        event.mission = Some(gate.runtime.mission.id.clone());
+        event.tenant = Some(caller.tenant.clone());
+        event.subject = Some(caller.subject.clone());
+        event.agent = Some(caller.agent.clone());
+        event.token_id = Some(caller.token_id.clone());
+        event.outcome = Some("forbidden".into());
+        event.detail = Some(denied.to_string());
+        gate.audit.record_now(event);
+        let challenge = format!(
+            "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
+            gate.metadata_url
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")))],
+            "this token may not use this mission (tenant, agent or mission expiry)\n",
+        )
+            .into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
+    let challenge = if e.token_presented() {
+        format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{}\"",
+            e.to_string().replace('"', "'"),
+            gate.metadata_url
+        )
+    } else {
+        format!("Bearer resource_metadata=\"{}\"", gate.metadata_url)
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+        )],
+        format!("{e}\n"),
+    )
+        .into_response()
+}
+
+fn admin_authorized(broker: &Broker, headers: &axum::http::HeaderMap) -> bool {
+    let Ok(token) = crate::authn::bearer(headers.get(header::AUTHORIZATION)) else {
+        return false;
+    };
+    constant_time_eq(token.as_bytes(), broker.admin_token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn forbidden_admin() -> Response {
+    (StatusCode::UNAUTHORIZED, "admin credential required\n").into_response()
+}
+
+async fn admin_token(
+    State(broker): State<Arc<Broker>>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<crate::cli::AdminTokenRequest>,
+) -> Response {
+    if !admin_authorized(&broker, &headers) {
+        return forbidden_admin();
+    }
+    let request = match request.resolve(&broker.config, &broker.config.settings.public_url) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match mint(&broker.issuer, &broker.audit, &request).await {
+        Ok(minted) => Json(minted).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Mints a token and audits it.
+pub async fn mint(
+    issuer: &Issuer,
+    audit: &Auditor,
+    request: &TokenRequest,
+) -> anyhow::Result<crate::authn::MintedToken> {
+    let minted = issuer.mint(request)?;
+    let mut event = Event::new(EventKind::TokenIssued);
+    event.tenant = Some(minted.claims.tenant.clone());
+    event.subject = Some(minted.claims.sub.clone());
+    event.agent = Some(minted.claims.azp.clone());
+    event.token_id = Some(minted.claims.jti.clone());
+    event.detail = Some(format!("audience {} expires {}", minted.claims.aud, minted.claims.exp));
+    audit.record_durable(event).await?;
+    Ok(minted)
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    tenant: Option<String>,
+    since: Option<String>,
+}
+
+async fn admin_export(
+    State(broker): State<Arc<Broker>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    if !admin_authorized(&broker, &headers) {
+        return forbidden_admin();
+    }
+    let _ = broker.audit.sync().await;
+    let filter = ExportFilter {
+        tenant: q.tenant,
+        since: q.since,
+    };
+    match crate::audit::export(&broker.store, &filter) {
+        Ok(lines) => lines.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn admin_verify(State(broker): State<Arc<Broker>>, headers: axum::http::HeaderMap) -> Response {
+    if !admin_authorized(&broker, &headers) {
+        return forbidden_admin();
+    }
+    let _ = broker.audit.sync().await;
+    match crate::audit::verify_store(&broker.store) {
+        Ok(n) => Json(serde_json::json!({ "ok": true, "records": n })).into_response(),
+        Err(e) => Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response(),
+    }
+}
+
+/// Serves HTTP on a pre-bound listener until `shutdown`.
+pub async fn serve_http(
+    broker: Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = router(broker);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

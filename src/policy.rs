@@ -1,0 +1,77 @@
+//! Policy: the decision stage, and [`Authorized`], the only thing a downstream accepts.
+//!
+//! Today the decision is the mission's scope plus its rules that do not need Cedar (reasoning
+//! required for some effects). Cedar policies (`<mission>.cedar`) plug in here: they will decide
+//! from the same [`Valid`] call, and any evaluation error will deny.
+
+use std::sync::Arc;
+
+use crate::audit::Reasoning;
+use crate::authn::Caller;
+use crate::mission::{ExposedTool, MissionRuntime, Valid};
+
+/// Identifies the rule that decided, for the audit record.
+pub const SCOPE_POLICY: &str = "mandate:mission-scope";
+pub const REASONING_POLICY: &str = "mandate:require-reasoning";
+
+/// A call that passed every check before the downstream.
+pub struct Authorized {
+    valid: Valid,
+    policy: &'static str,
+}
+
+impl Authorized {
+    pub fn caller(&self) -> &Arc<Caller> {
+        self.valid.caller()
+    }
+    pub fn tool(&self) -> &Arc<ExposedTool> {
+        self.valid.tool()
+    }
+    pub fn arguments(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.valid.arguments()
+    }
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+    pub fn into_arguments(self) -> serde_json::Map<String, serde_json::Value> {
+        self.valid.into_arguments()
+    }
+}
+
+/// Why the policy stage denied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyDenied {
+    #[error(
+        "this mission requires reasoning for `{0}` tools: send `_meta[\"io.mandate/reasoning\"]` with at least a `rationale`"
+    )]
+    ReasoningRequired(&'static str),
+}
+
+impl PolicyDenied {
+    pub fn policy(&self) -> &'static str {
+        match self {
+            PolicyDenied::ReasoningRequired(_) => REASONING_POLICY,
+        }
+    }
+}
+
+/// Stage 4: decide.
+pub fn authorize(
+    mission: &MissionRuntime,
+    valid: Valid,
+    reasoning: Option<&Reasoning>,
+) -> Result<Authorized, (Valid, PolicyDenied)> {
+    let effect = valid.tool().effect();
+    if mission.mission.require_reasoning.contains(&effect) {
+        let has_rationale = reasoning
+            .and_then(|r| r.rationale.as_deref())
+            .is_some_and(|r| !r.trim().is_empty());
+        if !has_rationale {
+            return Err((valid, PolicyDenied::ReasoningRequired(effect.as_str())));
+        }
+    }
+    Ok(Authorized {
+        valid,
+        policy: SCOPE_POLICY,
+    })
+}
