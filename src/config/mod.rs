@@ -554,11 +554,14 @@ fn build_manifest(
         .and_then(|t| parse_duration(src, t, diags))
         .unwrap_or(DEFAULT_TIMEOUT);
 
+    // Lock problems are reported, but the manifest is still returned so that missions using it
+    // are checked too (instead of cascading into "unknown tool manifest").
+    let mut lock_diags = Vec::new();
     let lock_result = lock;
     let lock = match lock {
         Ok(lock) => lock.clone(),
         Err(e) => {
-            diags.push(Diagnostic {
+            lock_diags.push(Diagnostic {
                 file: lock_path(src.path),
                 line: 1,
                 col: 1,
@@ -568,7 +571,7 @@ fn build_manifest(
         }
     };
     if require_locks && matches!(lock_result, Ok(None)) {
-        diags.push(src.file(format!(
+        lock_diags.push(src.file(format!(
             "no lock file `{}`: run `mandate pin {id}` to pin the downstream's tool definitions",
             lock_path(src.path)
                 .file_name()
@@ -579,7 +582,7 @@ fn build_manifest(
     if let Some(l) = &lock
         && l.manifest != id
     {
-        diags.push(Diagnostic {
+        lock_diags.push(Diagnostic {
             file: lock_path(src.path),
             line: 1,
             col: 1,
@@ -640,7 +643,7 @@ fn build_manifest(
         if let Some(l) = &lock
             && l.get(&name).is_none()
         {
-            diags.push(src.at(
+            lock_diags.push(src.at(
                 t.name.span().start,
                 format!(
                     "tool `{name}` is not in the lock file{}: run `mandate pin {id}` (after checking the downstream serves it)",
@@ -667,6 +670,7 @@ fn build_manifest(
     if diags.len() != before {
         return None;
     }
+    diags.append(&mut lock_diags);
     Some(ToolManifest {
         id,
         path: src.path.to_owned(),

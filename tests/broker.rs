@@ -1,0 +1,1 @@
+//! End-to-end behaviour of the broker with the sample ledger downstream and an rmcp client.

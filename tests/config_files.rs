@@ -1,0 +1,1 @@
+//! Configuration files: every shipped file loads; broken ones give exact diagnostics.

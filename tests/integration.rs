@@ -1,0 +1,10 @@
+//! The one integration test binary (one link on 2 cores). Every test starts the real `mandate`
+//! binary on port 0 with a real sled store in a temp dir and real downstream processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod broker;
+mod config_files;
+mod interop;

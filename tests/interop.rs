@@ -1,0 +1,229 @@
+//! Interop with peers nobody here wrote: the official MCP conformance suite, the Python `mcp`
+//! SDK client (modes auto and legacy), and the MCP Inspector CLI, through Mandate, to
+//! third-party downstreams.
+
+use std::process::Command;
+
+use crate::common::*;
+
+/// The conformance fixture (examples/conformance_fixture.py) behind a Mandate mission.
+fn conformance_workspace() -> Workspace {
+    let peers = peers();
+    let ws = Workspace::new();
+    let tools = [
+        "test_simple_text",
+        "test_image_content",
+        "test_audio_content",
+        "test_embedded_resource",
+        "test_multiple_content_types",
+        "test_tool_with_logging",
+        "test_tool_with_progress",
+        "test_error_handling",
+        "test_sampling",
+        "test_elicitation",
+        "test_elicitation_sep1034_defaults",
+        "test_elicitation_sep1330_enums",
+        "json_schema_2020_12_tool",
+        "test_reconnection",
+    ];
+    let mut manifest = format!(
+        r#"description = "MCP conformance fixture"
+environments = ["dev"]
+region = "local"
+
+[transport]
+kind = "stdio"
+command = "{}"
+args = ["{}"]
+"#,
+        peers.join("venv/bin/python").display(),
+        repo().join("examples/conformance_fixture.py").display()
+    );
+    for t in tools {
+        manifest.push_str(&format!("\n[[tools]]\nname = \"{t}\"\neffect = \"read\"\n"));
+    }
+    ws.write("tool-manifests/conformance/fixture.toml", &manifest);
+    ws.write(
+        "missions/conformance/dev/suite.toml",
+        r#"description = "every conformance fixture"
+tenant = "conformance"
+owner = "ci@mandate.example"
+expires = 2099-12-31
+agents = ["conformance-suite"]
+tools = ["conformance/fixture/*"]
+resources = ["conformance/fixture"]
+prompts = ["conformance/fixture"]
+"#,
+    );
+    ws.pin();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_through_mandate() {
+    let ws = conformance_workspace();
+    let server = ws.serve();
+    let token = ws.token_for(
+        "ci@mandate.example",
+        "conformance",
+        "conformance-suite",
+        Some("conformance/dev/suite"),
+    );
+    let front = auth_front(&server.url, &token).await;
+    let url = format!("{front}/mcp/conformance/dev/suite");
+    let bin = node22_bin_dir();
+    let out_dir = ws.path().join("conformance-results");
+    let output = tokio::process::Command::new(peers().join("npm/node_modules/.bin/conformance"))
+        .args(["server", "--url", &url, "-o"])
+        .arg(&out_dir)
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .env("HOME", ws.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let total = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("Total:"))
+        .unwrap_or("no total")
+        .to_owned();
+    println!("conformance: {total}");
+    assert!(
+        output.status.success() && total.contains(" 0 failed"),
+        "conformance failed: {total}\n{stdout}\n{}\nmandate log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    let passed: u32 = total
+        .split("Total:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 40, "expected all 40 checks of the 30 scenarios: {total}");
+    server.stop();
+    let verify = ws.mandate(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+/// A workspace fronting PyPI `mcp-server-time` (speaks 2026-07-28 natively) with one mission.
+fn time_workspace() -> Workspace {
+    let peers = peers();
+    let ws = Workspace::new();
+    ws.write(
+        "tool-manifests/ops/clock.toml",
+        &format!(
+            r#"description = "mcp-server-time"
+environments = ["prod"]
+region = "eu-west-1"
+
+[transport]
+kind = "stdio"
+command = "{}"
+args = ["--local-timezone", "Etc/UTC"]
+
+[[tools]]
+name = "get_current_time"
+effect = "read"
+"#,
+            peers.join("venv/bin/mcp-server-time").display()
+        ),
+    );
+    ws.mission("ops/prod/clock", r#""ops/clock/get_current_time""#, "");
+    ws.pin();
+    ws
+}
+
+const PY_CLIENT: &str = r#"
+import sys, json, anyio, httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+url, token, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+async def main():
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + token}) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as c:
+            tools = await c.list_tools()
+            r = await c.call_tool("get_current_time", {"timezone": "Etc/UTC"})
+            hidden = None
+            try:
+                await c.call_tool("convert_time", {"source_timezone": "Etc/UTC", "time": "12:00", "target_timezone": "Europe/Paris"})
+            except Exception as e:
+                hidden = str(e)
+            print(json.dumps({"protocol": str(c.protocol_version), "tools": [t.name for t in tools.tools],
+                              "is_error": r.is_error, "timezone": (r.structured_content or {}).get("timezone"),
+                              "hidden": hidden}))
+anyio.run(main)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_auto_and_legacy_through_mandate_to_mcp_server_time() {
+    let ws = time_workspace();
+    let server = ws.serve();
+    let token = ws.token(Some("ops/prod/clock"));
+    let url = server.mission_url("ops/prod/clock");
+    for (mode, protocol) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
+        let out = Command::new(peers().join("venv/bin/python"))
+            .args(["-c", PY_CLIENT, &url, &token, mode])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "python client ({mode}) failed: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        assert_eq!(v["protocol"], protocol, "{v}");
+        // mcp-server-time serves two tools; the mission exposes one.
+        assert_eq!(v["tools"], serde_json::json!(["get_current_time"]), "{v}");
+        assert_eq!(v["is_error"], false);
+        assert_eq!(v["timezone"], "Etc/UTC");
+        assert!(v["hidden"].as_str().unwrap_or("").contains("tool not found"), "{v}");
+    }
+    // Without a token the Python client gets a 401.
+    let out = Command::new(peers().join("venv/bin/python"))
+        .args(["-c", PY_CLIENT, &url, "not-a-token", "legacy"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a bad token must be refused");
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(
+        records.iter().any(|r| r["kind"] == "auth_failure" && r["mission"] == "ops/prod/clock"),
+        "the refused token must be audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
+    let ws = time_workspace();
+    let server = ws.serve();
+    let token = ws.token(Some("ops/prod/clock"));
+    let url = server.mission_url("ops/prod/clock");
+    let inspector = peers().join("npm/node_modules/.bin/mcp-inspector");
+    let path = format!("{}:{}", node22_bin_dir().display(), std::env::var("PATH").unwrap());
+    let auth = format!("Authorization: Bearer {token}");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--cli", "--format", "json", "-q", url.as_str(), "--transport", "http", "--header", auth.as_str()];
+        args.extend_from_slice(extra);
+        Command::new(&inspector)
+            .args(&args)
+            .env("PATH", &path)
+            .env("HOME", ws.path())
+            .output()
+            .unwrap()
+    };
+    let list = run(&["--method", "tools/list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "inspector tools/list failed: {text}\n{}", String::from_utf8_lossy(&list.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["get_current_time"]);
+    let call = run(&["--method", "tools/call", "--tool-name", "get_current_time", "--tool-arg", "timezone=Etc/UTC"]);
+    let text = String::from_utf8_lossy(&call.stdout);
+    assert!(call.status.success(), "inspector tools/call failed: {text}\n{}", String::from_utf8_lossy(&call.stderr));
+    assert!(text.contains("Etc/UTC"), "{text}");
+    server.stop();
+}
