@@ -137,7 +137,10 @@ enum ClientKind {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -283,7 +286,11 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(serde_json::to_value)
                 .collect::<Result<Vec<_>, _>>()?;
-            anyhow::Ok(LockFile::from_definitions(&manifest.id, server, definitions))
+            anyhow::Ok(LockFile::from_definitions(
+                &manifest.id,
+                server,
+                definitions,
+            ))
         }
         .await;
         match result {
@@ -363,7 +370,11 @@ impl AdminTokenRequest {
                     );
                 };
                 if m.tenant != self.tenant {
-                    bail!("mission `{id}` belongs to tenant `{}`, not `{}`", m.tenant, self.tenant);
+                    bail!(
+                        "mission `{id}` belongs to tenant `{}`, not `{}`",
+                        m.tenant,
+                        self.tenant
+                    );
                 }
                 if !m.agents.contains(&self.agent) {
                     bail!(
@@ -504,7 +515,9 @@ async fn audit_export(dir: &Path, filter: ExportFilter) -> anyhow::Result<ExitCo
         Err(code) => return Ok(code),
     };
     let lines = match backend(&config)? {
-        Backend::Direct(store) => crate::audit::export(&store, &filter).map_err(anyhow::Error::msg)?,
+        Backend::Direct(store) => {
+            crate::audit::export(&store, &filter).map_err(anyhow::Error::msg)?
+        }
         Backend::Admin(cred) => {
             let mut query = Vec::new();
             if let Some(t) = &filter.tenant {
@@ -535,7 +548,12 @@ fn unreachable_url() -> reqwest::Url {
     panic!("constant URL failed to parse")
 }
 
-fn client_config(dir: &Path, mission: &str, client: ClientKind, stdio: bool) -> anyhow::Result<ExitCode> {
+fn client_config(
+    dir: &Path,
+    mission: &str,
+    client: ClientKind,
+    stdio: bool,
+) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -574,9 +592,15 @@ fn client_config(dir: &Path, mission: &str, client: ClientKind, stdio: bool) -> 
             _ => format!("Bearer {token_hint}"),
         };
         match client {
-            ClientKind::Claude => serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } }),
-            ClientKind::Vscode => serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } }),
-            ClientKind::Cursor => serde_json::json!({ "url": url, "headers": { "Authorization": auth } }),
+            ClientKind::Claude => {
+                serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } })
+            }
+            ClientKind::Vscode => {
+                serde_json::json!({ "type": "http", "url": url, "headers": { "Authorization": auth } })
+            }
+            ClientKind::Cursor => {
+                serde_json::json!({ "url": url, "headers": { "Authorization": auth } })
+            }
         }
     };
     let snippet = match client {
@@ -592,7 +616,9 @@ fn client_config(dir: &Path, mission: &str, client: ClientKind, stdio: bool) -> 
             }
             s
         }
-        ClientKind::Claude | ClientKind::Cursor => serde_json::json!({ "mcpServers": { name: entry } }),
+        ClientKind::Claude | ClientKind::Cursor => {
+            serde_json::json!({ "mcpServers": { name: entry } })
+        }
     };
     println!("{}", serde_json::to_string_pretty(&snippet)?);
     Ok(ExitCode::SUCCESS)
@@ -620,7 +646,9 @@ async fn serve(
     let listener = if stdio {
         None
     } else {
-        let addr = listen.clone().unwrap_or_else(|| config.settings.listen.clone());
+        let addr = listen
+            .clone()
+            .unwrap_or_else(|| config.settings.listen.clone());
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on `{addr}`"))?;
@@ -645,7 +673,12 @@ async fn serve(
     event.detail = Some(format!(
         "{} mission(s): {}; {} tool manifest(s)",
         config.missions.len(),
-        config.missions.keys().cloned().collect::<Vec<_>>().join(", "),
+        config
+            .missions
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         config.manifests.len()
     ));
     audit.record_durable(event).await?;
@@ -661,7 +694,17 @@ async fn serve(
     tokio::spawn(signal_shutdown(shutdown.clone()));
 
     let result = match listener {
-        None => serve_stdio(&config, &states, &issuer, &audit, mission.as_deref(), shutdown.clone()).await,
+        None => {
+            serve_stdio(
+                &config,
+                &states,
+                &issuer,
+                &audit,
+                mission.as_deref(),
+                shutdown.clone(),
+            )
+            .await
+        }
         Some(listener) => {
             let local = listener.local_addr()?;
             let admin_token = crate::authn::random_id() + &crate::authn::random_id();
@@ -714,9 +757,15 @@ async fn serve_stdio(
         bail!("`--stdio` needs `--mission <id>`");
     };
     let token = std::env::var("MANDATE_TOKEN").map_err(|_| {
-        anyhow::anyhow!("no caller token: set MANDATE_TOKEN (mint one with `mandate token … --mission {}`)", state.runtime.mission.id)
+        anyhow::anyhow!(
+            "no caller token: set MANDATE_TOKEN (mint one with `mandate token … --mission {}`)",
+            state.runtime.mission.id
+        )
     })?;
-    let audiences = [config.settings.public_url.as_str(), state.runtime.resource_url.as_str()];
+    let audiences = [
+        config.settings.public_url.as_str(),
+        state.runtime.resource_url.as_str(),
+    ];
     let caller = match issuer.verify(token.trim(), &audiences) {
         Ok(c) => c,
         Err(e) => {
@@ -729,7 +778,10 @@ async fn serve_stdio(
         }
     };
     if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
-        bail!("MANDATE_TOKEN may not use mission `{}`: {denied}", state.runtime.mission.id);
+        bail!(
+            "MANDATE_TOKEN may not use mission `{}`: {denied}",
+            state.runtime.mission.id
+        );
     }
     let handler = MissionHandler::new(state.clone(), audit.clone(), Some(caller));
     let running = handler.serve(rmcp::transport::stdio()).await?;

@@ -1,1 +1,337 @@
-//! Configuration files: every shipped file loads; broken ones give exact diagnostics.
+//! Configuration files: every shipped file loads through the same path as `mandate check`, and
+//! broken ones give exact `path:line:col` diagnostics, all at once.
+
+use crate::common::*;
+
+#[test]
+fn shipped_configuration_checks_clean() {
+    let out = std::process::Command::new(mandate_bin())
+        .args(["check", "--config"])
+        .arg(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = mandate::config::load(&repo(), true).unwrap();
+    assert_eq!(
+        config.missions.keys().collect::<Vec<_>>(),
+        [
+            "finance/prod/invoice-review",
+            "procurement/prod/supplier-due-diligence",
+            "support/staging/invoice-helpdesk"
+        ]
+    );
+    mandate::mission::MissionRuntime::build_all(&config).unwrap();
+}
+
+/// A valid base: one pinned manifest (lock written by hand) and one mission.
+fn base() -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        r#"description = "ledger"
+environments = ["prod"]
+region = "eu-west-1"
+
+[transport]
+kind = "stdio"
+command = "ledger"
+
+[[tools]]
+name = "get_invoice"
+effect = "read"
+
+[[tools]]
+name = "pay_invoice"
+effect = "irreversible"
+"#,
+    );
+    let lock = mandate::tools::LockFile::from_definitions(
+        "finance/ledger",
+        None,
+        vec![
+            serde_json::json!({"name": "get_invoice", "description": "d", "inputSchema": {"type": "object"}}),
+            serde_json::json!({"name": "pay_invoice", "description": "d", "inputSchema": {"type": "object"}}),
+        ],
+    );
+    lock.write(&ws.path().join("tool-manifests/finance/ledger.lock.json"))
+        .unwrap();
+    ws.write(
+        "tool-manifests/hr/people.toml",
+        r#"description = "people"
+environments = ["staging"]
+region = "eu-west-1"
+
+[transport]
+kind = "http"
+url = "http://127.0.0.1:1/mcp"
+
+[[tools]]
+name = "lookup"
+effect = "read"
+"#,
+    );
+    mandate::tools::LockFile::from_definitions(
+        "hr/people",
+        None,
+        vec![serde_json::json!({"name": "lookup", "inputSchema": {"type": "object"}})],
+    )
+    .write(&ws.path().join("tool-manifests/hr/people.lock.json"))
+    .unwrap();
+    ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
+    ws
+}
+
+fn diagnostics(ws: &Workspace) -> Vec<String> {
+    match mandate::config::load(ws.path(), true) {
+        Ok(_) => vec![],
+        Err(d) => d
+            .iter()
+            .map(|d| {
+                let file = d.file.strip_prefix(ws.path()).unwrap_or(&d.file);
+                format!("{}:{}:{}: {}", file.display(), d.line, d.col, d.message)
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn base_is_valid() {
+    assert_eq!(diagnostics(&base()), Vec::<String>::new());
+}
+
+#[test]
+fn misspelt_mission_field_names_file_line_and_column() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntoolz = []\n",
+    );
+    let d = diagnostics(&ws);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].starts_with(
+            "missions/finance/prod/review.toml:6:1: unknown field `toolz`, expected one of"
+        ),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn misspelt_manifest_field_is_located() {
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        "description = \"ledger\"\nenvironments = [\"prod\"]\nregion = \"eu-west-1\"\n\n[transport]\nkind = \"stdio\"\ncommand = \"x\"\n\n[[tools]]\nname = \"get_invoice\"\neffct = \"read\"\n",
+    );
+    let d = diagnostics(&ws);
+    assert!(
+        d.iter().any(
+            |l| l.starts_with("tool-manifests/finance/ledger.toml:11:1: unknown field `effct`")
+        ),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn misspelt_transport_and_settings_fields_are_located() {
+    let ws = base();
+    ws.write(
+        "mandate.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\npublic_ur = \"http://x\"\n",
+    );
+    ws.write(
+        "tool-manifests/hr/people.toml",
+        "description = \"p\"\nenvironments = [\"staging\"]\nregion = \"r\"\n[transport]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/mcp\"\nheaderz = {}\n",
+    );
+    let d = diagnostics(&ws);
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("mandate.toml:3:1: unknown field `public_ur`")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("tool-manifests/hr/people.toml:4:1:") && l.contains("headerz")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn misspelt_lock_file_field_is_reported() {
+    let ws = base();
+    let path = ws.path().join("tool-manifests/finance/ledger.lock.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"pinned_at\"", "\"pinned_on\"");
+    std::fs::write(&path, text).unwrap();
+    let d = diagnostics(&ws);
+    assert!(
+        d.iter().any(|l| l
+            .starts_with("tool-manifests/finance/ledger.lock.json:1:1: invalid lock file")
+            && l.contains("pinned_on")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_suggestions() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        r#"description = "x"
+tenant = "acme"
+owner = "a"
+expires = 2099-01-01
+agents = ["bot"]
+tools = [
+  "finance/ledger/get_invoce",
+  "hr/people/lookup",
+  "finance/ledgr/get_invoice",
+  "finance/ledger/get_invoice",
+  { tool = "finance/ledger/pay_invoice", as = "get_invoice" },
+]
+require_reasoning = ["writ"]
+"#,
+    );
+    let d = diagnostics(&ws);
+    let expected = [
+        "missions/finance/prod/review.toml:7:3: unknown tool `finance/ledger/get_invoce` in `tools` (did you mean `finance/ledger/get_invoice`?)",
+        "missions/finance/prod/review.toml:8:3: tool manifest `hr/people` is not allowed in environment `prod` (its `environments` are staging)",
+        "missions/finance/prod/review.toml:9:3: unknown tool manifest `finance/ledgr` in `tools` (did you mean `finance/ledger/get_invoice`?)",
+        "missions/finance/prod/review.toml:11:3: tool name `get_invoice` is exposed twice (by `finance/ledger/get_invoice` and `finance/ledger/pay_invoice`): rename one with `{ tool = \"finance/ledger/pay_invoice\", as = \"…\" }`",
+        "missions/finance/prod/review.toml:13:22: unknown effect `writ` in `require_reasoning` (expected read, write or irreversible) (did you mean `write`?)",
+    ];
+    assert_eq!(d, expected);
+}
+
+#[test]
+fn manifest_problems_duplicate_tools_bad_values_and_unpinned_tools() {
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        r#"description = "ledger"
+environments = ["prod"]
+region = "eu-west-1"
+timeout = "soon"
+
+[transport]
+kind = "stdio"
+command = "ledger"
+protocol = "2024-01-01"
+
+[[tools]]
+name = "get_invoice"
+effect = "read"
+
+[[tools]]
+name = "get_invoice"
+effect = "read"
+
+[[tools]]
+name = "export_all"
+effect = "raed"
+sensitivity = "secret"
+"#,
+    );
+    let d = diagnostics(&ws);
+    let expected = [
+        "tool-manifests/finance/ledger.toml:16:8: duplicate tool `get_invoice` in `[[tools]]`",
+        "tool-manifests/finance/ledger.toml:20:8: tool `export_all` is not in the lock file: run `mandate pin finance/ledger` (after checking the downstream serves it)",
+        "tool-manifests/finance/ledger.toml:21:10: unknown effect `raed` (expected one of read, write, irreversible) (did you mean `read`?)",
+        "tool-manifests/finance/ledger.toml:22:15: unknown sensitivity `secret` (expected one of public, internal, confidential, restricted)",
+        "tool-manifests/finance/ledger.toml:4:11: invalid duration `soon` (write e.g. `30s` or `2m`)",
+        "tool-manifests/finance/ledger.toml:6:1: unknown MCP revision `2024-01-01` in `[transport]` (expected one of 2025-06-18, 2025-11-25, 2026-07-28)",
+    ];
+    let mut d_sorted = d.clone();
+    d_sorted.sort();
+    let mut e_sorted: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    e_sorted.sort();
+    assert_eq!(d_sorted, e_sorted);
+    // A declared tool the lock does not have is an error too.
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        "description = \"l\"\nenvironments = [\"prod\"]\nregion = \"r\"\n[transport]\nkind = \"stdio\"\ncommand = \"x\"\n[[tools]]\nname = \"get_invoice\"\neffect = \"read\"\n[[tools]]\nname = \"pay_invoce\"\neffect = \"irreversible\"\n",
+    );
+    let d = diagnostics(&ws);
+    assert_eq!(
+        d,
+        [
+            "tool-manifests/finance/ledger.toml:11:8: tool `pay_invoce` is not in the lock file (did you mean `pay_invoice`?): run `mandate pin finance/ledger` (after checking the downstream serves it)"
+        ]
+    );
+}
+
+#[test]
+fn mandate_check_prints_diagnostics_and_exits_1() {
+    let ws = base();
+    ws.write("missions/finance/prod/review.toml", "description = 1\n");
+    let out = ws.mandate(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missions/finance/prod/review.toml:1:15: invalid type"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wildcard_expands_to_every_declared_tool() {
+    let ws = base();
+    ws.mission("finance/prod/review", r#""finance/ledger/*""#, "");
+    let config = mandate::config::load(ws.path(), true).unwrap();
+    let m = &config.missions["finance/prod/review"];
+    let names: Vec<&str> = m.tools.iter().map(|t| t.exposed.as_str()).collect();
+    assert_eq!(names, ["get_invoice", "pay_invoice"]);
+}
+
+#[test]
+fn client_config_snippets_are_valid_json_for_each_client() {
+    let root = repo();
+    let root = root.to_str().unwrap();
+    for client in ["claude", "vscode", "cursor"] {
+        for stdio in [false, true] {
+            let mut args = vec![
+                "client-config",
+                "--config",
+                root,
+                "--mission",
+                "finance/prod/invoice-review",
+                "--client",
+                client,
+            ];
+            if stdio {
+                args.push("--stdio");
+            }
+            let out = std::process::Command::new(mandate_bin())
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let servers = if client == "vscode" {
+                &v["servers"]
+            } else {
+                &v["mcpServers"]
+            };
+            let entry = &servers["mandate-finance-prod-invoice-review"];
+            if stdio {
+                assert_eq!(entry["args"][0], "serve");
+                assert!(entry["env"]["MANDATE_TOKEN"].is_string());
+            } else {
+                assert_eq!(
+                    entry["url"],
+                    "http://127.0.0.1:8080/mcp/finance/prod/invoice-review"
+                );
+            }
+        }
+    }
+}

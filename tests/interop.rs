@@ -76,7 +76,10 @@ async fn conformance_suite_passes_through_mandate() {
     let output = tokio::process::Command::new(peers().join("npm/node_modules/.bin/conformance"))
         .args(["server", "--url", &url, "-o"])
         .arg(&out_dir)
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
         .env("HOME", ws.path())
         .output()
         .await
@@ -101,10 +104,17 @@ async fn conformance_suite_passes_through_mandate() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 40, "expected all 40 checks of the 30 scenarios: {total}");
+    assert!(
+        passed >= 40,
+        "expected all 40 checks of the 30 scenarios: {total}"
+    );
     server.stop();
     let verify = ws.mandate(&["audit", "verify"]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 /// A workspace fronting PyPI `mcp-server-time` (speaks 2026-07-28 natively) with one mission.
@@ -174,13 +184,20 @@ async fn python_sdk_client_auto_and_legacy_through_mandate_to_mcp_server_time() 
             String::from_utf8_lossy(&out.stderr),
             server.log()
         );
-        let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
         assert_eq!(v["protocol"], protocol, "{v}");
         // mcp-server-time serves two tools; the mission exposes one.
         assert_eq!(v["tools"], serde_json::json!(["get_current_time"]), "{v}");
         assert_eq!(v["is_error"], false);
         assert_eq!(v["timezone"], "Etc/UTC");
-        assert!(v["hidden"].as_str().unwrap_or("").contains("tool not found"), "{v}");
+        assert!(
+            v["hidden"]
+                .as_str()
+                .unwrap_or("")
+                .contains("tool not found"),
+            "{v}"
+        );
     }
     // Without a token the Python client gets a 401.
     let out = Command::new(peers().join("venv/bin/python"))
@@ -191,7 +208,9 @@ async fn python_sdk_client_auto_and_legacy_through_mandate_to_mcp_server_time() 
     server.stop();
     let records = audit_records(&ws);
     assert!(
-        records.iter().any(|r| r["kind"] == "auth_failure" && r["mission"] == "ops/prod/clock"),
+        records
+            .iter()
+            .any(|r| r["kind"] == "auth_failure" && r["mission"] == "ops/prod/clock"),
         "the refused token must be audited"
     );
 }
@@ -203,10 +222,24 @@ async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
     let token = ws.token(Some("ops/prod/clock"));
     let url = server.mission_url("ops/prod/clock");
     let inspector = peers().join("npm/node_modules/.bin/mcp-inspector");
-    let path = format!("{}:{}", node22_bin_dir().display(), std::env::var("PATH").unwrap());
+    let path = format!(
+        "{}:{}",
+        node22_bin_dir().display(),
+        std::env::var("PATH").unwrap()
+    );
     let auth = format!("Authorization: Bearer {token}");
     let run = |extra: &[&str]| {
-        let mut args = vec!["--cli", "--format", "json", "-q", url.as_str(), "--transport", "http", "--header", auth.as_str()];
+        let mut args = vec![
+            "--cli",
+            "--format",
+            "json",
+            "-q",
+            url.as_str(),
+            "--transport",
+            "http",
+            "--header",
+            auth.as_str(),
+        ];
         args.extend_from_slice(extra);
         Command::new(&inspector)
             .args(&args)
@@ -217,13 +250,33 @@ async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
     };
     let list = run(&["--method", "tools/list"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(list.status.success(), "inspector tools/list failed: {text}\n{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "inspector tools/list failed: {text}\n{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let names: Vec<&str> = v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["get_current_time"]);
-    let call = run(&["--method", "tools/call", "--tool-name", "get_current_time", "--tool-arg", "timezone=Etc/UTC"]);
+    let call = run(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "get_current_time",
+        "--tool-arg",
+        "timezone=Etc/UTC",
+    ]);
     let text = String::from_utf8_lossy(&call.stdout);
-    assert!(call.status.success(), "inspector tools/call failed: {text}\n{}", String::from_utf8_lossy(&call.stderr));
+    assert!(
+        call.status.success(),
+        "inspector tools/call failed: {text}\n{}",
+        String::from_utf8_lossy(&call.stderr)
+    );
     assert!(text.contains("Etc/UTC"), "{text}");
     server.stop();
 }

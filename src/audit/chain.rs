@@ -184,7 +184,10 @@ mod tests {
                 if unchanged {
                     assert!(result.is_ok());
                 } else {
-                    assert!(result.is_err(), "flip at record {i} byte {pos} not detected");
+                    assert!(
+                        result.is_err(),
+                        "flip at record {i} byte {pos} not detected"
+                    );
                 }
             }
         }

@@ -270,10 +270,8 @@ async fn writer(tree: sled::Tree, mut head: chain::Head, mut rx: mpsc::Receiver<
                 }
             }
         }
-        if needs_flush
-            && let Err(e) = tree.flush_async().await
-        {
-                tracing::error!(error = %e, "audit flush failed");
+        if needs_flush && let Err(e) = tree.flush_async().await {
+            tracing::error!(error = %e, "audit flush failed");
             for (ack, _) in acks.drain(..) {
                 if let Some(ack) = ack {
                     let _ = ack.send(Err(AuditError::Store(e.to_string())));
@@ -373,12 +371,15 @@ pub fn verify_store(store: &Store) -> Result<u64, VerifyError> {
 
 /// Verifies a JSON-lines export (a full, unfiltered one).
 pub fn verify_jsonl(text: &str) -> Result<u64, VerifyError> {
-    verify_records(text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(
-        |(i, line)| {
-            serde_json::from_str::<Record>(line)
-                .map_err(|e| format!("line {} is not a valid record: {e}", i + 1))
-        },
-    ))
+    verify_records(
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str::<Record>(line)
+                    .map_err(|e| format!("line {} is not a valid record: {e}", i + 1))
+            }),
+    )
 }
 
 /// SHA-256 hex of the canonical (RFC 8785) JSON of a value.

@@ -67,7 +67,9 @@ impl Caller {
 /// Why a token was refused. Always maps to HTTP 401.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AuthnError {
-    #[error("no bearer token: send `Authorization: Bearer <token>` (mint one with `mandate token`)")]
+    #[error(
+        "no bearer token: send `Authorization: Bearer <token>` (mint one with `mandate token`)"
+    )]
     Missing,
     #[error("malformed `Authorization` header: expected `Bearer <token>`")]
     Malformed,
@@ -175,10 +177,7 @@ impl Issuer {
         header.typ = Some(TOKEN_TYPE.to_owned());
         header.kid = Some(self.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
-        Ok(MintedToken {
-            token,
-            claims,
-        })
+        Ok(MintedToken { token, claims })
     }
 
     /// Verifies a bearer token for a resource: `aud` must be one of `audiences`.
@@ -327,7 +326,10 @@ mod tests {
 
     fn issuer() -> Issuer {
         let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
-        let pem = key.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string()).unwrap_or_default();
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         Issuer::from_pem(&pem, "http://127.0.0.1:8080").unwrap_or_else(|e| unreachable!("{e}"))
     }
 
@@ -357,13 +359,21 @@ mod tests {
     fn wrong_audience_other_key_and_tampering_are_refused() {
         let iss = issuer();
         let other = issuer();
-        let t = iss.mint(&request("http://127.0.0.1:8080")).map(|m| m.token).unwrap_or_default();
-        assert!(iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"]).is_err());
+        let t = iss
+            .mint(&request("http://127.0.0.1:8080"))
+            .map(|m| m.token)
+            .unwrap_or_default();
+        assert!(
+            iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"])
+                .is_err()
+        );
         assert!(other.verify(&t, &["http://127.0.0.1:8080"]).is_err());
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"sub":"mallory"}"#);
-        assert!(iss.verify(&parts.join("."), &["http://127.0.0.1:8080"]).is_err());
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
+        assert!(
+            iss.verify(&parts.join("."), &["http://127.0.0.1:8080"])
+                .is_err()
+        );
         assert!(iss.verify("not-a-jwt", &["http://127.0.0.1:8080"]).is_err());
     }
 

@@ -303,18 +303,18 @@ fn parse_duration(
 
 fn parse_protocol(
     src: &Source,
-    value: &Option<Spanned<String>>,
+    offset: usize,
+    value: &Option<String>,
     diags: &mut Vec<Diagnostic>,
 ) -> String {
     match value {
         None => "2025-11-25".to_owned(),
-        Some(v) if DOWNSTREAM_PROTOCOLS.contains(&v.get_ref().as_str()) => v.get_ref().clone(),
+        Some(v) if DOWNSTREAM_PROTOCOLS.contains(&v.as_str()) => v.clone(),
         Some(v) => {
             diags.push(src.at(
-                v.span().start,
+                offset,
                 format!(
-                    "unknown MCP revision `{}` (expected one of {})",
-                    v.get_ref(),
+                    "unknown MCP revision `{v}` in `[transport]` (expected one of {})",
                     DOWNSTREAM_PROTOCOLS.join(", ")
                 ),
             ));
@@ -333,12 +333,21 @@ pub fn build(
     let settings = build_settings(root, sources.settings.as_ref(), &mut diags);
 
     let mut manifests = BTreeMap::new();
+    // Ids of manifests that exist but have errors: missions using them are not also told the
+    // manifest is unknown.
+    let mut broken = BTreeSet::new();
     let manifests_dir = root.join("tool-manifests");
     for (path, text, lock) in &sources.manifests {
         let src = Source { path, text };
-        if let Some(m) = build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags)
-        {
-            manifests.insert(m.id.clone(), m);
+        match build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags) {
+            Some(m) => {
+                manifests.insert(m.id.clone(), m);
+            }
+            None => {
+                if let Some(segments) = relative_id(&manifests_dir, path) {
+                    broken.insert(segments.join("/"));
+                }
+            }
         }
     }
 
@@ -346,7 +355,7 @@ pub fn build(
     let missions_dir = root.join("missions");
     for (path, text) in &sources.missions {
         let src = Source { path, text };
-        if let Some(m) = build_mission(&missions_dir, &src, &manifests, &mut diags) {
+        if let Some(m) = build_mission(&missions_dir, &src, &manifests, &broken, &mut diags) {
             missions.insert(m.id.clone(), m);
         }
     }
@@ -499,6 +508,7 @@ fn build_manifest(
             ));
         }
     }
+    let transport_at = raw.transport.span().start;
     let transport = match raw.transport.get_ref() {
         RawTransport::Stdio {
             command,
@@ -507,7 +517,7 @@ fn build_manifest(
             protocol,
         } => {
             if command.trim().is_empty() {
-                diags.push(src.at(raw.transport.span().start, "`command` must not be empty"));
+                diags.push(src.at(transport_at, "`command` in `[transport]` must not be empty"));
             }
             let command = if command.contains('/') && !command.starts_with('/') {
                 root.join(command).to_string_lossy().into_owned()
@@ -519,20 +529,20 @@ fn build_manifest(
                 args: args.clone(),
                 env: env.clone(),
                 cwd: root.to_owned(),
-                protocol: parse_protocol(src, protocol, diags),
+                protocol: parse_protocol(src, transport_at, protocol, diags),
             }
         }
         RawTransport::Http { url, protocol } => {
-            match reqwest::Url::parse(url.get_ref()) {
+            match reqwest::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 _ => diags.push(src.at(
-                    url.span().start,
-                    format!("`url` must be an http(s) URL, not `{}`", url.get_ref()),
+                    transport_at,
+                    format!("`url` in `[transport]` must be an http(s) URL, not `{url}`"),
                 )),
             }
             Transport::Http {
-                url: url.get_ref().clone(),
-                protocol: parse_protocol(src, protocol, diags),
+                url: url.clone(),
+                protocol: parse_protocol(src, transport_at, protocol, diags),
             }
         }
     };
@@ -667,15 +677,20 @@ fn build_manifest(
             },
         );
     }
-    if diags.len() != before {
+    let failed = diags.len() != before;
+    diags.append(&mut lock_diags);
+    if failed {
         return None;
     }
-    diags.append(&mut lock_diags);
     Some(ToolManifest {
         id,
         path: src.path.to_owned(),
         description: raw.description,
-        environments: raw.environments.into_iter().map(Spanned::into_inner).collect(),
+        environments: raw
+            .environments
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         region: raw.region.into_inner(),
         transport,
         timeout,
@@ -714,6 +729,7 @@ fn build_mission(
     dir: &Path,
     src: &Source,
     manifests: &BTreeMap<String, ToolManifest>,
+    broken: &BTreeSet<String>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Mission> {
     let raw: RawMission = match toml::from_str(src.text) {
@@ -770,6 +786,9 @@ fn build_mission(
             ));
             continue;
         };
+        if broken.contains(manifest_id) {
+            continue;
+        }
         let Some(manifest) = manifests.get(manifest_id) else {
             let all_refs: Vec<String> = manifests
                 .values()
@@ -795,9 +814,7 @@ fn build_mission(
             ));
             continue;
         }
-        if !raw.regions.is_empty()
-            && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region)
-        {
+        if !raw.regions.is_empty() && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region) {
             diags.push(src.at(
                 offset,
                 format!(
@@ -867,6 +884,9 @@ fn build_mission(
     let mut check_manifest_list = |list: &[Spanned<String>], field: &str| -> Vec<String> {
         let mut out = Vec::new();
         for m in list {
+            if broken.contains(m.get_ref()) {
+                continue;
+            }
             match manifests.get(m.get_ref()) {
                 Some(manifest) if manifest.environments.contains(&env) => {
                     out.push(m.get_ref().clone())

@@ -95,7 +95,8 @@ pub struct RawManifest {
     pub tools: Vec<Spanned<RawTool>>,
 }
 
-/// `[transport]`.
+/// `[transport]`. (Values inside an internally tagged enum cannot carry spans; diagnostics
+/// point at the `[transport]` table.)
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RawTransport {
@@ -109,13 +110,13 @@ pub enum RawTransport {
         #[serde(default)]
         env: BTreeMap<String, String>,
         /// MCP revision to speak: `2025-11-25` (default), `2025-06-18`, or `2026-07-28` (stateless).
-        protocol: Option<Spanned<String>>,
+        protocol: Option<String>,
     },
     /// A streamable HTTP MCP endpoint.
     Http {
-        url: Spanned<String>,
+        url: String,
         /// MCP revision to speak (as for stdio).
-        protocol: Option<Spanned<String>>,
+        protocol: Option<String>,
     },
 }
 

@@ -85,7 +85,12 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    fn new(key: GroupKey, manifest: Arc<ToolManifest>, audit: Auditor, http: reqwest::Client) -> Self {
+    fn new(
+        key: GroupKey,
+        manifest: Arc<ToolManifest>,
+        audit: Auditor,
+        http: reqwest::Client,
+    ) -> Self {
         let (peer, _) = watch::channel(None);
         Self {
             key,
@@ -112,7 +117,9 @@ impl Downstream {
         let mut rx = self.peer.subscribe();
         let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()));
         match tokio::time::timeout(CONNECT_WAIT, wait).await {
-            Ok(Ok(peer)) => peer.clone().ok_or_else(|| self.unavailable("not connected")),
+            Ok(Ok(peer)) => peer
+                .clone()
+                .ok_or_else(|| self.unavailable("not connected")),
             Ok(Err(_)) => Err(self.unavailable("shut down")),
             Err(_) => Err(self.unavailable("not connected (restarting?)")),
         }
@@ -154,8 +161,12 @@ impl Downstream {
             .map_err(|e| DownstreamError::Transport(self.manifest.id.clone(), e.to_string()))?;
         let id = handle.id.clone();
         let _registration = route.map(|route| {
-            self.routes
-                .register(id.clone(), handle.progress_token.clone(), route, upstream_progress)
+            self.routes.register(
+                id.clone(),
+                handle.progress_token.clone(),
+                route,
+                upstream_progress,
+            )
         });
         let name = self.manifest.id.clone();
         tokio::select! {
@@ -229,7 +240,14 @@ impl Downstream {
             if shutdown.is_cancelled() {
                 break;
             }
-            match connect(&self.manifest, self.routes.clone(), &self.http, &self.key.to_string()).await {
+            match connect(
+                &self.manifest,
+                self.routes.clone(),
+                &self.http,
+                &self.key.to_string(),
+            )
+            .await
+            {
                 Ok(service) => {
                     let started = Instant::now();
                     let peer = service.peer().clone();
@@ -281,7 +299,10 @@ impl Downstream {
 
 async fn cancel(peer: &Peer<RoleClient>, id: RequestId, reason: &str) {
     let _ = peer
-        .notify_cancelled(CancelledNotificationParam::new(Some(id), Some(reason.to_owned())))
+        .notify_cancelled(CancelledNotificationParam::new(
+            Some(id),
+            Some(reason.to_owned()),
+        ))
         .await;
 }
 
@@ -365,9 +386,7 @@ pub async fn connect(
     label: &str,
 ) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
     let (protocol, lifecycle) = match &manifest.transport {
-        Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => {
-            lifecycle(protocol)
-        }
+        Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
     };
     let relay = Relay::new(routes, protocol);
     let service = match &manifest.transport {
@@ -428,8 +447,14 @@ fn lifecycle(protocol: &str) -> (rmcp::model::ProtocolVersion, ClientLifecycleMo
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             },
         ),
-        "2025-06-18" => (ProtocolVersion::V_2025_06_18, ClientLifecycleMode::Initialize),
-        _ => (ProtocolVersion::V_2025_11_25, ClientLifecycleMode::Initialize),
+        "2025-06-18" => (
+            ProtocolVersion::V_2025_06_18,
+            ClientLifecycleMode::Initialize,
+        ),
+        _ => (
+            ProtocolVersion::V_2025_11_25,
+            ClientLifecycleMode::Initialize,
+        ),
     }
 }
 

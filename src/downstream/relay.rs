@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, GetExtensions, ClientResult, CreateMessageRequest,
+    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
-    ElicitResult, Implementation, ListRootsRequest, ListRootsResult, LoggingLevel,
+    ElicitResult, GetExtensions, Implementation, ListRootsRequest, ListRootsResult, LoggingLevel,
     LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
     RequestId, ResourceUpdatedNotificationParam, ServerRequest,
 };
@@ -157,9 +157,16 @@ impl Relay {
         Self { routes, protocol }
     }
 
-    fn route(&self, extensions: &rmcp::model::Extensions, what: &str) -> Result<CallRoute, ErrorData> {
+    fn route(
+        &self,
+        extensions: &rmcp::model::Extensions,
+        what: &str,
+    ) -> Result<CallRoute, ErrorData> {
         self.routes.attribute(extensions).ok_or_else(|| {
-            tracing::warn!(request = what, "downstream request cannot be attributed to one caller; refused");
+            tracing::warn!(
+                request = what,
+                "downstream request cannot be attributed to one caller; refused"
+            );
             ErrorData::internal_error(
                 format!("mandate cannot attribute this {what} request to a single caller; refused"),
                 None,
@@ -169,7 +176,10 @@ impl Relay {
 }
 
 /// Sends a server→client request to the caller on the originating request's stream.
-async fn ask_upstream(route: CallRoute, mut request: ServerRequest) -> Result<ClientResult, ErrorData> {
+async fn ask_upstream(
+    route: CallRoute,
+    mut request: ServerRequest,
+) -> Result<ClientResult, ErrorData> {
     // The SDK would tag the request with the *downstream* request id (a task-local); sending from
     // a fresh task with our own tag puts it on the caller's stream.
     request
@@ -189,7 +199,10 @@ async fn ask_upstream(route: CallRoute, mut request: ServerRequest) -> Result<Cl
 }
 
 fn unexpected(what: &str) -> ErrorData {
-    ErrorData::internal_error(format!("the caller answered {what} with an unexpected result"), None)
+    ErrorData::internal_error(
+        format!("the caller answered {what} with an unexpected result"),
+        None,
+    )
 }
 
 fn level_rank(level: LoggingLevel) -> u8 {
@@ -246,7 +259,10 @@ impl ClientHandler for Relay {
         }
     }
 
-    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
         let route = self.route(&context.extensions, "roots")?;
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
         match ask_upstream(route, request).await? {
@@ -255,7 +271,11 @@ impl ClientHandler for Relay {
         }
     }
 
-    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
         let target = self
             .routes
             .progress
@@ -295,7 +315,11 @@ impl ClientHandler for Relay {
             .routes
             .subscribers
             .lock()
-            .map(|s| s.get(&params.uri).map(|m| m.values().cloned().collect()).unwrap_or_default())
+            .map(|s| {
+                s.get(&params.uri)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default()
+            })
             .unwrap_or_default();
         for peer in peers {
             let _ = peer.notify_resource_updated(params.clone()).await;

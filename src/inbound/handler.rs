@@ -131,12 +131,20 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        self.finish(EventKind::Call, "cancelled", Some("the request ended before a result".into()));
+        self.finish(
+            EventKind::Call,
+            "cancelled",
+            Some("the request ended before a result".into()),
+        );
     }
 }
 
 impl MissionHandler {
-    pub fn new(state: Arc<MissionState>, audit: Auditor, stdio_caller: Option<Arc<Caller>>) -> Self {
+    pub fn new(
+        state: Arc<MissionState>,
+        audit: Auditor,
+        stdio_caller: Option<Arc<Caller>>,
+    ) -> Self {
         Self {
             state,
             audit,
@@ -170,7 +178,11 @@ impl MissionHandler {
                 None,
             ));
         }
-        let identity = (caller.subject.clone(), caller.tenant.clone(), caller.agent.clone());
+        let identity = (
+            caller.subject.clone(),
+            caller.tenant.clone(),
+            caller.agent.clone(),
+        );
         let owner = self.session.owner.get_or_init(|| identity.clone());
         if *owner != identity {
             return Err(ErrorData::invalid_request(
@@ -189,7 +201,12 @@ impl MissionHandler {
         }
     }
 
-    fn base_event(&self, kind: EventKind, caller: &Caller, ctx: &RequestContext<RoleServer>) -> Event {
+    fn base_event(
+        &self,
+        kind: EventKind,
+        caller: &Caller,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Event {
         let mut e = Event::new(kind);
         e.tenant = Some(caller.tenant.clone());
         e.subject = Some(caller.subject.clone());
@@ -233,7 +250,11 @@ impl MissionHandler {
                 let msg = format!(
                     "invalid `_meta[\"{REASONING_META}\"]`: {err} (expected goal, step, rationale, alternatives, confidence)"
                 );
-                record.finish(EventKind::ValidationFailure, "invalid_reasoning", Some(msg.clone()));
+                record.finish(
+                    EventKind::ValidationFailure,
+                    "invalid_reasoning",
+                    Some(msg.clone()),
+                );
                 return Err(ErrorData::invalid_params(msg, None));
             }
             Some(Ok(r)) => Some(r),
@@ -241,7 +262,9 @@ impl MissionHandler {
         };
 
         // 2. scope
-        let scoped = match mission::scope(&self.state.runtime, caller, &name, |t| self.state.quarantined(t)) {
+        let scoped = match mission::scope(&self.state.runtime, caller, &name, |t| {
+            self.state.quarantined(t)
+        }) {
             Ok(s) => s,
             Err(denied) => {
                 if let Some(e) = record.event() {
@@ -262,7 +285,11 @@ impl MissionHandler {
             Ok(v) => v,
             Err((_, invalid)) => {
                 let msg = format!("invalid arguments for tool `{name}`: {invalid}");
-                record.finish(EventKind::ValidationFailure, "invalid_arguments", Some(msg.clone()));
+                record.finish(
+                    EventKind::ValidationFailure,
+                    "invalid_arguments",
+                    Some(msg.clone()),
+                );
                 return Err(ErrorData::invalid_params(msg, None));
             }
         };
@@ -288,22 +315,38 @@ impl MissionHandler {
         // 5. durable intent for write and irreversible tools; refused if the audit store fails.
         let tool = authorized.tool().clone();
         if tool.effect() != crate::config::Effect::Read {
-            let mut intent = record.event.clone().unwrap_or_else(|| Event::new(EventKind::CallIntent));
+            let mut intent = record
+                .event
+                .clone()
+                .unwrap_or_else(|| Event::new(EventKind::CallIntent));
             intent.kind = EventKind::CallIntent;
             intent.outcome = Some("pending".into());
             if let Err(e) = self.audit.record_durable(intent).await {
                 tracing::error!(error = %e, "audit unavailable; refusing write call");
-                record.finish(EventKind::Call, "refused", Some(format!("audit unavailable: {e}")));
+                record.finish(
+                    EventKind::Call,
+                    "refused",
+                    Some(format!("audit unavailable: {e}")),
+                );
                 return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                    ContentBlock::text("mandate refused the call: the audit store is unavailable, so write and irreversible tools are disabled"),
+                    ContentBlock::text(
+                        "mandate refused the call: the audit store is unavailable, so write and irreversible tools are disabled",
+                    ),
                 ])));
             }
         }
 
         // 6. downstream
         let Some(downstream) = self.state.downstreams.get(&tool.manifest).cloned() else {
-            record.finish(EventKind::Call, "downstream_error", Some("no downstream".into()));
-            return Err(ErrorData::internal_error("no downstream for this tool", None));
+            record.finish(
+                EventKind::Call,
+                "downstream_error",
+                Some("no downstream".into()),
+            );
+            return Err(ErrorData::internal_error(
+                "no downstream for this tool",
+                None,
+            ));
         };
         let route = self.route(&ctx);
         let progress = ctx.meta.get_progress_token();
@@ -319,11 +362,22 @@ impl MissionHandler {
                 return Ok(CallToolResponse::InputRequired(r));
             }
             Ok(_) => {
-                record.finish(EventKind::Call, "downstream_error", Some("unexpected result type".into()));
-                return Err(ErrorData::internal_error("the downstream returned an unexpected result", None));
+                record.finish(
+                    EventKind::Call,
+                    "downstream_error",
+                    Some("unexpected result type".into()),
+                );
+                return Err(ErrorData::internal_error(
+                    "the downstream returned an unexpected result",
+                    None,
+                ));
             }
             Err(DownstreamError::Mcp(e)) => {
-                record.finish(EventKind::Call, "downstream_error", Some(e.message.to_string()));
+                record.finish(
+                    EventKind::Call,
+                    "downstream_error",
+                    Some(e.message.to_string()),
+                );
                 return Err(e);
             }
             Err(DownstreamError::Cancelled) => {
@@ -331,17 +385,32 @@ impl MissionHandler {
                 return Err(ErrorData::invalid_request("cancelled", None));
             }
             Err(e) => {
-                let outcome = if matches!(e, DownstreamError::Timeout(..)) { "timeout" } else { "downstream_error" };
+                let outcome = if matches!(e, DownstreamError::Timeout(..)) {
+                    "timeout"
+                } else {
+                    "downstream_error"
+                };
                 let msg = e.to_string();
                 record.finish(EventKind::Call, outcome, Some(msg.clone()));
-                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(msg)])));
+                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                    ContentBlock::text(msg),
+                ])));
             }
         };
         let is_error = result.is_error.unwrap_or(false);
-        if let Err(invalid) = mission::check_output(&tool, result.structured_content.as_ref(), is_error) {
-            let msg = format!("tool `{name}` returned output that violates its pinned schema: {invalid}");
-            record.finish(EventKind::ValidationFailure, "invalid_output", Some(msg.clone()));
-            return Ok(CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(msg)])));
+        if let Err(invalid) =
+            mission::check_output(&tool, result.structured_content.as_ref(), is_error)
+        {
+            let msg =
+                format!("tool `{name}` returned output that violates its pinned schema: {invalid}");
+            record.finish(
+                EventKind::ValidationFailure,
+                "invalid_output",
+                Some(msg.clone()),
+            );
+            return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                ContentBlock::text(msg),
+            ])));
         }
         result.result_type.get_or_insert(ResultType::COMPLETE);
 
@@ -349,19 +418,30 @@ impl MissionHandler {
         if let Some(e) = record.event() {
             e.output_digest = serde_json::to_value(&result).ok().map(|v| digest_json(&v));
         }
-        record.finish(EventKind::Call, if is_error { "tool_error" } else { "ok" }, None);
+        record.finish(
+            EventKind::Call,
+            if is_error { "tool_error" } else { "ok" },
+            None,
+        );
         Ok(CallToolResponse::Complete(result))
     }
 
     /// Pass-through access (resources, prompts, completion): the caller must be admitted.
-    fn admit(&self, ctx: &RequestContext<RoleServer>, what: &str) -> Result<Arc<Caller>, ErrorData> {
+    fn admit(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        what: &str,
+    ) -> Result<Arc<Caller>, ErrorData> {
         let caller = self.caller(ctx)?;
         if let Err(denied) = self.state.runtime.admit(&caller, crate::authn::unix_now()) {
             let mut e = self.base_event(EventKind::Denial, &caller, ctx);
             e.outcome = Some("denied".into());
             e.detail = Some(format!("{what}: {denied}"));
             self.audit.record_now(e);
-            return Err(ErrorData::invalid_request("not allowed on this mission", None));
+            return Err(ErrorData::invalid_request(
+                "not allowed on this mission",
+                None,
+            ));
         }
         Ok(caller)
     }
@@ -392,7 +472,13 @@ impl MissionHandler {
         }
     }
 
-    fn access_event(&self, caller: &Caller, ctx: &RequestContext<RoleServer>, detail: String, outcome: &str) {
+    fn access_event(
+        &self,
+        caller: &Caller,
+        ctx: &RequestContext<RoleServer>,
+        detail: String,
+        outcome: &str,
+    ) {
         let mut e = self.base_event(EventKind::Access, caller, ctx);
         e.detail = Some(detail);
         e.outcome = Some(outcome.into());
@@ -413,8 +499,15 @@ impl ServerHandler for MissionHandler {
         let has_resources = !m.resources.is_empty();
         let has_prompts = !m.prompts.is_empty();
         let mut caps = ServerCapabilities::default();
-        caps.tools = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build().tools;
-        caps.logging = ServerCapabilities::builder().enable_logging().build().logging;
+        caps.tools = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build()
+            .tools;
+        caps.logging = ServerCapabilities::builder()
+            .enable_logging()
+            .build()
+            .logging;
         if has_resources {
             caps.resources = ServerCapabilities::builder()
                 .enable_resources()
@@ -424,10 +517,17 @@ impl ServerHandler for MissionHandler {
                 .resources;
         }
         if has_prompts {
-            caps.prompts = ServerCapabilities::builder().enable_prompts().enable_prompts_list_changed().build().prompts;
+            caps.prompts = ServerCapabilities::builder()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .build()
+                .prompts;
         }
         if has_resources || has_prompts {
-            caps.completions = ServerCapabilities::builder().enable_completions().build().completions;
+            caps.completions = ServerCapabilities::builder()
+                .enable_completions()
+                .build()
+                .completions;
         }
         ServerConfig::new(caps)
             .with_server_info(Implementation::new("mandate", env!("CARGO_PKG_VERSION")))
@@ -468,7 +568,11 @@ impl ServerHandler for MissionHandler {
         self.call(request, ctx).await
     }
 
-    async fn set_level(&self, request: SetLevelRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
         self.caller(&ctx)?;
         if let Ok(mut level) = self.session.log_level.lock() {
             *level = Some(request.level);
@@ -486,7 +590,11 @@ impl ServerHandler for MissionHandler {
         let mut all = Vec::new();
         for d in self.resource_downstreams() {
             let peer = d.peer().await.map_err(downstream_error)?;
-            all.extend(peer.list_all_resources().await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?);
+            all.extend(
+                peer.list_all_resources()
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+            );
         }
         Ok(ListResourcesResult::with_all_items(all))
     }
@@ -516,41 +624,79 @@ impl ServerHandler for MissionHandler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = self.admit(&ctx, "resources/read")?;
         let downstreams = self.resource_downstreams();
-        let mut last = ErrorData::resource_not_found(format!("resource not found: {}", request.uri), None);
+        let mut last =
+            ErrorData::resource_not_found(format!("resource not found: {}", request.uri), None);
         for d in downstreams {
             let req = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request.clone()));
-            match d.forward(req, Some(self.route(&ctx)), ctx.meta.get_progress_token(), PASSTHROUGH_TIMEOUT, ctx.ct.clone()).await {
+            match d
+                .forward(
+                    req,
+                    Some(self.route(&ctx)),
+                    ctx.meta.get_progress_token(),
+                    PASSTHROUGH_TIMEOUT,
+                    ctx.ct.clone(),
+                )
+                .await
+            {
                 Ok(ServerResult::ReadResourceResult(mut r)) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
-                    self.access_event(&caller, &ctx, format!("resources/read {}", request.uri), "ok");
+                    self.access_event(
+                        &caller,
+                        &ctx,
+                        format!("resources/read {}", request.uri),
+                        "ok",
+                    );
                     return Ok(ReadResourceResponse::Complete(r));
                 }
-                Ok(ServerResult::InputRequiredResult(r)) => return Ok(ReadResourceResponse::InputRequired(r)),
-                Ok(_) => last = ErrorData::internal_error("unexpected result from downstream", None),
+                Ok(ServerResult::InputRequiredResult(r)) => {
+                    return Ok(ReadResourceResponse::InputRequired(r));
+                }
+                Ok(_) => {
+                    last = ErrorData::internal_error("unexpected result from downstream", None)
+                }
                 Err(e) => last = downstream_error(e),
             }
         }
-        self.access_event(&caller, &ctx, format!("resources/read {}", request.uri), "error");
+        self.access_event(
+            &caller,
+            &ctx,
+            format!("resources/read {}", request.uri),
+            "error",
+        );
         Err(last)
     }
 
-    async fn subscribe(&self, request: SubscribeRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
         self.admit(&ctx, "resources/subscribe")?;
         for d in self.resource_downstreams() {
-            if d.routes.subscribe(&request.uri, self.session.id, ctx.peer.clone()) {
+            if d.routes
+                .subscribe(&request.uri, self.session.id, ctx.peer.clone())
+            {
                 let peer = d.peer().await.map_err(downstream_error)?;
-                peer.subscribe(request.clone()).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                peer.subscribe(request.clone())
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
             }
         }
         Ok(())
     }
 
-    async fn unsubscribe(&self, request: UnsubscribeRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
         self.admit(&ctx, "resources/unsubscribe")?;
         for d in self.resource_downstreams() {
             if d.routes.unsubscribe(&request.uri, self.session.id) {
                 let peer = d.peer().await.map_err(downstream_error)?;
-                peer.unsubscribe(request.clone()).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                peer.unsubscribe(request.clone())
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
             }
         }
         Ok(())
@@ -566,7 +712,11 @@ impl ServerHandler for MissionHandler {
         let mut all = Vec::new();
         for d in self.prompt_downstreams() {
             let peer = d.peer().await.map_err(downstream_error)?;
-            all.extend(peer.list_all_prompts().await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?);
+            all.extend(
+                peer.list_all_prompts()
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
+            );
         }
         Ok(ListPromptsResult::with_all_items(all))
     }
@@ -577,36 +727,59 @@ impl ServerHandler for MissionHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let caller = self.admit(&ctx, "prompts/get")?;
-        let mut last = ErrorData::invalid_params(format!("prompt not found: {}", request.name), None);
+        let mut last =
+            ErrorData::invalid_params(format!("prompt not found: {}", request.name), None);
         for d in self.prompt_downstreams() {
             let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(request.clone()));
-            match d.forward(req, Some(self.route(&ctx)), ctx.meta.get_progress_token(), PASSTHROUGH_TIMEOUT, ctx.ct.clone()).await {
+            match d
+                .forward(
+                    req,
+                    Some(self.route(&ctx)),
+                    ctx.meta.get_progress_token(),
+                    PASSTHROUGH_TIMEOUT,
+                    ctx.ct.clone(),
+                )
+                .await
+            {
                 Ok(ServerResult::GetPromptResult(mut r)) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
                     self.access_event(&caller, &ctx, format!("prompts/get {}", request.name), "ok");
                     return Ok(GetPromptResponse::Complete(r));
                 }
-                Ok(ServerResult::InputRequiredResult(r)) => return Ok(GetPromptResponse::InputRequired(r)),
-                Ok(_) => last = ErrorData::internal_error("unexpected result from downstream", None),
+                Ok(ServerResult::InputRequiredResult(r)) => {
+                    return Ok(GetPromptResponse::InputRequired(r));
+                }
+                Ok(_) => {
+                    last = ErrorData::internal_error("unexpected result from downstream", None)
+                }
                 Err(e) => last = downstream_error(e),
             }
         }
         Err(last)
     }
 
-    async fn complete(&self, request: CompleteRequestParams, ctx: RequestContext<RoleServer>) -> Result<CompleteResult, ErrorData> {
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
         self.admit(&ctx, "completion/complete")?;
         let mut targets = self.prompt_downstreams();
         targets.extend(self.resource_downstreams());
         let mut last = ErrorData::invalid_params("nothing to complete on this mission", None);
         for d in targets {
             let req = ClientRequest::CompleteRequest(CompleteRequest::new(request.clone()));
-            match d.forward(req, None, None, PASSTHROUGH_TIMEOUT, ctx.ct.clone()).await {
+            match d
+                .forward(req, None, None, PASSTHROUGH_TIMEOUT, ctx.ct.clone())
+                .await
+            {
                 Ok(ServerResult::CompleteResult(mut r)) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
                     return Ok(r);
                 }
-                Ok(_) => last = ErrorData::internal_error("unexpected result from downstream", None),
+                Ok(_) => {
+                    last = ErrorData::internal_error("unexpected result from downstream", None)
+                }
                 Err(e) => last = downstream_error(e),
             }
         }

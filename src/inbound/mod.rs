@@ -99,10 +99,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
     let admin = broker.clone();
     app.route(
         "/.well-known/oauth-protected-resource/mcp/{*mission}",
-        get(move |axum::extract::Path(mission): axum::extract::Path<String>| {
-            let broker = metadata_broker.clone();
-            async move { protected_resource(&broker, &mission) }
-        }),
+        get(
+            move |axum::extract::Path(mission): axum::extract::Path<String>| {
+                let broker = metadata_broker.clone();
+                async move { protected_resource(&broker, &mission) }
+            },
+        ),
     )
     .route(
         "/.well-known/openid-configuration",
@@ -181,7 +183,10 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         );
         return (
             StatusCode::FORBIDDEN,
-            [(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")))],
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+            )],
             "this token may not use this mission (tenant, agent or mission expiry)\n",
         )
             .into_response();
@@ -256,7 +261,10 @@ pub async fn mint(
     event.subject = Some(minted.claims.sub.clone());
     event.agent = Some(minted.claims.azp.clone());
     event.token_id = Some(minted.claims.jti.clone());
-    event.detail = Some(format!("audience {} expires {}", minted.claims.aud, minted.claims.exp));
+    event.detail = Some(format!(
+        "audience {} expires {}",
+        minted.claims.aud, minted.claims.exp
+    ));
     audit.record_durable(event).await?;
     Ok(minted)
 }
@@ -286,7 +294,10 @@ async fn admin_export(
     }
 }
 
-async fn admin_verify(State(broker): State<Arc<Broker>>, headers: axum::http::HeaderMap) -> Response {
+async fn admin_verify(
+    State(broker): State<Arc<Broker>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if !admin_authorized(&broker, &headers) {
         return forbidden_admin();
     }
@@ -308,7 +319,10 @@ pub async fn serve_http(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

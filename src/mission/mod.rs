@@ -297,8 +297,7 @@ pub fn check_output(
         None => Err(Invalid {
             what: "output field",
             path: "/".into(),
-            message: "the tool declares an output schema but returned no structuredContent"
-                .into(),
+            message: "the tool declares an output schema but returned no structuredContent".into(),
         }),
     }
 }

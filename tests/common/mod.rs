@@ -29,7 +29,8 @@ pub fn ledger_bin() -> PathBuf {
 pub fn peers() -> PathBuf {
     let dir = repo().join(".peers");
     assert!(
-        dir.join("venv/bin/python").exists() && dir.join("npm/node_modules/.bin/conformance").exists(),
+        dir.join("venv/bin/python").exists()
+            && dir.join("npm/node_modules/.bin/conformance").exists(),
         "interop peers are missing: run `scripts/install-peers.sh` (the README's test command does)"
     );
     dir
@@ -137,7 +138,11 @@ tools = [{tools}]
 
     pub fn pin(&self) {
         let out = self.mandate(&["pin"]);
-        assert!(out.status.success(), "pin failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pin failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn token(&self, mission: Option<&str>) -> String {
@@ -150,7 +155,11 @@ tools = [{tools}]
             args.extend(["--mission", m]);
         }
         let out = self.mandate(&args);
-        assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -177,7 +186,10 @@ tools = [{tools}]
         std::thread::spawn(move || for _ in lines {});
         let Some(url) = first.strip_prefix("mandate listening on ") else {
             std::thread::sleep(Duration::from_millis(200));
-            panic!("mandate serve did not start: {first}\n{}", log.lock().unwrap());
+            panic!(
+                "mandate serve did not start: {first}\n{}",
+                log.lock().unwrap()
+            );
         };
         Server {
             child,
@@ -205,9 +217,16 @@ impl Server {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "mandate serve exited with {status}: {}", self.log());
+        assert!(
+            status.success(),
+            "mandate serve exited with {status}: {}",
+            self.log()
+        );
     }
 
     pub fn kill9(mut self) {
@@ -224,10 +243,7 @@ impl Drop for Server {
 }
 
 /// An rmcp client connected to a mission with a bearer token.
-pub async fn client(
-    url: &str,
-    token: &str,
-) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+pub async fn client(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
     use rmcp::ServiceExt;
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -251,7 +267,11 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 /// Exported audit records.
 pub fn audit_records(ws: &Workspace) -> Vec<serde_json::Value> {
     let out = ws.mandate(&["audit", "export"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -265,7 +285,10 @@ pub async fn auth_front(target: &str, token: &str) -> String {
     use axum::body::Body;
     use axum::extract::Request;
     use axum::response::Response;
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
     let target = target.trim_end_matches('/').to_owned();
     let token = token.to_owned();
     let app = axum::Router::new().fallback(move |req: Request| {
@@ -274,7 +297,11 @@ pub async fn auth_front(target: &str, token: &str) -> String {
         let token = token.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
             let mut out = client.request(parts.method.clone(), format!("{target}{path}"));
             for (name, value) in &parts.headers {
                 if name != "content-length" && name != "connection" {
@@ -291,9 +318,14 @@ pub async fn auth_front(target: &str, token: &str) -> String {
                             builder = builder.header(name, value);
                         }
                     }
-                    builder.body(Body::from_stream(resp.bytes_stream())).unwrap()
+                    builder
+                        .body(Body::from_stream(resp.bytes_stream()))
+                        .unwrap()
                 }
-                Err(e) => Response::builder().status(502).body(Body::from(e.to_string())).unwrap(),
+                Err(e) => Response::builder()
+                    .status(502)
+                    .body(Body::from(e.to_string()))
+                    .unwrap(),
             }
         }
     });
