@@ -737,8 +737,9 @@ async fn serve(
     shutdown.cancel();
     pool.shutdown().await;
     drop(states);
-    let _ = audit.sync().await;
-    drop(audit);
+    if let Err(e) = audit.stop().await {
+        tracing::error!(error = %e, "audit log could not be flushed at shutdown");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     let _ = store.flush();
     result.map(|_| ExitCode::SUCCESS)

@@ -159,6 +159,8 @@ enum Job {
     },
     /// Flush everything queued so far, then ack.
     Sync(Ack),
+    /// Flush everything queued so far, ack, and stop.
+    Stop(Ack),
 }
 
 /// Handle to the audit writer task. Cheap to clone.
@@ -232,6 +234,16 @@ impl Auditor {
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// Flushes everything queued so far and stops the writer; later events are refused.
+    pub async fn stop(&self) -> Result<(), AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Stop(ack))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
+    }
+
     /// Waits until every event queued so far is flushed.
     pub async fn sync(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
@@ -245,13 +257,20 @@ impl Auditor {
 
 async fn writer(tree: sled::Tree, mut head: chain::Head, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    let mut stopping = false;
+    while !stopping && rx.recv_many(&mut batch, 256).await > 0 {
         let mut needs_flush = false;
         let mut acks = Vec::new();
         for job in batch.drain(..) {
             let (event, durable, ack) = match job {
                 Job::Sync(ack) => {
                     needs_flush = true;
+                    acks.push((Some(ack), Ok(head.seq)));
+                    continue;
+                }
+                Job::Stop(ack) => {
+                    needs_flush = true;
+                    stopping = true;
                     acks.push((Some(ack), Ok(head.seq)));
                     continue;
                 }

@@ -240,14 +240,13 @@ impl Downstream {
             if shutdown.is_cancelled() {
                 break;
             }
-            match connect(
-                &self.manifest,
-                self.routes.clone(),
-                &self.http,
-                &self.key.to_string(),
-            )
-            .await
-            {
+            let label = self.key.to_string();
+            let connecting = connect(&self.manifest, self.routes.clone(), &self.http, &label);
+            let connected = tokio::select! {
+                c = connecting => c,
+                _ = shutdown.cancelled() => break,
+            };
+            match connected {
                 Ok(service) => {
                     let started = Instant::now();
                     let peer = service.peer().clone();

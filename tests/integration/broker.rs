@@ -1,0 +1,645 @@
+//! End-to-end behaviour of the broker with the sample ledger downstream and an rmcp client:
+//! the real binary, real child processes, a real sled store in a temp dir.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RoleClient};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn args(v: Value) -> Option<serde_json::Map<String, Value>> {
+    v.as_object().cloned()
+}
+
+fn call(name: &str, arguments: Value) -> CallToolRequestParams {
+    let mut p = CallToolRequestParams::new(name.to_owned());
+    p.arguments = args(arguments);
+    p
+}
+
+fn reasoned(name: &str, arguments: Value) -> CallToolRequestParams {
+    let mut p = call(name, arguments);
+    let mut meta = rmcp::model::RequestMetaObject::default();
+    meta.insert(
+        "io.mandate/reasoning".into(),
+        json!({"goal": "pay approved invoices", "step": "approve", "rationale": "matches PO", "confidence": 0.9}),
+    );
+    p.meta = Some(meta);
+    p
+}
+
+/// The standard workspace: ledger + mission `finance/prod/review`.
+fn ledger_ws(env: &[(&str, &str)], tools: &str, extra: &str) -> Workspace {
+    let ws = Workspace::new();
+    ws.ledger(env);
+    ws.mission("finance/prod/review", tools, extra);
+    ws.pin();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_list_is_exactly_the_mission_toolset_with_pinned_definitions() {
+    let ws = ledger_ws(
+        &[],
+        r#""finance/ledger/get_invoice", { tool = "finance/ledger/get_supplier", as = "lookup_supplier" }"#,
+        "",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["get_invoice", "lookup_supplier"]);
+
+    // Definitions are the pinned ones (renamed where the mission says so).
+    let lock: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path().join("tool-manifests/finance/ledger.lock.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let pinned = lock["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "get_supplier")
+        .unwrap();
+    let mut expected = pinned["definition"].clone();
+    expected["name"] = json!("lookup_supplier");
+    let served =
+        serde_json::to_value(tools.iter().find(|t| t.name == "lookup_supplier").unwrap()).unwrap();
+    assert_eq!(served, expected);
+
+    let r = client
+        .call_tool(call("lookup_supplier", json!({"supplier_id": "SUP-001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert_eq!(r.structured_content.unwrap()["id"], "SUP-001");
+
+    // A tool of the same server that the mission does not expose fails exactly like a tool
+    // that does not exist anywhere.
+    let hidden = client
+        .call_tool(call("list_invoices", json!({})))
+        .await
+        .unwrap_err()
+        .to_string();
+    let unknown = client
+        .call_tool(call("no_such_tool", json!({})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        hidden.replace("list_invoices", "X"),
+        unknown.replace("no_such_tool", "X")
+    );
+    assert!(hidden.contains("tool not found"), "{hidden}");
+    let original = client
+        .call_tool(call("get_supplier", json!({"supplier_id": "SUP-001"})))
+        .await;
+    assert!(
+        original.is_err(),
+        "the original name of a renamed tool is not exposed"
+    );
+    client.cancel().await.unwrap();
+    server.stop();
+
+    let records = audit_records(&ws);
+    let denial = records
+        .iter()
+        .find(|r| r["kind"] == "denial" && r["tool"] == "list_invoices")
+        .unwrap();
+    assert_eq!(denial["detail"], "tool is not in the mission's toolset");
+    assert_eq!(denial["subject"], "alice@acme.example");
+    let ok = records
+        .iter()
+        .find(|r| r["kind"] == "call" && r["tool"] == "lookup_supplier")
+        .unwrap();
+    assert_eq!(ok["downstream_tool"], "finance/ledger/get_supplier");
+    assert_eq!(ok["outcome"], "ok");
+    assert!(ok["output_digest"].as_str().unwrap().len() == 64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_arguments_never_reach_the_downstream() {
+    // The ledger exits after its first call: if any invalid call reached it, the valid call
+    // at the end would find a restarting downstream with fresh state... so count calls instead:
+    // after 1 call it crashes; we make 3 invalid calls then 1 valid one, which must succeed
+    // on the first process (no restart logged).
+    let ws = ledger_ws(
+        &[("LEDGER_CRASH_AFTER", "1")],
+        r#""finance/ledger/get_invoice""#,
+        "",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let cases = [
+        (json!({"invoice_id": "INV-12"}), "/invoice_id"),
+        (json!({}), "/"),
+        (json!({"invoice_id": "INV-1001", "extra": 1}), "/"),
+    ];
+    for (arguments, field) in cases {
+        let e = client
+            .call_tool(call("get_invoice", arguments))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("argument `{field}`")), "{e}");
+        assert!(
+            e.contains("invalid arguments for tool `get_invoice`"),
+            "{e}"
+        );
+    }
+    let r = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert!(
+        !server.log().contains("restarting"),
+        "an invalid call reached the downstream:\n{}",
+        server.log()
+    );
+    client.cancel().await.unwrap();
+    server.stop();
+    let records = audit_records(&ws);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "validation_failure")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_required_and_checked() {
+    let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    ws.write(
+        "missions/hr/prod/other.toml",
+        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
+    );
+    ws.ledger(&[]); // manifest must allow env prod: it does
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let http = reqwest::Client::new();
+    let post = |token: Option<String>| {
+        let mut r = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    // No token: 401, resource_metadata, no error code (RFC 6750).
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/finance/prod/review\"",
+            server.url
+        )
+    );
+    // The metadata document names the resource and the issuer.
+    let prm: Value = http
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/mcp/finance/prod/review",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prm["resource"], url);
+    assert_eq!(prm["authorization_servers"], json!([server.url]));
+    // Garbage and tampered tokens: 401 invalid_token.
+    let r = post(Some("garbage".into())).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    let good = ws.token(Some("finance/prod/review"));
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let forged = "eyJzdWIiOiJtYWxsb3J5In0";
+    parts[1] = forged;
+    assert_eq!(post(Some(parts.join("."))).await.unwrap().status(), 401);
+    // A token for another mission's resource is not accepted here.
+    let other = ws.token_for("bob@globex.example", "globex", "bot", Some("hr/prod/other"));
+    assert_eq!(post(Some(other)).await.unwrap().status(), 401);
+    // A broker-wide token of another tenant or agent: 403.
+    let wrong_tenant = ws.token_for("bob@globex.example", "globex", "bot", None);
+    assert_eq!(post(Some(wrong_tenant)).await.unwrap().status(), 403);
+    let wrong_agent = ws.token_for("alice@acme.example", "acme", "rogue-bot", None);
+    assert_eq!(post(Some(wrong_agent)).await.unwrap().status(), 403);
+    // The right token works.
+    assert_eq!(post(Some(good)).await.unwrap().status(), 200);
+    // A token in the query string is ignored.
+    let q = http
+        .post(format!("{url}?access_token={}", ws.token(None)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(q.status(), 401);
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "auth_failure")
+            .count()
+            >= 6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_calls_need_reasoning_and_are_durable_before_the_downstream() {
+    let ws = ledger_ws(
+        &[],
+        r#""finance/ledger/approve_invoice", "finance/ledger/pay_invoice""#,
+        "require_reasoning = [\"write\", \"irreversible\"]",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let e = client
+        .call_tool(call("approve_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("requires reasoning for `write` tools"),
+        "{e}"
+    );
+    let r = client
+        .call_tool(reasoned(
+            "approve_invoice",
+            json!({"invoice_id": "INV-1001"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = client
+        .call_tool(reasoned(
+            "pay_invoice",
+            json!({"invoice_id": "INV-1001", "amount_cents": 482050}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    // Readable while the server runs (through the admin API).
+    let records = audit_records(&ws);
+    let seq_of = |kind: &str, tool: &str| {
+        records
+            .iter()
+            .find(|r| r["kind"] == kind && r["tool"] == tool)
+            .map(|r| r["seq"].as_u64().unwrap())
+    };
+    let intent = seq_of("call_intent", "pay_invoice").expect("durable intent record");
+    let done = seq_of("call", "pay_invoice").expect("outcome record");
+    assert!(intent < done);
+    let rec = records
+        .iter()
+        .find(|r| r["kind"] == "call" && r["tool"] == "pay_invoice")
+        .unwrap();
+    assert_eq!(rec["reasoning"]["rationale"], "matches PO");
+    assert_eq!(rec["effect"], "irreversible");
+    assert_eq!(rec["decision"], "allow");
+    let verify = ws.mandate(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    client.cancel().await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drifted_definitions_are_quarantined_until_pinned_again() {
+    let ws = ledger_ws(
+        &[],
+        r#""finance/ledger/get_invoice", "finance/ledger/list_invoices""#,
+        "",
+    );
+    // The downstream changes behind our back (a "rug pull"): same lock, drifted server.
+    ws.ledger(&[("LEDGER_VARIANT", "drifted")]);
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["list_invoices"]);
+    let e = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("tool not found"), "{e}");
+    client.cancel().await.unwrap();
+    server.stop();
+    let records = audit_records(&ws);
+    let drift = records
+        .iter()
+        .find(|r| r["kind"] == "drift")
+        .expect("drift audited");
+    assert_eq!(
+        drift["detail"],
+        "changed: get_invoice; added: export_all; quarantined until `mandate pin finance/ledger` after review"
+    );
+    let denial = records
+        .iter()
+        .find(|r| r["kind"] == "denial" && r["tool"] == "get_invoice")
+        .unwrap();
+    assert!(denial["detail"].as_str().unwrap().contains("quarantined"));
+
+    // After review, pinning again accepts the change.
+    ws.pin();
+    let server = ws.serve();
+    // A new port is a new issuer URL: mint a new token.
+    let token = ws.token(Some("finance/prod/review"));
+    let client = crate::common::client(&server.mission_url("finance/prod/review"), &token).await;
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["get_invoice", "list_invoices"]);
+    client.cancel().await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_downstream_is_restarted() {
+    let ws = ledger_ws(
+        &[("LEDGER_CRASH_AFTER", "2")],
+        r#""finance/ledger/get_invoice""#,
+        "",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let mut ok = 0;
+    let mut failed = 0;
+    for _ in 0..8 {
+        match client
+            .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+            .await
+        {
+            Ok(r) if r.is_error == Some(false) => ok += 1,
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        ok >= 4,
+        "calls keep working after restarts: ok={ok} failed={failed}\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("downstream exited; restarting"));
+    client.cancel().await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_downstream_times_out_with_a_clear_error() {
+    let ws = ledger_ws(&[], r#""finance/ledger/slow_report""#, "");
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let r = client
+        .call_tool(call("slow_report", json!({"seconds": 10})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let text = serde_json::to_string(&r.content).unwrap();
+    assert!(text.contains("did not answer within 2s"), "{text}");
+    client.cancel().await.unwrap();
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "call" && r["outcome"] == "timeout")
+    );
+}
+
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Vec<f64>>>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.progress);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_reaches_only_the_caller_that_asked() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let ws = ledger_ws(
+        &[],
+        r#""finance/ledger/slow_report", "finance/ledger/get_invoice""#,
+        "",
+    );
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let connect = |sub: &str| {
+        let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
+        let url = url.clone();
+        async move {
+            let progress = Progress::default();
+            let config =
+                StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token);
+            let client = progress
+                .clone()
+                .serve(StreamableHttpClientTransport::from_config(config))
+                .await
+                .unwrap();
+            (client, progress)
+        }
+    };
+    let (alice, alice_progress) = connect("alice@acme.example").await;
+    let (bob, bob_progress) = connect("bob@acme.example").await;
+    let slow = alice.call_tool(call("slow_report", json!({"seconds": 1})));
+    let quick = async {
+        for _ in 0..5 {
+            bob.call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+                .await
+                .unwrap();
+        }
+    };
+    let (r, ()) = tokio::join!(slow, quick);
+    assert_eq!(r.unwrap().is_error, Some(false));
+    eventually(5, "alice's progress", || {
+        !alice_progress.0.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        bob_progress.0.lock().unwrap().is_empty(),
+        "bob must not see alice's progress"
+    );
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_chain_verifies_and_tampering_is_named() {
+    let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    for id in ["INV-1001", "INV-1002", "INV-1003"] {
+        client
+            .call_tool(call("get_invoice", json!({"invoice_id": id})))
+            .await
+            .unwrap();
+    }
+    client.cancel().await.unwrap();
+    server.stop();
+    let out = ws.mandate(&["audit", "verify"]);
+    assert!(out.status.success());
+    let export = ws.mandate(&["audit", "export"]);
+    let text = String::from_utf8(export.stdout).unwrap();
+    let file = ws.path().join("export.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    let out = ws.mandate(&["audit", "verify", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Change one subject in the third record.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tampered = lines.clone();
+    let changed = lines[2].replacen("\"time\":\"", "\"time\":\"1", 1);
+    tampered[2] = &changed;
+    std::fs::write(&file, tampered.join("\n")).unwrap();
+    let out = ws.mandate(&["audit", "verify", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "FAILED: record 3: content does not match its hash (record altered)"
+    );
+    // Drop a record.
+    let mut dropped = lines.clone();
+    dropped.remove(1);
+    std::fs::write(&file, dropped.join("\n")).unwrap();
+    let out = ws.mandate(&["audit", "verify", "--file", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("record 3: expected sequence number 2"));
+    // Export filters.
+    let acme = ws.mandate(&["audit", "export", "--tenant", "acme"]);
+    let acme = String::from_utf8(acme.stdout).unwrap();
+    assert!(acme.lines().count() >= 3 && acme.lines().all(|l| l.contains("\"tenant\":\"acme\"")));
+    let future = ws.mandate(&["audit", "export", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(future.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_leaves_a_chain_that_verifies() {
+    let ws = ledger_ws(
+        &[],
+        r#""finance/ledger/get_invoice", "finance/ledger/approve_invoice""#,
+        "",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let url = server.mission_url("finance/prod/review");
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (url, token) = (url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = client(&url, &token).await;
+            for n in 0.. {
+                let name = if (n + i) % 3 == 0 {
+                    "approve_invoice"
+                } else {
+                    "get_invoice"
+                };
+                let r = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.call_tool(call(name, json!({"invoice_id": "INV-1002"}))),
+                )
+                .await;
+                if !matches!(r, Ok(Ok(_))) {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    let out = ws.mandate(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let n: u64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(n > 20, "expected a loaded chain, got {n} records");
+    // And the broker starts again on the same store and continues the chain.
+    let server = ws.serve();
+    server.stop();
+    assert!(ws.mandate(&["audit", "verify"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_mission_with_mandate_token() {
+    use rmcp::transport::TokioChildProcess;
+    let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    let token = ws.token(Some("finance/prod/review"));
+    let mut cmd = tokio::process::Command::new(mandate_bin());
+    cmd.args(["serve", "--stdio", "--mission", "finance/prod/review"])
+        .current_dir(ws.path())
+        .env("MANDATE_TOKEN", &token)
+        .env("MANDATE_LOG", "warn");
+    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 1);
+    let r = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    client.cancel().await.unwrap();
+    // Without a token it refuses to start, and says what to do.
+    let out = std::process::Command::new(mandate_bin())
+        .args(["serve", "--stdio", "--mission", "finance/prod/review"])
+        .current_dir(ws.path())
+        .env_remove("MANDATE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set MANDATE_TOKEN"));
+    let records = audit_records(&ws);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "call" && r["tool"] == "get_invoice" && r["outcome"] == "ok")
+    );
+}
