@@ -1,12 +1,26 @@
 //! # Acme supplier ledger: a sample downstream MCP server
 //!
-//! A small, self-contained MCP server over stdio that plays the part of an
-//! enterprise system behind the Mandate broker: the accounts-payable ledger of
-//! the imaginary company "Acme". It is used in demos and integration tests.
+//! A small, self-contained MCP server over stdio (or streamable HTTP) that
+//! plays the part of an enterprise system behind the Mandate broker: the
+//! accounts-payable ledger of the imaginary company "Acme". It is used in
+//! demos, integration tests and the `bench` example.
 //!
 //! ```text
-//! cargo run --example ledger            # or: target/debug/examples/ledger
+//! cargo run --example ledger                             # stdio
+//! cargo run --example ledger -- --http 127.0.0.1:0       # streamable HTTP
 //! ```
+//!
+//! ## Command line
+//!
+//! * no arguments: serve one MCP session over stdin/stdout.
+//! * `--http ADDR` (e.g. `127.0.0.1:8931`, or port `0` for any free port):
+//!   serve MCP streamable HTTP at `http://ADDR/mcp` (sessions per the
+//!   2025-11-25 revision, and stateless 2026-07-28 requests). The first stdout
+//!   line is `ledger listening on http://IP:PORT/mcp` with the bound address.
+//!   Every session works on the same in-memory ledger, so an approval made in
+//!   one session is seen by the others. Only the `Host` values `localhost`,
+//!   `127.0.0.1`, `::1` and the bound IP are accepted (DNS-rebinding
+//!   protection). SIGINT/SIGTERM stop the server.
 //!
 //! Everything lives in memory and is seeded at start: 6 suppliers (`SUP-001` ..
 //! `SUP-006`), 10 invoices (`INV-1001` .. `INV-1010`) and 5 documents
@@ -48,15 +62,23 @@
 //!   " Also emails the invoice to the supplier." and an extra tool
 //!   `export_all` (dumps every supplier with bank details and every invoice)
 //!   is listed. Nothing else changes (same server name and version).
+//! * `LEDGER_VARIANT=bad-output` simulates a downstream that breaks its own
+//!   contract: the tool definitions are byte-identical to the normal variant,
+//!   but a successful `get_invoice` returns `structuredContent` (and the same
+//!   JSON as text) that violates its `outputSchema`: `amount_cents` is a string
+//!   (`"482050"`) instead of an integer. Every other tool behaves normally.
+//!   Any other value of `LEDGER_VARIANT` (or none) is the normal variant.
 //! * `LEDGER_CRASH_AFTER=N` makes the process exit with status 3 after it has
 //!   answered N `tools/call` requests (about 200 ms after the N-th answer, so the
 //!   answer is flushed first; a further call arriving in that window also ends the
 //!   process, without an answer). `N=0` exits on the first call.
 //!
-//! Diagnostics go to stderr only; stdout carries nothing but JSON-RPC.
+//! Diagnostics go to stderr only; in stdio mode stdout carries nothing but
+//! JSON-RPC.
 
 use std::{
     borrow::Cow,
+    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicU8, AtomicU64, Ordering},
@@ -885,17 +907,48 @@ fn check_supplier_id(id: &str, key: &str) -> Result<(), String> {
 // The server
 // ---------------------------------------------------------------------------
 
+/// `LEDGER_VARIANT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Normal,
+    Drifted,
+    BadOutput,
+}
+
+impl Variant {
+    fn from_env() -> Self {
+        match std::env::var("LEDGER_VARIANT").as_deref() {
+            Ok("drifted") => Variant::Drifted,
+            Ok("bad-output") => Variant::BadOutput,
+            _ => Variant::Normal,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Variant::Normal => "normal",
+            Variant::Drifted => "drifted",
+            Variant::BadOutput => "bad-output",
+        }
+    }
+}
+
 struct LedgerState {
     invoices: Vec<Invoice>,
     next_payment: u32,
 }
 
+/// One MCP session's handler. Over HTTP every session gets its own `Ledger`
+/// (see [`Ledger::session`]), all sharing `state`, `tools` and `calls`.
 struct Ledger {
     state: Arc<Mutex<LedgerState>>,
     tools: Arc<Vec<Tool>>,
     drifted: bool,
+    /// `LEDGER_VARIANT=bad-output`: `get_invoice` violates its output schema.
+    bad_output: bool,
     crash_after: Option<u64>,
-    calls: AtomicU64,
+    /// `tools/call` requests answered so far, across all sessions.
+    calls: Arc<AtomicU64>,
     /// Minimum MCP log level (0 = debug .. 7 = emergency), set by `logging/setLevel`.
     min_log_level: AtomicU8,
 }
@@ -919,7 +972,8 @@ fn not_found(id: &str) -> String {
 }
 
 impl Ledger {
-    fn new(drifted: bool, crash_after: Option<u64>) -> Self {
+    fn new(variant: Variant, crash_after: Option<u64>) -> Self {
+        let drifted = variant == Variant::Drifted;
         Self {
             state: Arc::new(Mutex::new(LedgerState {
                 invoices: seed_invoices(),
@@ -927,8 +981,23 @@ impl Ledger {
             })),
             tools: Arc::new(build_tools(drifted)),
             drifted,
+            bad_output: variant == Variant::BadOutput,
             crash_after,
-            calls: AtomicU64::new(0),
+            calls: Arc::new(AtomicU64::new(0)),
+            min_log_level: AtomicU8::new(0),
+        }
+    }
+
+    /// A handler for a new session on the same ledger (shared state, tools and
+    /// call counter; its own log level).
+    fn session(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            tools: Arc::clone(&self.tools),
+            drifted: self.drifted,
+            bad_output: self.bad_output,
+            crash_after: self.crash_after,
+            calls: Arc::clone(&self.calls),
             min_log_level: AtomicU8::new(0),
         }
     }
@@ -972,12 +1041,19 @@ impl Ledger {
         check_keys(args, &["invoice_id"])?;
         let id = req_invoice_id(args)?;
         let state = self.state.lock().await;
-        state
+        let mut invoice = state
             .invoices
             .iter()
             .find(|i| i.id == id)
             .map(invoice_json)
-            .ok_or_else(|| not_found(id))
+            .ok_or_else(|| not_found(id))?;
+        if self.bad_output
+            && let Some(amount) = invoice.get_mut("amount_cents")
+        {
+            // Violates the output schema (`"type": "integer"`).
+            *amount = Value::String(amount.to_string());
+        }
+        Ok(invoice)
     }
 
     fn search_documents(args: &JsonObject) -> ToolResult {
@@ -1376,40 +1452,165 @@ impl ServerHandler for Ledger {
     }
 }
 
+/// How to serve, from the command line.
+enum Mode {
+    Stdio,
+    Http(String),
+}
+
+const USAGE: &str = "usage: ledger [--http ADDR]   (no arguments: MCP over stdio; \
+--http 127.0.0.1:0: MCP streamable HTTP at http://ADDR/mcp)";
+
+fn parse_args() -> Result<Mode, String> {
+    let mut mode = Mode::Stdio;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        } else if arg == "--http" {
+            let addr = args
+                .next()
+                .ok_or("--http needs an address, e.g. 127.0.0.1:0")?;
+            mode = Mode::Http(addr);
+        } else if let Some(addr) = arg.strip_prefix("--http=") {
+            mode = Mode::Http(addr.to_string());
+        } else {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+    }
+    Ok(mode)
+}
+
 #[tokio::main]
-async fn main() {
-    let drifted = std::env::var("LEDGER_VARIANT").is_ok_and(|v| v == "drifted");
+async fn main() -> ExitCode {
+    let mode = match parse_args() {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("ledger: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let variant = Variant::from_env();
     let crash_after = match std::env::var("LEDGER_CRASH_AFTER") {
         Err(_) => None,
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(n) => Some(n),
             Err(e) => {
                 eprintln!("ledger: invalid LEDGER_CRASH_AFTER={v:?}: {e}");
-                std::process::exit(2);
+                return ExitCode::from(2);
             }
         },
     };
     eprintln!(
         "ledger: starting (variant: {}, crash after: {})",
-        if drifted { "drifted" } else { "normal" },
+        variant.as_str(),
         crash_after.map_or_else(|| "never".to_string(), |n| format!("{n} calls"))
     );
-    let server = match Ledger::new(drifted, crash_after)
+    let ledger = Ledger::new(variant, crash_after);
+    let outcome = match mode {
+        Mode::Stdio => serve_stdio(ledger).await,
+        Mode::Http(addr) => serve_http(ledger, &addr).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ledger: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_stdio(ledger: Ledger) -> Result<(), String> {
+    let server = ledger
         .serve(rmcp::transport::stdio())
         .await
+        .map_err(|e| format!("failed to start: {e}"))?;
+    let reason = server
+        .waiting()
+        .await
+        .map_err(|e| format!("service task failed: {e}"))?;
+    eprintln!("ledger: stopped ({reason:?})");
+    Ok(())
+}
+
+/// Serves MCP streamable HTTP at `http://ADDR/mcp` until SIGINT or SIGTERM. Every
+/// session (and every stateless request) gets a handler from [`Ledger::session`],
+/// so all of them work on the one in-memory ledger.
+async fn serve_http(ledger: Ledger, addr: &str) -> Result<(), String> {
+    use axum::serve::ListenerExt;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    };
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ip = local.ip().to_string();
+    if !local.ip().is_unspecified() && !hosts.contains(&ip) {
+        hosts.push(ip);
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_cancellation_token(shutdown.child_token());
+    let service = StreamableHttpService::new(
+        move || Ok(ledger.session()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let router = axum::Router::new().route_service("/mcp", service);
+
+    let url = format!("http://{local}/mcp");
     {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("ledger: failed to start: {e}");
-            std::process::exit(1);
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ledger listening on {url}")
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    eprintln!("ledger: serving MCP streamable HTTP at {url}");
+
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!("ledger: shutting down");
+            shutdown.cancel();
+        })
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    eprintln!("ledger: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                eprintln!("ledger: cannot watch SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
         }
     };
-    match server.waiting().await {
-        Ok(reason) => eprintln!("ledger: stopped ({reason:?})"),
-        Err(e) => {
-            eprintln!("ledger: service task failed: {e}");
-            std::process::exit(1);
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }
 

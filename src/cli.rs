@@ -407,13 +407,19 @@ fn backend(config: &Config) -> anyhow::Result<Backend> {
     let path = &config.settings.store_path;
     match Store::open(path) {
         Ok(store) => Ok(Backend::Direct(store)),
-        Err(StoreError::Locked(_)) => match store::read_admin_credential(path) {
-            Some(cred) => Ok(Backend::Admin(cred)),
-            None => bail!(
-                "store `{}` is locked by another process but no admin credential was found: is a `mandate serve` starting up? try again",
+        Err(StoreError::Locked(_)) => {
+            // A server that just started may not have written its credential yet.
+            for _ in 0..100 {
+                if let Some(cred) = store::read_admin_credential(path) {
+                    return Ok(Backend::Admin(cred));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!(
+                "store `{}` is locked by another process that published no admin credential: is another program using it?",
                 path.display()
-            ),
-        },
+            )
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -692,7 +698,6 @@ async fn serve(
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-
     let result = match listener {
         None => {
             serve_stdio(
@@ -724,14 +729,23 @@ async fn serve(
                 missions: states.clone(),
                 admin_token,
             });
+            // Accept connections (and admin requests) at once; announce readiness once the
+            // downstreams (which may be building or starting) have connected, or after 60 s.
+            let server = tokio::spawn(inbound::serve_http(broker, listener, shutdown.clone()));
+            for key in pool.wait_ready(Duration::from_secs(60)).await {
+                tracing::warn!(downstream = %key, "downstream not connected yet; its tools will fail until it is");
+            }
             println!("mandate listening on {}", config.settings.public_url);
             for m in missions.values() {
                 println!("  mission {} at {}", m.mission.id, m.resource_url);
             }
             tracing::info!(addr = %local, "serving");
-            let r = inbound::serve_http(broker, listener, shutdown.clone()).await;
+            let r = server.await;
             store::remove_admin_credential(store.path());
-            r.map_err(anyhow::Error::from)
+            match r {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+            }
         }
     };
     shutdown.cancel();

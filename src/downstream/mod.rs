@@ -349,6 +349,21 @@ impl Pool {
         })
     }
 
+    /// Waits (up to `limit`) until every downstream has connected once, so that the first calls
+    /// after startup do not race a starting child process. Returns those still not connected.
+    pub async fn wait_ready(&self, limit: Duration) -> Vec<GroupKey> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut pending = Vec::new();
+        for d in self.downstreams.values() {
+            let mut rx = d.peer.subscribe();
+            let ready = tokio::time::timeout_at(deadline, rx.wait_for(|p| p.is_some())).await;
+            if !matches!(ready, Ok(Ok(_))) {
+                pending.push(d.key.clone());
+            }
+        }
+        pending
+    }
+
     pub fn get(&self, key: &GroupKey) -> Option<Arc<Downstream>> {
         self.downstreams.get(key).cloned()
     }
