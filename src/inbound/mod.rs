@@ -192,7 +192,53 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             .into_response();
     }
     request.extensions_mut().insert(caller);
+    let request = match check_body(request).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
     next.run(request).await
+}
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Turns oversize and unparseable POST bodies into JSON-RPC errors (the MCP service would answer
+/// them with plain text).
+async fn check_body(request: Request) -> Result<Request, Response> {
+    if request.method() != axum::http::Method::POST {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
+            ));
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            &format!("parse error: {e}"),
+        ));
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": code, "message": message }
+        })),
+    )
+        .into_response()
 }
 
 fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {

@@ -643,3 +643,86 @@ async fn stdio_mission_with_mandate_token() {
             .any(|r| r["kind"] == "call" && r["tool"] == "get_invoice" && r["outcome"] == "ok")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_revisions_and_bad_requests_get_proper_answers() {
+    let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let url = server.mission_url("finance/prod/review");
+    let http = reqwest::Client::new();
+    let post = |body: String, extra: &[(&str, &str)]| {
+        let mut r = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    let init = |v: &str| {
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":v,"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
+    };
+    // Legacy revisions negotiate their own version.
+    for v in ["2025-06-18", "2025-11-25"] {
+        let r = post(init(v), &[]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains(&format!("\"protocolVersion\":\"{v}\"")),
+            "{text}"
+        );
+    }
+    // 2026-07-28: stateless discovery.
+    let discover = json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
+    let r = post(
+        discover.to_string(),
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ],
+    )
+    .await
+    .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"supportedVersions\"") && text.contains("2026-07-28"),
+        "{text}"
+    );
+    // Malformed JSON: 400 with a JSON-RPC parse error.
+    let r = post("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":".into(), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32700);
+    // Oversize body: 413 with a JSON-RPC error.
+    let r = post("a".repeat(5 * 1024 * 1024), &[]).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32600);
+    // Unknown method on a session: method not found.
+    let client = client(&url, &token).await;
+    let e = client
+        .send_request(rmcp::model::ClientRequest::CustomRequest(
+            rmcp::model::CustomRequest::new("foo/bar", None),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("-32601")
+            || e.to_string().to_lowercase().contains("method not found"),
+        "{e}"
+    );
+    client.cancel().await.unwrap();
+    // DNS rebinding: a foreign Host is refused before anything else.
+    let r = post(init("2025-11-25"), &[("host", "evil.example")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    server.stop();
+}

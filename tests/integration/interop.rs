@@ -6,8 +6,9 @@ use std::process::Command;
 
 use crate::common::*;
 
-/// The conformance fixture (examples/conformance_fixture.py) behind a Mandate mission.
-fn conformance_workspace() -> Workspace {
+/// The conformance fixture (examples/conformance_fixture.py) behind a Mandate mission, as a
+/// stdio child, or (with `http`) as a streamable HTTP server started here.
+fn conformance_workspace(http: Option<&str>) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     let tools = [
@@ -26,18 +27,16 @@ fn conformance_workspace() -> Workspace {
         "json_schema_2020_12_tool",
         "test_reconnection",
     ];
+    let transport = match http {
+        Some(url) => format!("kind = \"http\"\nurl = \"{url}\"\n"),
+        None => format!(
+            "kind = \"stdio\"\ncommand = \"{}\"\nargs = [\"{}\"]\n",
+            peers.join("venv/bin/python").display(),
+            repo().join("examples/conformance_fixture.py").display()
+        ),
+    };
     let mut manifest = format!(
-        r#"description = "MCP conformance fixture"
-environments = ["dev"]
-region = "local"
-
-[transport]
-kind = "stdio"
-command = "{}"
-args = ["{}"]
-"#,
-        peers.join("venv/bin/python").display(),
-        repo().join("examples/conformance_fixture.py").display()
+        "description = \"MCP conformance fixture\"\nenvironments = [\"dev\"]\nregion = \"local\"\n\n[transport]\n{transport}"
     );
     for t in tools {
         manifest.push_str(&format!("\n[[tools]]\nname = \"{t}\"\neffect = \"read\"\n"));
@@ -60,8 +59,38 @@ prompts = ["conformance/fixture"]
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn conformance_suite_passes_through_mandate() {
-    let ws = conformance_workspace();
+async fn conformance_suite_passes_through_mandate_to_a_stdio_downstream() {
+    run_conformance(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_suite_passes_through_mandate_to_an_http_downstream() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fixture = tokio::process::Command::new(peers().join("venv/bin/python"))
+        .arg(repo().join("examples/conformance_fixture.py"))
+        .args(["--http", &port.to_string()])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let probe = reqwest::Client::new();
+    for _ in 0..100 {
+        if probe.get(&url).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    run_conformance(Some(&url)).await;
+    let _ = fixture.kill().await;
+}
+
+async fn run_conformance(http: Option<&str>) {
+    let ws = conformance_workspace(http);
     let server = ws.serve();
     let token = ws.token_for(
         "ci@mandate.example",
@@ -117,8 +146,9 @@ async fn conformance_suite_passes_through_mandate() {
     );
 }
 
-/// A workspace fronting PyPI `mcp-server-time` (speaks 2026-07-28 natively) with one mission.
-fn time_workspace() -> Workspace {
+/// A workspace fronting PyPI `mcp-server-time` (mcp 2.x: speaks 2026-07-28 and the handshake
+/// revisions) with one mission; `protocol` is the revision Mandate speaks to it.
+fn time_workspace(protocol: &str) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     ws.write(
@@ -132,6 +162,7 @@ region = "eu-west-1"
 kind = "stdio"
 command = "{}"
 args = ["--local-timezone", "Etc/UTC"]
+protocol = "{protocol}"
 
 [[tools]]
 name = "get_current_time"
@@ -168,7 +199,16 @@ anyio.run(main)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_client_auto_and_legacy_through_mandate_to_mcp_server_time() {
-    let ws = time_workspace();
+    python_client_through_mandate("2025-11-25").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_through_mandate_to_a_stateless_2026_downstream() {
+    python_client_through_mandate("2026-07-28").await;
+}
+
+async fn python_client_through_mandate(downstream_protocol: &str) {
+    let ws = time_workspace(downstream_protocol);
     let server = ws.serve();
     let token = ws.token(Some("ops/prod/clock"));
     let url = server.mission_url("ops/prod/clock");
@@ -217,7 +257,7 @@ async fn python_sdk_client_auto_and_legacy_through_mandate_to_mcp_server_time() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
-    let ws = time_workspace();
+    let ws = time_workspace("2025-06-18");
     let server = ws.serve();
     let token = ws.token(Some("ops/prod/clock"));
     let url = server.mission_url("ops/prod/clock");
