@@ -407,3 +407,31 @@ pub fn digest_json(value: &serde_json::Value) -> String {
     let bytes = serde_jcs::to_vec(value).unwrap_or_default();
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn durable_records_survive_reopen_and_a_stopped_writer_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (audit, writer) = Auditor::start(&store).unwrap();
+        let seq = audit.record_durable(Event::new(EventKind::ConfigLoad)).await.unwrap();
+        assert_eq!(seq, 1);
+        audit.record(Event::new(EventKind::Call)).await;
+        audit.stop().await.unwrap();
+        writer.await.unwrap();
+        // The writer is gone: a durable write must fail, so the caller refuses the call.
+        assert!(audit.record_durable(Event::new(EventKind::CallIntent)).await.is_err());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(verify_store(&store), Ok(2));
+        // A new writer continues the chain.
+        let (audit, writer) = Auditor::start(&store).unwrap();
+        assert_eq!(audit.record_durable(Event::new(EventKind::Call)).await.unwrap(), 3);
+        audit.stop().await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(verify_store(&store), Ok(3));
+    }
+}
