@@ -206,8 +206,18 @@ impl Downstream {
             }
         };
         let drift = lock.drift(&served);
-        if let Ok(mut q) = self.quarantine.write() {
-            *q = drift.quarantined();
+        let quarantine = drift.quarantined();
+        let visible_change = match self.quarantine.write() {
+            Ok(mut q) => {
+                let changed = *q != quarantine;
+                *q = quarantine;
+                changed
+            }
+            Err(_) => true,
+        };
+        if visible_change {
+            // What callers may list changed: tell the upstream sessions that listed tools.
+            self.routes.notify_tools_list_changed().await;
         }
         let changed = match self.last_drift.lock() {
             Ok(mut last) => {
@@ -251,23 +261,19 @@ impl Downstream {
                     let started = Instant::now();
                     let peer = service.peer().clone();
                     self.check_drift(&peer).await;
-                    self.peer.send_replace(Some(peer));
+                    self.peer.send_replace(Some(peer.clone()));
                     tracing::info!(downstream = %self.key, "downstream connected");
                     let ct = service.cancellation_token();
                     let waiting = service.waiting();
                     tokio::pin!(waiting);
-                    let stop = tokio::select! {
-                        _ = &mut waiting => false,
-                        _ = shutdown.cancelled() => true,
-                        _ = self.routes.tools_changed.notified() => {
-                            // Re-check, then keep waiting.
-                            if let Some(peer) = self.peer.borrow().clone() {
-                                let this = self.clone();
+                    let stop = loop {
+                        tokio::select! {
+                            _ = &mut waiting => break false,
+                            _ = shutdown.cancelled() => break true,
+                            _ = self.routes.tools_changed.notified() => {
+                                // The downstream says its tools changed: re-check against the lock.
+                                let (this, peer) = (self.clone(), peer.clone());
                                 tokio::spawn(async move { this.check_drift(&peer).await });
-                            }
-                            tokio::select! {
-                                _ = &mut waiting => false,
-                                _ = shutdown.cancelled() => true,
                             }
                         }
                     };

@@ -133,6 +133,13 @@ impl Routes {
         }
     }
 
+    /// Tells every listening upstream session that its visible tool list changed.
+    pub async fn notify_tools_list_changed(&self) {
+        for peer in self.listeners() {
+            let _ = peer.notify_tool_list_changed().await;
+        }
+    }
+
     fn listeners(&self) -> Vec<Peer<RoleServer>> {
         self.listeners
             .lock()
@@ -327,10 +334,9 @@ impl ClientHandler for Relay {
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        // Callers see pinned definitions, so their list changes only if the quarantine does:
+        // the supervisor re-checks drift and notifies them then.
         self.routes.tools_changed.notify_one();
-        for peer in self.routes.listeners() {
-            let _ = peer.notify_tool_list_changed().await;
-        }
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
