@@ -417,19 +417,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (audit, writer) = Auditor::start(&store).unwrap();
-        let seq = audit.record_durable(Event::new(EventKind::ConfigLoad)).await.unwrap();
+        let seq = audit
+            .record_durable(Event::new(EventKind::ConfigLoad))
+            .await
+            .unwrap();
         assert_eq!(seq, 1);
         audit.record(Event::new(EventKind::Call)).await;
         audit.stop().await.unwrap();
         writer.await.unwrap();
         // The writer is gone: a durable write must fail, so the caller refuses the call.
-        assert!(audit.record_durable(Event::new(EventKind::CallIntent)).await.is_err());
+        assert!(
+            audit
+                .record_durable(Event::new(EventKind::CallIntent))
+                .await
+                .is_err()
+        );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(verify_store(&store), Ok(2));
         // A new writer continues the chain.
         let (audit, writer) = Auditor::start(&store).unwrap();
-        assert_eq!(audit.record_durable(Event::new(EventKind::Call)).await.unwrap(), 3);
+        assert_eq!(
+            audit
+                .record_durable(Event::new(EventKind::Call))
+                .await
+                .unwrap(),
+            3
+        );
         audit.stop().await.unwrap();
         writer.await.unwrap();
         assert_eq!(verify_store(&store), Ok(3));

@@ -466,6 +466,24 @@ impl MissionHandler {
             .collect()
     }
 
+    /// Forwards a resource or prompt request with routing back to this caller.
+    async fn pass_through(
+        &self,
+        downstream: &Downstream,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, DownstreamError> {
+        downstream
+            .forward(
+                request,
+                Some(self.route(ctx)),
+                ctx.meta.get_progress_token(),
+                PASSTHROUGH_TIMEOUT,
+                ctx.ct.clone(),
+            )
+            .await
+    }
+
     fn listen(&self, ctx: &RequestContext<RoleServer>) {
         for d in self.state.downstreams.values() {
             d.routes.listen(self.session.id, ctx.peer.clone());
@@ -628,16 +646,7 @@ impl ServerHandler for MissionHandler {
             ErrorData::resource_not_found(format!("resource not found: {}", request.uri), None);
         for d in downstreams {
             let req = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request.clone()));
-            match d
-                .forward(
-                    req,
-                    Some(self.route(&ctx)),
-                    ctx.meta.get_progress_token(),
-                    PASSTHROUGH_TIMEOUT,
-                    ctx.ct.clone(),
-                )
-                .await
-            {
+            match self.pass_through(&d, req, &ctx).await {
                 Ok(ServerResult::ReadResourceResult(mut r)) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
                     self.access_event(
@@ -731,16 +740,7 @@ impl ServerHandler for MissionHandler {
             ErrorData::invalid_params(format!("prompt not found: {}", request.name), None);
         for d in self.prompt_downstreams() {
             let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(request.clone()));
-            match d
-                .forward(
-                    req,
-                    Some(self.route(&ctx)),
-                    ctx.meta.get_progress_token(),
-                    PASSTHROUGH_TIMEOUT,
-                    ctx.ct.clone(),
-                )
-                .await
-            {
+            match self.pass_through(&d, req, &ctx).await {
                 Ok(ServerResult::GetPromptResult(mut r)) => {
                     r.result_type.get_or_insert(ResultType::COMPLETE);
                     self.access_event(&caller, &ctx, format!("prompts/get {}", request.name), "ok");
