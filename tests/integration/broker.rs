@@ -732,7 +732,11 @@ async fn downstreams_are_not_shared_across_tenants_or_environments() {
     let ws = Workspace::new();
     ws.ledger(&[]);
     ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
-    ws.mission("finance/staging/review", r#""finance/ledger/get_invoice""#, "");
+    ws.mission(
+        "finance/staging/review",
+        r#""finance/ledger/get_invoice""#,
+        "",
+    );
     ws.write(
         "missions/finance/prod/globex.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",
@@ -740,16 +744,34 @@ async fn downstreams_are_not_shared_across_tenants_or_environments() {
     ws.pin();
     let server = ws.serve();
     let log = server.log();
-    for key in ["acme:prod:finance/ledger", "acme:staging:finance/ledger", "globex:prod:finance/ledger"] {
-        assert!(log.contains(&format!("downstream connected downstream={key}")), "{key} missing:\n{log}");
+    for key in [
+        "acme:prod:finance/ledger",
+        "acme:staging:finance/ledger",
+        "globex:prod:finance/ledger",
+    ] {
+        assert!(
+            log.contains(&format!("downstream connected downstream={key}")),
+            "{key} missing:\n{log}"
+        );
     }
     // One process per group: state written through one tenant is invisible to the other.
     let acme = ws.token(Some("finance/prod/review"));
-    let globex = ws.token_for("g@globex.example", "globex", "bot", Some("finance/prod/globex"));
+    let globex = ws.token_for(
+        "g@globex.example",
+        "globex",
+        "bot",
+        Some("finance/prod/globex"),
+    );
     let a = client(&server.mission_url("finance/prod/review"), &acme).await;
     let g = client(&server.mission_url("finance/prod/globex"), &globex).await;
-    let ra = a.call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"}))).await.unwrap();
-    let rg = g.call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"}))).await.unwrap();
+    let ra = a
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    let rg = g
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
     assert_eq!(ra.is_error, Some(false));
     assert_eq!(rg.is_error, Some(false));
     a.cancel().await.unwrap();
@@ -769,14 +791,20 @@ async fn a_downstream_speaking_2025_06_18_works() {
     ws.ledger(&[]);
     let manifest = std::fs::read_to_string(ws.path().join("tool-manifests/finance/ledger.toml"))
         .unwrap()
-        .replace("kind = \"stdio\"", "kind = \"stdio\"\nprotocol = \"2025-06-18\"");
+        .replace(
+            "kind = \"stdio\"",
+            "kind = \"stdio\"\nprotocol = \"2025-06-18\"",
+        );
     ws.write("tool-manifests/finance/ledger.toml", &manifest);
     ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
     ws.pin();
     let server = ws.serve();
     let token = ws.token(Some("finance/prod/review"));
     let c = client(&server.mission_url("finance/prod/review"), &token).await;
-    let r = c.call_tool(call("get_invoice", json!({"invoice_id": "INV-1002"}))).await.unwrap();
+    let r = c
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1002"})))
+        .await
+        .unwrap();
     assert_eq!(r.structured_content.unwrap()["id"], "INV-1002");
     c.cancel().await.unwrap();
     server.stop();
