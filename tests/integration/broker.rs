@@ -809,3 +809,38 @@ async fn a_downstream_speaking_2025_06_18_works() {
     c.cancel().await.unwrap();
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_that_violates_the_pinned_schema_is_withheld() {
+    // Pin the normal ledger, then run the variant whose definitions are identical but whose
+    // get_invoice returns structuredContent that breaks its own output schema.
+    let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    ws.ledger(&[("LEDGER_VARIANT", "bad-output")]);
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let c = client(&server.mission_url("finance/prod/review"), &token).await;
+    let tools = c.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), 1, "same definitions: no drift");
+    let r = c
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(
+        r.structured_content.is_none(),
+        "the bad output must not reach the caller"
+    );
+    let text = serde_json::to_string(&r.content).unwrap();
+    assert!(
+        text.contains("violates its pinned schema: output field `/amount_cents`"),
+        "{text}"
+    );
+    c.cancel().await.unwrap();
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "validation_failure" && r["outcome"] == "invalid_output")
+    );
+}
