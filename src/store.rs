@@ -47,6 +47,8 @@ impl Store {
         let db = sled::Config::new()
             .path(path.join("db"))
             .flush_every_ms(Some(200))
+            // Bounded page cache: the audit tree only grows, and memory must stay flat under load.
+            .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(|source| match &source {
                 sled::Error::Io(e) if is_lock_error(e) => StoreError::Locked(path.to_owned()),

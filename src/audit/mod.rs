@@ -401,6 +401,12 @@ pub fn verify_jsonl(text: &str) -> Result<u64, VerifyError> {
     )
 }
 
+/// SHA-256 hex of bytes.
+pub fn digest_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// SHA-256 hex of the canonical (RFC 8785) JSON of a value.
 pub fn digest_json(value: &serde_json::Value) -> String {
     use sha2::Digest;

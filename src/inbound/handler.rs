@@ -25,7 +25,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
-use crate::audit::{Auditor, Event, EventKind, Reasoning, digest_json};
+use crate::audit::{Auditor, Event, EventKind, Reasoning, digest_bytes, digest_json};
 use crate::authn::Caller;
 use crate::downstream::{CallRoute, Downstream, DownstreamError, GroupKey, Pool};
 use crate::mission::{self, MissionRuntime};
@@ -416,7 +416,9 @@ impl MissionHandler {
 
         // 8. audit
         if let Some(e) = record.event() {
-            e.output_digest = serde_json::to_value(&result).ok().map(|v| digest_json(&v));
+            // Digest of the exact bytes Mandate serializes for the caller (cheaper than a
+            // canonical form, and the result is never re-serialized differently by us).
+            e.output_digest = serde_json::to_vec(&result).ok().map(|b| digest_bytes(&b));
         }
         record.finish(
             EventKind::Call,

@@ -83,9 +83,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
             config = config.with_allowed_origins(settings.allowed_origins.clone());
         }
         let (state, audit) = (state.clone(), broker.audit.clone());
+        let mut sessions = LocalSessionManager::default();
+        // Completed request streams are kept this long for late SSE resumption. rmcp's default
+        // (60 s) holds every response of a busy session in memory for a minute.
+        sessions.session_config.completed_cache_ttl = std::time::Duration::from_secs(10);
         let service = StreamableHttpService::new(
             move || Ok(MissionHandler::new(state.clone(), audit.clone(), None)),
-            Arc::new(LocalSessionManager::default()),
+            Arc::new(sessions),
             config,
         );
         tracing::debug!(mission = %id, %path, "serving mission");
