@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -266,7 +266,15 @@ fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
         .into_response()
 }
 
-fn admin_authorized(broker: &Broker, headers: &axum::http::HeaderMap) -> bool {
+fn admin_authorized(
+    broker: &Broker,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    // The admin API serves the local CLI only, even when the MCP endpoints listen more widely.
+    if !peer.ip().is_loopback() {
+        return false;
+    }
     let Ok(token) = crate::authn::bearer(headers.get(header::AUTHORIZATION)) else {
         return false;
     };
@@ -283,10 +291,11 @@ fn forbidden_admin() -> Response {
 
 async fn admin_token(
     State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     Json(request): Json<crate::cli::AdminTokenRequest>,
 ) -> Response {
-    if !admin_authorized(&broker, &headers) {
+    if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
     let request = match request.resolve(&broker.config, &broker.config.settings.public_url) {
@@ -327,10 +336,11 @@ struct ExportQuery {
 
 async fn admin_export(
     State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     Query(q): Query<ExportQuery>,
 ) -> Response {
-    if !admin_authorized(&broker, &headers) {
+    if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
     let _ = broker.audit.sync().await;
@@ -346,9 +356,10 @@ async fn admin_export(
 
 async fn admin_verify(
     State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if !admin_authorized(&broker, &headers) {
+    if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
     let _ = broker.audit.sync().await;
