@@ -134,6 +134,11 @@ TOOLS: list[dict[str, Any]] = [
         },
     },
     {
+        "name": "test_roots",
+        "description": "Asks the client for its roots (roots/list) and returns their URIs (not a conformance scenario; used by Mandate's relay tests)",
+        "inputSchema": _schema(),
+    },
+    {
         "name": "test_reconnection",
         "description": "Closes the SSE stream mid-call, then answers after the client reconnects (SEP-1699)",
         "inputSchema": _schema(),
@@ -365,6 +370,12 @@ async def _call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallTool
 
     if name == "test_error_handling":
         return _result(_text("This tool intentionally returns an error for testing"), is_error=True)
+
+    if name == "test_roots":
+        if not _client_has(ctx, "roots"):
+            return _result(_text("Client does not support roots"), is_error=True)
+        roots = await ctx.session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=_related(ctx))
+        return _result(_text("Roots: " + ", ".join(str(r.uri) for r in roots.roots)))
 
     if name == "test_sampling":
         if not _client_has(ctx, "sampling"):

@@ -266,11 +266,7 @@ fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
         .into_response()
 }
 
-fn admin_authorized(
-    broker: &Broker,
-    peer: SocketAddr,
-    headers: &axum::http::HeaderMap,
-) -> bool {
+fn admin_authorized(broker: &Broker, peer: SocketAddr, headers: &axum::http::HeaderMap) -> bool {
     // The admin API serves the local CLI only, even when the MCP endpoints listen more widely.
     if !peer.ip().is_loopback() {
         return false;

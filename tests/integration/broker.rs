@@ -844,3 +844,65 @@ async fn output_that_violates_the_pinned_schema_is_withheld() {
             .any(|r| r["kind"] == "validation_failure" && r["outcome"] == "invalid_output")
     );
 }
+
+#[derive(Clone, Default)]
+struct ListChanged(Arc<Mutex<u32>>);
+
+impl ClientHandler for ListChanged {
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rug_pull_mid_session_quarantines_and_tells_the_caller() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    // After its 2nd call the ledger changes get_invoice's description and announces it.
+    let ws = ledger_ws(
+        &[("LEDGER_DRIFT_AFTER", "2")],
+        r#""finance/ledger/get_invoice", "finance/ledger/list_invoices""#,
+        "",
+    );
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let changed = ListChanged::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(
+        server.mission_url("finance/prod/review").as_str(),
+    )
+    .auth_header(token);
+    let client = changed
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
+    for _ in 0..2 {
+        let r = client
+            .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false));
+    }
+    eventually(10, "tools/list_changed relayed to the caller", || {
+        *changed.0.lock().unwrap() > 0
+    })
+    .await;
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["list_invoices"]);
+    let e = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("tool not found"), "{e}");
+    client.cancel().await.unwrap();
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(records.iter().any(|r| r["kind"] == "drift"));
+}

@@ -26,6 +26,7 @@ fn conformance_workspace(http: Option<&str>) -> Workspace {
         "test_elicitation_sep1330_enums",
         "json_schema_2020_12_tool",
         "test_reconnection",
+        "test_roots",
     ];
     let transport = match http {
         Some(url) => format!("kind = \"http\"\nurl = \"{url}\"\n"),
@@ -318,5 +319,78 @@ async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
         String::from_utf8_lossy(&call.stderr)
     );
     assert!(text.contains("Etc/UTC"), "{text}");
+    server.stop();
+}
+
+/// An MCP client that answers `roots/list` with its own root.
+#[derive(Clone)]
+struct Roots(&'static str);
+
+#[allow(deprecated)]
+impl rmcp::ClientHandler for Roots {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::builder()
+                .enable_roots()
+                .build(),
+            rmcp::model::Implementation::new("roots-test", "1"),
+        )
+    }
+
+    async fn list_roots(
+        &self,
+        _ctx: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, rmcp::ErrorData> {
+        Ok(rmcp::model::ListRootsResult::new(vec![
+            rmcp::model::Root::new(self.0),
+        ]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roots_requests_reach_only_the_calling_client() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let ws = conformance_workspace(None);
+    let server = ws.serve();
+    let url = server.mission_url("conformance/dev/suite");
+    let connect = |sub: &'static str, root: &'static str| {
+        let token = ws.token_for(
+            sub,
+            "conformance",
+            "conformance-suite",
+            Some("conformance/dev/suite"),
+        );
+        let url = url.clone();
+        async move {
+            let config =
+                StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token);
+            Roots(root)
+                .serve(StreamableHttpClientTransport::from_config(config))
+                .await
+                .unwrap()
+        }
+    };
+    let alice = connect("alice@example.com", "file:///home/alice").await;
+    let bob = connect("bob@example.com", "file:///home/bob").await;
+    let call = || rmcp::model::CallToolRequestParams::new("test_roots");
+    let text = |r: rmcp::model::CallToolResult| serde_json::to_string(&r.content).unwrap();
+    // One at a time: each caller is asked for its own roots.
+    assert!(text(alice.call_tool(call()).await.unwrap()).contains("file:///home/alice"));
+    assert!(text(bob.call_tool(call()).await.unwrap()).contains("file:///home/bob"));
+    // At the same time on one stdio downstream the request cannot be attributed for sure:
+    // Mandate refuses it rather than risk asking the wrong user; never the other's roots.
+    for _ in 0..3 {
+        let (a, b) = tokio::join!(alice.call_tool(call()), bob.call_tool(call()));
+        if let Ok(r) = a {
+            assert!(!text(r).contains("bob"));
+        }
+        if let Ok(r) = b {
+            assert!(!text(r).contains("alice"));
+        }
+    }
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
     server.stop();
 }
