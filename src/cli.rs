@@ -25,7 +25,25 @@ use crate::tools::{LockFile, lock_path};
 /// verifies every caller, validates every call against pinned tool definitions, and writes a
 /// hash-chained audit record of everything.
 #[derive(Debug, Parser)]
-#[command(name = "mandate", version, propagate_version = true)]
+#[command(
+    name = "mandate",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  mandate check                                  validate the configuration in this directory
+  mandate pin finance/ledger                     pin a downstream's tool definitions
+  mandate serve                                  serve every mission on 127.0.0.1:8080
+  mandate token --sub alice@acme.example --tenant acme --agent invoice-bot \\
+                --mission finance/prod/invoice-review
+  mandate audit verify                           prove the audit chain intact
+
+Environment:
+  MANDATE_LOG    log filter (default `info,rmcp=warn`), e.g. `debug` or `mandate=debug`
+  MANDATE_TOKEN  the caller's token for `serve --stdio`
+
+While `mandate serve` runs it owns the store; `token` and `audit` then reach it through its
+loopback admin API, so the same commands work either way."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,11 +69,13 @@ enum Command {
     },
     /// Validate every manifest, mission and lock file; print each problem as path:line:col.
     Check {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
     },
     /// Fetch each downstream's tool definitions and write <manifest>.lock.json beside it.
     Pin {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
         /// Only this tool manifest, e.g. finance/ledger.
@@ -63,6 +83,7 @@ enum Command {
     },
     /// Mint an access token from the embedded issuer (development and tests). Prints only the token.
     Token {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
         /// The user the agent acts for.
@@ -91,6 +112,7 @@ enum Command {
     },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
         #[arg(long)]
@@ -107,6 +129,7 @@ enum Command {
 enum AuditCommand {
     /// Recompute the hash chain and name the first bad record (exit 1 if any).
     Verify {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
         /// Verify a JSON-lines export instead of the store.
@@ -115,6 +138,7 @@ enum AuditCommand {
     },
     /// Write records as JSON lines to stdout.
     Export {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
         /// Only this tenant's records.

@@ -408,7 +408,7 @@ pub fn digest_bytes(bytes: &[u8]) -> String {
 }
 
 /// SHA-256 hex of the canonical (RFC 8785) JSON of a value.
-pub fn digest_json(value: &serde_json::Value) -> String {
+pub fn digest_json(value: &impl Serialize) -> String {
     use sha2::Digest;
     let bytes = serde_jcs::to_vec(value).unwrap_or_default();
     hex::encode(sha2::Sha256::digest(bytes))

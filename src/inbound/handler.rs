@@ -238,7 +238,7 @@ impl MissionHandler {
         if let Some(e) = record.event() {
             e.tool = Some(name.clone());
             if let Some(args) = &params.arguments {
-                e.arguments_digest = Some(digest_json(&serde_json::Value::Object(args.clone())));
+                e.arguments_digest = Some(digest_json(args));
                 e.argument_keys = args.keys().cloned().collect();
             }
             if let Some(Ok(r)) = &reasoning {
@@ -384,11 +384,15 @@ impl MissionHandler {
                 record.finish(EventKind::Call, "cancelled", None);
                 return Err(ErrorData::invalid_request("cancelled", None));
             }
-            Err(e) => {
-                let outcome = if matches!(e, DownstreamError::Timeout(..)) {
-                    "timeout"
-                } else {
-                    "downstream_error"
+            // The tool could not run: the caller sees why (as a tool error, readable by the agent).
+            Err(
+                e @ (DownstreamError::Timeout(..)
+                | DownstreamError::Unavailable(..)
+                | DownstreamError::Transport(..)),
+            ) => {
+                let outcome = match e {
+                    DownstreamError::Timeout(..) => "timeout",
+                    _ => "downstream_error",
                 };
                 let msg = e.to_string();
                 record.finish(EventKind::Call, outcome, Some(msg.clone()));
