@@ -65,6 +65,9 @@ pub struct Event {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// W3C trace id from the request's `_meta.traceparent`, when the caller sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,7 @@ impl Event {
             kind,
             tenant: None,
             request_id: None,
+            trace_id: None,
             subject: None,
             agent: None,
             token_id: None,

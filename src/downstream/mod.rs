@@ -130,16 +130,23 @@ impl Downstream {
     }
 
     /// Calls a tool. Only an [`Authorized`] call can reach a downstream.
+    /// The caller's `traceparent` is passed on so traces join up; nothing else of its `_meta`.
     pub async fn call_tool(
         &self,
         call: Authorized,
         route: CallRoute,
         upstream_progress: Option<ProgressToken>,
+        traceparent: Option<&str>,
         ct: CancellationToken,
     ) -> Result<ServerResult, DownstreamError> {
         let timeout = call.tool().timeout;
         let mut params = CallToolRequestParams::new(call.tool().tool.clone());
         params.arguments = Some(call.into_arguments());
+        if let Some(tp) = traceparent {
+            let mut meta = rmcp::model::RequestMetaObject::default();
+            meta.set_traceparent(tp);
+            params.meta = Some(meta);
+        }
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         self.forward(request, Some(route), upstream_progress, timeout, ct)
             .await

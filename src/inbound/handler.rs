@@ -214,6 +214,12 @@ impl MissionHandler {
         e.token_id = Some(caller.token_id.clone());
         e.mission = Some(self.mission_id().to_owned());
         e.request_id = Some(ctx.id.to_string());
+        e.trace_id = ctx
+            .meta
+            .get_traceparent()
+            .and_then(|tp| tp.split('-').nth(1))
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
         e
     }
 
@@ -351,7 +357,13 @@ impl MissionHandler {
         let route = self.route(&ctx);
         let progress = ctx.meta.get_progress_token();
         let result = downstream
-            .call_tool(authorized, route, progress, ctx.ct.clone())
+            .call_tool(
+                authorized,
+                route,
+                progress,
+                ctx.meta.get_traceparent(),
+                ctx.ct.clone(),
+            )
             .await;
 
         // 7. output

@@ -28,6 +28,7 @@ fn reasoned(name: &str, arguments: Value) -> CallToolRequestParams {
         "io.mandate/reasoning".into(),
         json!({"goal": "pay approved invoices", "step": "approve", "rationale": "matches PO", "confidence": 0.9}),
     );
+    meta.set_traceparent("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01");
     p.meta = Some(meta);
     p
 }
@@ -316,6 +317,7 @@ async fn write_calls_need_reasoning_and_are_durable_before_the_downstream() {
         .find(|r| r["kind"] == "call" && r["tool"] == "pay_invoice")
         .unwrap();
     assert_eq!(rec["reasoning"]["rationale"], "matches PO");
+    assert_eq!(rec["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(rec["effect"], "irreversible");
     assert_eq!(rec["decision"], "allow");
     let verify = ws.mandate(&["audit", "verify"]);
