@@ -300,7 +300,10 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
         let routes = Arc::new(downstream::Routes::default());
         let result = async {
             let service = downstream::connect(manifest, routes, &http, &manifest.id).await?;
-            let tools = service.peer().list_all_tools().await?;
+            let tools =
+                tokio::time::timeout(Duration::from_secs(30), service.peer().list_all_tools())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("`tools/list` got no answer within 30s"))??;
             let server = service
                 .peer()
                 .peer_info()

@@ -42,6 +42,9 @@ pub use relay::{CallRoute, Relay, Routes};
 
 /// How long a call waits for a (re)starting downstream before failing.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a downstream may take to start and answer the MCP handshake. Generous because the
+/// shipped sample is started through `cargo run`, which may compile it first.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Connections are grouped by tenant, environment and manifest, and never shared across groups.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -446,7 +449,7 @@ pub async fn connect(
                     }
                 });
             }
-            relay.serve_with_lifecycle(transport, lifecycle).await?
+            handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
         }
         Transport::Http { url, .. } => {
             let config =
@@ -455,7 +458,7 @@ pub async fn connect(
                 );
             let transport =
                 rmcp::transport::StreamableHttpClientTransport::with_client(http.clone(), config);
-            relay.serve_with_lifecycle(transport, lifecycle).await?
+            handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
         }
     };
     service
@@ -463,6 +466,19 @@ pub async fn connect(
         .set_response_cache_config(rmcp::service::ClientCacheConfig::disabled())
         .await;
     Ok(service)
+}
+
+/// Bounds the MCP handshake so a downstream that never answers cannot hang Mandate.
+async fn handshake<T, E: std::error::Error + Send + Sync + 'static>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!(
+            "no MCP handshake within {}s (is it an MCP server speaking on stdout/HTTP?)",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 fn lifecycle(protocol: &str) -> (rmcp::model::ProtocolVersion, ClientLifecycleMode) {

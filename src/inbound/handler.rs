@@ -575,8 +575,7 @@ impl ServerHandler for MissionHandler {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let caller = self.admit(&ctx, "tools/list")?;
-        let _ = caller;
+        self.admit(&ctx, "tools/list")?;
         self.listen(&ctx);
         let tools = self
             .state
