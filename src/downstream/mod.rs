@@ -42,6 +42,9 @@ pub use relay::{CallRoute, Relay, Routes};
 
 /// How long a call waits for a (re)starting downstream before failing.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// Extra wait before returning the result of a call whose downstream sent notifications, so the
+/// trailing ones reach the caller first.
+pub const NOTIFY_GRACE: Duration = Duration::from_millis(3);
 /// How long a downstream may take to start and answer the MCP handshake. Generous because the
 /// shipped sample is started through `cargo run`, which may compile it first.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -165,11 +168,13 @@ impl Downstream {
         ct: CancellationToken,
     ) -> Result<ServerResult, DownstreamError> {
         let peer = self.peer().await?;
+        let sending = route.as_ref().map(|r| self.routes.sending(r.clone()));
         let handle = peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await
             .map_err(|e| DownstreamError::Transport(self.manifest.id.clone(), e.to_string()))?;
         let id = handle.id.clone();
+        let notified = route.as_ref().map(|r| r.notified.clone());
         let _registration = route.map(|route| {
             self.routes.register(
                 id.clone(),
@@ -178,10 +183,22 @@ impl Downstream {
                 upstream_progress,
             )
         });
+        drop(sending);
         let name = self.manifest.id.clone();
         tokio::select! {
             response = handle.await_response() => match response {
-                Ok(result) => Ok(result),
+                Ok(result) => {
+                    // rmcp hands each downstream notification to its own task, so progress or a
+                    // log line sent just before the result may still be on its way. Let those
+                    // relay first: yield, and for calls that did notify, allow a short grace.
+                    for _ in 0..4 {
+                        tokio::task::yield_now().await;
+                    }
+                    if notified.is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed)) {
+                        tokio::time::sleep(NOTIFY_GRACE).await;
+                    }
+                    Ok(result)
+                }
                 Err(rmcp::ServiceError::McpError(e)) => Err(DownstreamError::Mcp(e)),
                 Err(e) => Err(DownstreamError::Transport(name, e.to_string())),
             },

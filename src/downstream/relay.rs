@@ -24,17 +24,32 @@ use tokio::sync::Notify;
 /// Where a call came from: the upstream session's peer and the upstream request id.
 #[derive(Clone)]
 pub struct CallRoute {
+    /// The upstream session (one user) the call belongs to.
+    pub session: u64,
     pub upstream: Peer<RoleServer>,
     pub upstream_id: RequestId,
     /// Minimum log level the caller asked for (`logging/setLevel`); `None` = everything.
     pub log_level: Option<LoggingLevel>,
+    /// Set when something was relayed for this call (see [`Routes::register`]).
+    pub notified: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CallRoute {
+    fn mark_notified(&self) {
+        self.notified
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Routing tables of one downstream connection.
 #[derive(Default)]
 pub struct Routes {
     inflight: Mutex<HashMap<RequestId, CallRoute>>,
-    progress: Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>,
+    /// Calls being sent: their request id is not known yet (rmcp assigns it while sending), but
+    /// the downstream may already answer with a server→client request.
+    sending: Mutex<HashMap<u64, CallRoute>>,
+    next_sending: std::sync::atomic::AtomicU64,
+    progress: Mutex<HashMap<ProgressToken, (CallRoute, ProgressToken)>>,
     /// Resource URI → subscribed upstream sessions (by session id).
     subscribers: Mutex<HashMap<String, HashMap<u64, Peer<RoleServer>>>>,
     /// Upstream sessions to tell about list changes.
@@ -43,7 +58,25 @@ pub struct Routes {
     pub tools_changed: Notify,
 }
 
-/// Removes a call's routes when the call ends, however it ends.
+/// How long a finished call's progress route stays: rmcp hands each downstream notification to
+/// its own task, so a progress message sent just before the result may be processed after it.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Marks a call as being sent until it is registered (or abandoned).
+pub struct Sending {
+    routes: Arc<Routes>,
+    key: u64,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.routes.sending.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+/// Retires a call's routes when the call ends, however it ends.
 pub struct Registration {
     routes: Arc<Routes>,
     id: RequestId,
@@ -55,13 +88,60 @@ impl Drop for Registration {
         if let Ok(mut m) = self.routes.inflight.lock() {
             m.remove(&self.id);
         }
-        if let Ok(mut m) = self.routes.progress.lock() {
-            m.remove(&self.progress);
+        // Progress is routed by its token, which is unambiguous: let it linger.
+        let (routes, progress) = (self.routes.clone(), self.progress.clone());
+        let remove = move || {
+            if let Ok(mut m) = routes.progress.lock() {
+                m.remove(&progress);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    tokio::time::sleep(LINGER).await;
+                    remove();
+                });
+            }
+            Err(_) => remove(),
         }
     }
 }
 
 impl Routes {
+    /// Announces a call about to be sent (before its request id exists).
+    pub fn sending(self: &Arc<Self>, route: CallRoute) -> Sending {
+        let key = self
+            .next_sending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.sending.lock() {
+            m.insert(key, route);
+        }
+        Sending {
+            routes: self.clone(),
+            key,
+        }
+    }
+
+    fn is_sending(&self) -> bool {
+        self.sending.lock().map(|m| !m.is_empty()).unwrap_or(false)
+    }
+
+    /// [`Self::attribute`], waiting (up to 200 ms) for calls still being sent to register.
+    async fn attribute_when_registered(
+        &self,
+        extensions: &rmcp::model::Extensions,
+    ) -> Option<CallRoute> {
+        for _ in 0..200 {
+            if let Some(route) = self.attribute(extensions) {
+                return Some(route);
+            }
+            if !self.is_sending() {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        None
+    }
     /// Registers an outbound call so that what the downstream sends about it reaches the caller.
     pub fn register(
         self: &Arc<Self>,
@@ -73,7 +153,7 @@ impl Routes {
         if let Some(token) = upstream_progress
             && let Ok(mut m) = self.progress.lock()
         {
-            m.insert(downstream_progress.clone(), (route.upstream.clone(), token));
+            m.insert(downstream_progress.clone(), (route.clone(), token));
         }
         if let Ok(mut m) = self.inflight.lock() {
             m.insert(id.clone(), route);
@@ -85,17 +165,27 @@ impl Routes {
         }
     }
 
-    /// The call a server→client message belongs to: by the HTTP stream it arrived on, else the
-    /// single call in flight. `None` when it cannot be attributed unambiguously.
+    /// The call a server→client message belongs to: by the HTTP stream it arrived on; else, when
+    /// every call in flight belongs to the same upstream session (one user), that session. `None`
+    /// when it cannot be attributed to one session: never guess between users.
     fn attribute(&self, extensions: &rmcp::model::Extensions) -> Option<CallRoute> {
         let inflight = self.inflight.lock().ok()?;
         if let Some(InboundStreamOrigin::OutboundRequest(id)) = extensions.get() {
             return inflight.get(id).cloned();
         }
-        if inflight.len() == 1 {
-            return inflight.values().next().cloned();
+        let sending = self.sending.lock().ok()?;
+        let mut calls = inflight.values().chain(sending.values());
+        let first = calls.next()?;
+        if calls.any(|c| c.session != first.session) {
+            return None;
         }
-        None
+        // A call still being sent counts for the session rule, but a registered one is preferred
+        // (its request id is the right stream to answer on).
+        inflight
+            .values()
+            .next()
+            .cloned()
+            .or_else(|| (!sending.is_empty()).then(|| first.clone()))
     }
 
     pub fn subscribe(&self, uri: &str, session: u64, peer: Peer<RoleServer>) -> bool {
@@ -164,21 +254,26 @@ impl Relay {
         Self { routes, protocol }
     }
 
-    fn route(
+    async fn route(
         &self,
         extensions: &rmcp::model::Extensions,
         what: &str,
     ) -> Result<CallRoute, ErrorData> {
-        self.routes.attribute(extensions).ok_or_else(|| {
-            tracing::warn!(
-                request = what,
-                "downstream request cannot be attributed to one caller; refused"
-            );
-            ErrorData::internal_error(
-                format!("mandate cannot attribute this {what} request to a single caller; refused"),
-                None,
-            )
-        })
+        self.routes
+            .attribute_when_registered(extensions)
+            .await
+            .ok_or_else(|| {
+                tracing::warn!(
+                    request = what,
+                    "downstream request cannot be attributed to one caller; refused"
+                );
+                ErrorData::internal_error(
+                    format!(
+                        "mandate cannot attribute this {what} request to a single caller; refused"
+                    ),
+                    None,
+                )
+            })
     }
 }
 
@@ -245,7 +340,7 @@ impl ClientHandler for Relay {
         params: CreateMessageRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let route = self.route(&context.extensions, "sampling")?;
+        let route = self.route(&context.extensions, "sampling").await?;
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
         match ask_upstream(route, request).await? {
             ClientResult::CreateMessageResult(r) => Ok(*r),
@@ -258,7 +353,7 @@ impl ClientHandler for Relay {
         params: ElicitRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
-        let route = self.route(&context.extensions, "elicitation")?;
+        let route = self.route(&context.extensions, "elicitation").await?;
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
         match ask_upstream(route, request).await? {
             ClientResult::ElicitResult(r) => Ok(r),
@@ -270,7 +365,7 @@ impl ClientHandler for Relay {
         &self,
         context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
-        let route = self.route(&context.extensions, "roots")?;
+        let route = self.route(&context.extensions, "roots").await?;
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
         match ask_upstream(route, request).await? {
             ClientResult::ListRootsResult(r) => Ok(r),
@@ -289,10 +384,11 @@ impl ClientHandler for Relay {
             .lock()
             .ok()
             .and_then(|m| m.get(&params.progress_token).cloned());
-        if let Some((upstream, token)) = target {
+        if let Some((route, token)) = target {
+            route.mark_notified();
             let mut params = params;
             params.progress_token = token;
-            let _ = upstream.notify_progress(params).await;
+            let _ = route.upstream.notify_progress(params).await;
         }
     }
 
@@ -301,7 +397,11 @@ impl ClientHandler for Relay {
         params: LoggingMessageNotificationParam,
         context: NotificationContext<RoleClient>,
     ) {
-        let Some(route) = self.routes.attribute(&context.extensions) else {
+        let Some(route) = self
+            .routes
+            .attribute_when_registered(&context.extensions)
+            .await
+        else {
             tracing::debug!("downstream log message not attributable to one caller; not relayed");
             return;
         };
@@ -310,6 +410,7 @@ impl ClientHandler for Relay {
         {
             return;
         }
+        route.mark_notified();
         let _ = route.upstream.notify_logging_message(params).await;
     }
 

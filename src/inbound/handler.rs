@@ -195,9 +195,11 @@ impl MissionHandler {
 
     fn route(&self, ctx: &RequestContext<RoleServer>) -> CallRoute {
         CallRoute {
+            session: self.session.id,
             upstream: ctx.peer.clone(),
             upstream_id: ctx.id.clone(),
             log_level: self.session.log_level.lock().ok().and_then(|l| *l),
+            notified: Default::default(),
         }
     }
 
