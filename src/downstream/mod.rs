@@ -18,6 +18,7 @@
 //! in flight on that connection. With several calls in flight such a request is refused rather
 //! than risk delivering it to the wrong user.
 
+mod fence;
 mod relay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,9 +43,8 @@ pub use relay::{CallRoute, Relay, Routes};
 
 /// How long a call waits for a (re)starting downstream before failing.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
-/// Extra wait before returning the result of a call whose downstream sent notifications, so the
-/// trailing ones reach the caller first.
-pub const NOTIFY_GRACE: Duration = Duration::from_millis(3);
+/// Longest wait, after a result arrives, for the notifications that preceded it to be relayed.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 /// How long a downstream may take to start and answer the MCP handshake. Generous because the
 /// shipped sample is started through `cargo run`, which may compile it first.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -174,7 +174,7 @@ impl Downstream {
             .await
             .map_err(|e| DownstreamError::Transport(self.manifest.id.clone(), e.to_string()))?;
         let id = handle.id.clone();
-        let notified = route.as_ref().map(|r| r.notified.clone());
+        let progress_token = handle.progress_token.clone();
         let _registration = route.map(|route| {
             self.routes.register(
                 id.clone(),
@@ -188,15 +188,8 @@ impl Downstream {
         tokio::select! {
             response = handle.await_response() => match response {
                 Ok(result) => {
-                    // rmcp hands each downstream notification to its own task, so progress or a
-                    // log line sent just before the result may still be on its way. Let those
-                    // relay first: yield, and for calls that did notify, allow a short grace.
-                    for _ in 0..4 {
-                        tokio::task::yield_now().await;
-                    }
-                    if notified.is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed)) {
-                        tokio::time::sleep(NOTIFY_GRACE).await;
-                    }
+                    // Relay what the downstream sent before its result first (see `fence`).
+                    self.routes.settle(&progress_token, SETTLE_LIMIT).await;
                     Ok(result)
                 }
                 Err(rmcp::ServiceError::McpError(e)) => Err(DownstreamError::Mcp(e)),
@@ -435,7 +428,7 @@ pub async fn connect(
     let (protocol, lifecycle) = match &manifest.transport {
         Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
     };
-    let relay = Relay::new(routes, protocol);
+    let relay = Relay::new(routes.clone(), protocol);
     let service = match &manifest.transport {
         Transport::Stdio {
             command,
@@ -466,6 +459,7 @@ pub async fn connect(
                     }
                 });
             }
+            let transport = fence::Fenced::new(transport, routes.clone());
             handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
         }
         Transport::Http { url, .. } => {
@@ -475,6 +469,7 @@ pub async fn connect(
                 );
             let transport =
                 rmcp::transport::StreamableHttpClientTransport::with_client(http.clone(), config);
+            let transport = fence::Fenced::new(transport, routes.clone());
             handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
         }
     };

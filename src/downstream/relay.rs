@@ -30,15 +30,6 @@ pub struct CallRoute {
     pub upstream_id: RequestId,
     /// Minimum log level the caller asked for (`logging/setLevel`); `None` = everything.
     pub log_level: Option<LoggingLevel>,
-    /// Set when something was relayed for this call (see [`Routes::register`]).
-    pub notified: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl CallRoute {
-    fn mark_notified(&self) {
-        self.notified
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// Routing tables of one downstream connection.
@@ -56,11 +47,30 @@ pub struct Routes {
     listeners: Mutex<HashMap<u64, Peer<RoleServer>>>,
     /// Signalled on `notifications/tools/list_changed` (drift re-check).
     pub tools_changed: Notify,
+    /// Notifications received (in wire order) and not yet relayed: sequence → (progress token,
+    /// or `None` for a log message; arrival time).
+    unrelayed: Mutex<Unrelayed>,
+    /// Signalled whenever a notification has been relayed.
+    relayed: Notify,
 }
 
 /// How long a finished call's progress route stays: rmcp hands each downstream notification to
 /// its own task, so a progress message sent just before the result may be processed after it.
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Sequence number the fence puts in a notification's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Seq(pub u64);
+
+/// See [`Routes`]'s `unrelayed`.
+#[derive(Default)]
+pub struct Unrelayed {
+    next: u64,
+    items: std::collections::BTreeMap<u64, (Option<ProgressToken>, std::time::Instant)>,
+}
+
+/// After this long an unrelayed notification no longer holds results back.
+const STALE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Marks a call as being sent until it is registered (or abandoned).
 pub struct Sending {
@@ -119,6 +129,58 @@ impl Routes {
         Sending {
             routes: self.clone(),
             key,
+        }
+    }
+
+    /// Called by the transport fence, in wire order, for each progress (`Some(token)`) or log
+    /// (`None`) notification; returns its sequence number.
+    pub fn arrived(&self, progress: Option<ProgressToken>) -> u64 {
+        let Ok(mut u) = self.unrelayed.lock() else {
+            return 0;
+        };
+        let seq = u.next;
+        u.next += 1;
+        let now = std::time::Instant::now();
+        // Self-healing: entries never relayed (a handler that did not run) stop counting.
+        u.items.retain(|_, (_, at)| now.duration_since(*at) < STALE);
+        u.items.insert(seq, (progress, now));
+        seq
+    }
+
+    fn relayed(&self, seq: Option<&Seq>) {
+        if let Some(Seq(seq)) = seq
+            && let Ok(mut u) = self.unrelayed.lock()
+        {
+            u.items.remove(seq);
+        }
+        self.relayed.notify_waiters();
+    }
+
+    /// Whether every notification that arrived before `before` and concerns this call (its
+    /// progress token, or any log message) has been relayed or gone stale.
+    fn settled(&self, token: &ProgressToken, before: u64) -> bool {
+        let Ok(u) = self.unrelayed.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        !u.items.range(..before).any(|(_, (t, at))| {
+            now.duration_since(*at) < STALE && t.as_ref().is_none_or(|t| t == token)
+        })
+    }
+
+    /// Waits (at most `limit`) until the notifications that arrived before a call's result are
+    /// relayed, so the caller gets them first.
+    pub async fn settle(&self, token: &ProgressToken, limit: std::time::Duration) {
+        let before = self.unrelayed.lock().map(|u| u.next).unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.relayed.notified();
+            if self.settled(token, before) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -376,7 +438,7 @@ impl ClientHandler for Relay {
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
+        context: NotificationContext<RoleClient>,
     ) {
         let target = self
             .routes
@@ -385,11 +447,11 @@ impl ClientHandler for Relay {
             .ok()
             .and_then(|m| m.get(&params.progress_token).cloned());
         if let Some((route, token)) = target {
-            route.mark_notified();
             let mut params = params;
             params.progress_token = token;
             let _ = route.upstream.notify_progress(params).await;
         }
+        self.routes.relayed(context.extensions.get::<Seq>());
     }
 
     async fn on_logging_message(
@@ -397,21 +459,25 @@ impl ClientHandler for Relay {
         params: LoggingMessageNotificationParam,
         context: NotificationContext<RoleClient>,
     ) {
-        let Some(route) = self
+        let route = self
             .routes
             .attribute_when_registered(&context.extensions)
-            .await
-        else {
-            tracing::debug!("downstream log message not attributable to one caller; not relayed");
-            return;
-        };
-        if let Some(min) = route.log_level
-            && level_rank(params.level) < level_rank(min)
-        {
-            return;
+            .await;
+        match route {
+            None => {
+                tracing::debug!(
+                    "downstream log message not attributable to one caller; not relayed"
+                )
+            }
+            Some(route)
+                if route
+                    .log_level
+                    .is_some_and(|min| level_rank(params.level) < level_rank(min)) => {}
+            Some(route) => {
+                let _ = route.upstream.notify_logging_message(params).await;
+            }
         }
-        route.mark_notified();
-        let _ = route.upstream.notify_logging_message(params).await;
+        self.routes.relayed(context.extensions.get::<Seq>());
     }
 
     async fn on_resource_updated(

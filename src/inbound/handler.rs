@@ -199,7 +199,6 @@ impl MissionHandler {
             upstream: ctx.peer.clone(),
             upstream_id: ctx.id.clone(),
             log_level: self.session.log_level.lock().ok().and_then(|l| *l),
-            notified: Default::default(),
         }
     }
 
