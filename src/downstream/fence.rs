@@ -40,28 +40,25 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Fenced<T> {
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let mut message = self.inner.receive().await;
+        if let Some(JsonRpcMessage::Notification(JsonRpcNotification { notification, .. })) =
+            &mut message
         {
-            let mut message = self.inner.receive().await;
-            if let Some(JsonRpcMessage::Notification(JsonRpcNotification {
-                notification, ..
-            })) = &mut message
-            {
-                let seq = match notification {
-                    ServerNotification::ProgressNotification(n) => {
-                        Some(self.routes.arrived(Some(n.params.progress_token.clone())))
-                    }
-                    ServerNotification::LoggingMessageNotification(_) => {
-                        Some(self.routes.arrived(None))
-                    }
-                    _ => None,
-                };
-                if let Some(seq) = seq {
-                    // rmcp moves these extensions into the handler's NotificationContext.
-                    notification.extensions_mut().insert(Seq(seq));
+            let seq = match notification {
+                ServerNotification::ProgressNotification(n) => {
+                    Some(self.routes.arrived(Some(n.params.progress_token.clone())))
                 }
+                ServerNotification::LoggingMessageNotification(_) => {
+                    Some(self.routes.arrived(None))
+                }
+                _ => None,
+            };
+            if let Some(seq) = seq {
+                // rmcp moves these extensions into the handler's NotificationContext.
+                notification.extensions_mut().insert(Seq(seq));
             }
-            message
         }
+        message
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
