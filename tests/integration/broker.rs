@@ -21,6 +21,18 @@ fn call(name: &str, arguments: Value) -> CallToolRequestParams {
     p
 }
 
+async fn tool_names(
+    client: &rmcp::service::RunningService<RoleClient, impl ClientHandler>,
+) -> Vec<String> {
+    client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
 fn reasoned(name: &str, arguments: Value) -> CallToolRequestParams {
     let mut p = call(name, arguments);
     let mut meta = rmcp::model::RequestMetaObject::default();
@@ -342,13 +354,7 @@ async fn drifted_definitions_are_quarantined_until_pinned_again() {
     let server = ws.serve();
     let token = ws.token(Some("finance/prod/review"));
     let client = client(&server.mission_url("finance/prod/review"), &token).await;
-    let names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let names = tool_names(&client).await;
     assert_eq!(names, ["list_invoices"]);
     let e = client
         .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
@@ -378,13 +384,7 @@ async fn drifted_definitions_are_quarantined_until_pinned_again() {
     // A new port is a new issuer URL: mint a new token.
     let token = ws.token(Some("finance/prod/review"));
     let client = crate::common::client(&server.mission_url("finance/prod/review"), &token).await;
-    let names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let names = tool_names(&client).await;
     assert_eq!(names, ["get_invoice", "list_invoices"]);
     client.cancel().await.unwrap();
     server.stop();
@@ -893,13 +893,7 @@ async fn a_rug_pull_mid_session_quarantines_and_tells_the_caller() {
         *changed.0.lock().unwrap() > 0
     })
     .await;
-    let names: Vec<String> = client
-        .list_all_tools()
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let names = tool_names(&client).await;
     assert_eq!(names, ["list_invoices"]);
     let e = client
         .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
