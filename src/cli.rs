@@ -451,9 +451,15 @@ fn backend(config: &Config) -> anyhow::Result<Backend> {
     }
 }
 
-async fn admin_get(cred: &AdminCredential, path: &str) -> anyhow::Result<String> {
+async fn admin_get(
+    cred: &AdminCredential,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse_with_params(&format!("{}{path}", cred.url), query)
+        .with_context(|| format!("invalid admin URL `{}` in the admin credential", cred.url))?;
     let response = reqwest::Client::new()
-        .get(format!("{}{path}", cred.url))
+        .get(url)
         .bearer_auth(&cred.token)
         .send()
         .await
@@ -521,7 +527,7 @@ async fn audit_verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<ExitCod
                 }
                 Backend::Admin(cred) => {
                     let body: serde_json::Value =
-                        serde_json::from_str(&admin_get(&cred, "/admin/audit/verify").await?)?;
+                        serde_json::from_str(&admin_get(&cred, "/admin/audit/verify", &[]).await?)?;
                     match body.get("records").and_then(|r| r.as_u64()) {
                         Some(n) if body["ok"] == true => Ok(n),
                         _ => Err(body["error"].as_str().unwrap_or("unknown error").to_owned()),
@@ -559,26 +565,11 @@ async fn audit_export(dir: &Path, filter: ExportFilter) -> anyhow::Result<ExitCo
             if let Some(s) = &filter.since {
                 query.push(("since", s.as_str()));
             }
-            let qs = serde_urlencoded(&query);
-            admin_get(&cred, &format!("/admin/audit/export{qs}")).await?
+            admin_get(&cred, "/admin/audit/export", &query).await?
         }
     };
     print!("{lines}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn serde_urlencoded(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let mut url = reqwest::Url::parse("http://x/").unwrap_or_else(|_| unreachable_url());
-    url.query_pairs_mut().extend_pairs(pairs);
-    format!("?{}", url.query().unwrap_or_default())
-}
-
-#[allow(clippy::panic, reason = "a constant URL always parses")]
-fn unreachable_url() -> reqwest::Url {
-    panic!("constant URL failed to parse")
 }
 
 fn client_config(

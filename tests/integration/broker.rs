@@ -332,6 +332,14 @@ async fn write_calls_need_reasoning_and_are_durable_before_the_downstream() {
     assert_eq!(rec["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(rec["effect"], "irreversible");
     assert_eq!(rec["decision"], "allow");
+    // Filters work through the running server's admin API too.
+    let other = ws.mandate(&["audit", "export", "--tenant", "globex"]);
+    assert!(other.status.success() && other.stdout.is_empty());
+    let acme = ws.mandate(&["audit", "export", "--tenant", "acme"]);
+    assert_eq!(
+        String::from_utf8(acme.stdout).unwrap().lines().count(),
+        records.iter().filter(|r| r["tenant"] == "acme").count()
+    );
     let verify = ws.mandate(&["audit", "verify"]);
     assert!(
         verify.status.success(),
