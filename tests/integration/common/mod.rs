@@ -206,6 +206,35 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// Process ids whose parent is `pid` (Linux /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which is in parentheses): state, ppid, ...
+        let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+        if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 impl Server {
     pub fn mission_url(&self, id: &str) -> String {
         format!("{}/mcp/{id}", self.url)
