@@ -45,6 +45,14 @@ fn reasoned(name: &str, arguments: Value) -> CallToolRequestParams {
     p
 }
 
+/// Serves `ws` and connects a client to `finance/prod/review` with a fresh token.
+async fn review(ws: &Workspace) -> (Server, rmcp::service::RunningService<RoleClient, ()>) {
+    let server = ws.serve();
+    let token = ws.token(Some("finance/prod/review"));
+    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    (server, client)
+}
+
 /// The standard workspace: ledger + mission `finance/prod/review`.
 fn ledger_ws(env: &[(&str, &str)], tools: &str, extra: &str) -> Workspace {
     let ws = Workspace::new();
@@ -61,9 +69,7 @@ async fn tools_list_is_exactly_the_mission_toolset_with_pinned_definitions() {
         r#""finance/ledger/get_invoice", { tool = "finance/ledger/get_supplier", as = "lookup_supplier" }"#,
         "",
     );
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, ["get_invoice", "lookup_supplier"]);
@@ -138,18 +144,14 @@ async fn tools_list_is_exactly_the_mission_toolset_with_pinned_definitions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_arguments_never_reach_the_downstream() {
-    // The ledger exits after its first call: if any invalid call reached it, the valid call
-    // at the end would find a restarting downstream with fresh state... so count calls instead:
-    // after 1 call it crashes; we make 3 invalid calls then 1 valid one, which must succeed
-    // on the first process (no restart logged).
+    // The ledger exits after answering its first call. Three invalid calls then one valid
+    // call: if an invalid one had reached it, the ledger would have restarted (logged).
     let ws = ledger_ws(
         &[("LEDGER_CRASH_AFTER", "1")],
         r#""finance/ledger/get_invoice""#,
         "",
     );
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     let cases = [
         (json!({"invoice_id": "INV-12"}), "/invoice_id"),
         (json!({}), "/"),
@@ -285,9 +287,7 @@ async fn write_calls_need_reasoning_and_are_durable_before_the_downstream() {
         r#""finance/ledger/approve_invoice", "finance/ledger/pay_invoice""#,
         "require_reasoning = [\"write\", \"irreversible\"]",
     );
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     let e = client
         .call_tool(call("approve_invoice", json!({"invoice_id": "INV-1001"})))
         .await
@@ -405,9 +405,7 @@ async fn a_crashed_downstream_is_restarted() {
         r#""finance/ledger/get_invoice""#,
         "",
     );
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     let mut ok = 0;
     let mut failed = 0;
     for _ in 0..8 {
@@ -433,9 +431,7 @@ async fn a_crashed_downstream_is_restarted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_downstream_times_out_with_a_clear_error() {
     let ws = ledger_ws(&[], r#""finance/ledger/slow_report""#, "");
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     let r = client
         .call_tool(call("slow_report", json!({"seconds": 10})))
         .await
@@ -520,9 +516,7 @@ async fn progress_reaches_only_the_caller_that_asked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_chain_verifies_and_tampering_is_named() {
     let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
-    let server = ws.serve();
-    let token = ws.token(Some("finance/prod/review"));
-    let client = client(&server.mission_url("finance/prod/review"), &token).await;
+    let (server, client) = review(&ws).await;
     for id in ["INV-1001", "INV-1002", "INV-1003"] {
         client
             .call_tool(call("get_invoice", json!({"invoice_id": id})))
