@@ -65,6 +65,9 @@ pub struct Event {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Mandate's id of one tool call: links a write's `call_intent` record to its completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
     /// W3C trace id from the request's `_meta.traceparent`, when the caller sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -117,6 +120,7 @@ impl Event {
             kind,
             tenant: None,
             request_id: None,
+            call_id: None,
             trace_id: None,
             subject: None,
             agent: None,
