@@ -816,7 +816,12 @@ async fn serve_stdio(
             state.runtime.mission.id
         );
     }
-    let handler = MissionHandler::new(state.clone(), audit.clone(), Some(caller));
+    let handler = MissionHandler::new(
+        state.clone(),
+        audit.clone(),
+        Some(caller),
+        crate::inbound::handler::SessionState::new(),
+    );
     let running = handler.serve(rmcp::transport::stdio()).await?;
     let ct = running.cancellation_token();
     tokio::select! {

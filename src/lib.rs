@@ -23,9 +23,11 @@
 
 pub mod audit;
 pub mod authn;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod exchange;
 pub mod inbound;
 pub mod mission;
 pub mod policy;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::audit::Reasoning;
 use crate::authn::Caller;
+use crate::downstream::Downstream;
 use crate::mission::{ExposedTool, MissionRuntime, Valid};
 
 /// Identifies the rule that decided, for the audit record.
@@ -27,14 +28,17 @@ impl Authorized {
     pub fn tool(&self) -> &Arc<ExposedTool> {
         self.valid.tool()
     }
+    pub fn downstream(&self) -> &Arc<Downstream> {
+        self.valid.downstream()
+    }
     pub fn arguments(&self) -> &serde_json::Map<String, serde_json::Value> {
         self.valid.arguments()
     }
+    pub fn raw_arguments(&self) -> &str {
+        self.valid.raw_arguments()
+    }
     pub fn policy(&self) -> &'static str {
         self.policy
-    }
-    pub fn into_arguments(self) -> serde_json::Map<String, serde_json::Value> {
-        self.valid.into_arguments()
     }
 }
 
@@ -45,29 +49,36 @@ pub enum PolicyDenied {
         "this mission requires reasoning for `{0}` tools: send `_meta[\"io.mandate/reasoning\"]` with at least a `rationale`"
     )]
     ReasoningRequired(&'static str),
+    /// A permit checked against another mission (a bug in an adapter; never allowed).
+    #[error("denied by policy")]
+    WrongMission,
 }
 
 impl PolicyDenied {
     pub fn policy(&self) -> &'static str {
         match self {
             PolicyDenied::ReasoningRequired(_) => REASONING_POLICY,
+            PolicyDenied::WrongMission => SCOPE_POLICY,
         }
     }
 }
 
-/// Stage 4: decide.
+/// Stage 4: decide. The call must be for this mission (permits are bound to theirs).
 pub fn authorize(
     mission: &MissionRuntime,
     valid: Valid,
     reasoning: Option<&Reasoning>,
-) -> Result<Authorized, (Valid, PolicyDenied)> {
+) -> Result<Authorized, PolicyDenied> {
+    if valid.mission().mission.id != mission.mission.id {
+        return Err(PolicyDenied::WrongMission);
+    }
     let effect = valid.tool().effect();
     if mission.mission.require_reasoning.contains(&effect) {
         let has_rationale = reasoning
             .and_then(|r| r.rationale.as_deref())
             .is_some_and(|r| !r.trim().is_empty());
         if !has_rationale {
-            return Err((valid, PolicyDenied::ReasoningRequired(effect.as_str())));
+            return Err(PolicyDenied::ReasoningRequired(effect.as_str()));
         }
     }
     Ok(Authorized {

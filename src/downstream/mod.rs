@@ -19,6 +19,7 @@
 //! than risk delivering it to the wrong user.
 
 mod fence;
+pub mod passthrough;
 mod relay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,8 +27,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
-    ProgressToken, RequestId, ServerResult,
+    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, RequestId,
+    ServerResult,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, RoleClient};
 use rmcp::{Peer, RoleServer};
@@ -35,8 +36,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Auditor, Event, EventKind};
+use crate::call::{CallSink, RpcError};
 use crate::config::{Config, ToolManifest, Transport};
-use crate::policy::Authorized;
+use crate::exchange::Credentialed;
 use crate::tools::Drift;
 
 pub use relay::{CallRoute, Relay, Routes};
@@ -74,8 +76,8 @@ pub enum DownstreamError {
     Cancelled,
     #[error("downstream `{0}` failed: {1}")]
     Transport(String, String),
-    #[error("{0}")]
-    Mcp(rmcp::ErrorData),
+    #[error("{}", .0.message)]
+    Mcp(RpcError),
 }
 
 /// One supervised downstream connection.
@@ -118,8 +120,9 @@ impl Downstream {
             .unwrap_or(true)
     }
 
-    /// The connected peer, waiting up to [`CONNECT_WAIT`] for a (re)connect.
-    pub async fn peer(&self) -> Result<Peer<RoleClient>, DownstreamError> {
+    /// The connected peer, waiting up to [`CONNECT_WAIT`] for a (re)connect. Private: nothing
+    /// outside this module reaches a downstream without a permit.
+    async fn peer(&self) -> Result<Peer<RoleClient>, DownstreamError> {
         let mut rx = self.peer.subscribe();
         let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()));
         match tokio::time::timeout(CONNECT_WAIT, wait).await {
@@ -135,35 +138,12 @@ impl Downstream {
         DownstreamError::Unavailable(self.manifest.id.clone(), why.to_owned())
     }
 
-    /// Calls a tool. Only an [`Authorized`] call can reach a downstream.
-    /// The caller's `traceparent` is passed on so traces join up; nothing else of its `_meta`.
-    pub async fn call_tool(
-        &self,
-        call: Authorized,
-        route: CallRoute,
-        upstream_progress: Option<ProgressToken>,
-        traceparent: Option<&str>,
-        ct: CancellationToken,
-    ) -> Result<ServerResult, DownstreamError> {
-        let timeout = call.tool().timeout;
-        let mut params = CallToolRequestParams::new(call.tool().tool.clone());
-        params.arguments = Some(call.into_arguments());
-        if let Some(tp) = traceparent {
-            let mut meta = rmcp::model::RequestMetaObject::default();
-            meta.set_traceparent(tp);
-            params.meta = Some(meta);
-        }
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        self.forward(request, Some(route), upstream_progress, timeout, ct)
-            .await
-    }
-
-    /// Forwards any request (resources, prompts, completion) with routing for what comes back.
-    pub async fn forward(
+    /// Sends a request over the rmcp client and waits for its result, routing what the
+    /// downstream sends about it to `route`.
+    async fn forward(
         &self,
         request: ClientRequest,
         route: Option<CallRoute>,
-        upstream_progress: Option<ProgressToken>,
         timeout: Duration,
         ct: CancellationToken,
     ) -> Result<ServerResult, DownstreamError> {
@@ -176,12 +156,8 @@ impl Downstream {
         let id = handle.id.clone();
         let progress_token = handle.progress_token.clone();
         let _registration = route.map(|route| {
-            self.routes.register(
-                id.clone(),
-                handle.progress_token.clone(),
-                route,
-                upstream_progress,
-            )
+            self.routes
+                .register(id.clone(), handle.progress_token.clone(), route)
         });
         drop(sending);
         let name = self.manifest.id.clone();
@@ -192,7 +168,7 @@ impl Downstream {
                     self.routes.settle(&progress_token, SETTLE_LIMIT).await;
                     Ok(result)
                 }
-                Err(rmcp::ServiceError::McpError(e)) => Err(DownstreamError::Mcp(e)),
+                Err(rmcp::ServiceError::McpError(e)) => Err(DownstreamError::Mcp(rpc_error(e))),
                 Err(e) => Err(DownstreamError::Transport(name, e.to_string())),
             },
             _ = tokio::time::sleep(timeout) => {
@@ -319,6 +295,50 @@ impl Downstream {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
         tracing::info!(downstream = %self.key, "downstream stopped");
+    }
+}
+
+/// Calls a tool: the only way a tool call reaches a downstream, and it takes only a
+/// [`Credentialed`] call. The caller's `traceparent` is passed on so traces join up; nothing else
+/// of its `_meta`. Returns the downstream's result object as raw JSON.
+pub async fn call(
+    permit: Credentialed,
+    sink: Arc<dyn CallSink>,
+    traceparent: Option<&str>,
+    ct: CancellationToken,
+) -> Result<Box<serde_json::value::RawValue>, DownstreamError> {
+    let downstream = permit.downstream().clone();
+    let tool = permit.tool().clone();
+    let mut params = CallToolRequestParams::new(tool.tool.clone());
+    params.arguments = Some(permit.arguments().clone());
+    if let Some(tp) = traceparent {
+        let mut meta = rmcp::model::RequestMetaObject::default();
+        meta.set_traceparent(tp);
+        params.meta = Some(meta);
+    }
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let result = downstream
+        .forward(request, Some(CallRoute::new(sink)), tool.timeout, ct)
+        .await?;
+    let raw = match result {
+        ServerResult::CallToolResult(r) => serde_json::value::to_raw_value(&r),
+        ServerResult::InputRequiredResult(r) => serde_json::value::to_raw_value(&r),
+        _ => {
+            return Err(DownstreamError::Transport(
+                downstream.manifest.id.clone(),
+                "the downstream answered tools/call with another kind of result".into(),
+            ));
+        }
+    };
+    raw.map_err(|e| DownstreamError::Transport(downstream.manifest.id.clone(), e.to_string()))
+}
+
+/// An rmcp error as the transport-free [`RpcError`].
+pub fn rpc_error(e: rmcp::ErrorData) -> RpcError {
+    RpcError {
+        code: i64::from(e.code.0),
+        message: e.message.into_owned(),
+        data: e.data,
     }
 }
 

@@ -9,27 +9,32 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
-    CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
-    ElicitResult, GetExtensions, Implementation, ListRootsRequest, ListRootsResult, LoggingLevel,
+    ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, Implementation, ListRootsResult,
     LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-    RequestId, ResourceUpdatedNotificationParam, ServerRequest,
+    RequestId, ResourceUpdatedNotificationParam,
 };
-use rmcp::service::{
-    InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
-};
+use rmcp::service::{InboundStreamOrigin, NotificationContext, RequestContext, RoleClient};
 use rmcp::{ClientHandler, ErrorData, Peer, RoleServer};
 use tokio::sync::Notify;
 
-/// Where a call came from: the upstream session's peer and the upstream request id.
+use crate::call::CallSink;
+
+/// Where a call came from: the calling session's sink (see [`CallSink`]).
 #[derive(Clone)]
 pub struct CallRoute {
-    /// The upstream session (one user) the call belongs to.
+    /// The upstream session (one principal) the call belongs to.
     pub session: u64,
-    pub upstream: Peer<RoleServer>,
-    pub upstream_id: RequestId,
-    /// Minimum log level the caller asked for (`logging/setLevel`); `None` = everything.
-    pub log_level: Option<LoggingLevel>,
+    pub sink: Arc<dyn CallSink>,
+}
+
+impl CallRoute {
+    pub fn new(sink: Arc<dyn CallSink>) -> Self {
+        Self {
+            session: sink.session(),
+            sink,
+        }
+    }
 }
 
 /// Routing tables of one downstream connection.
@@ -40,7 +45,7 @@ pub struct Routes {
     /// the downstream may already answer with a server→client request.
     sending: Mutex<HashMap<u64, CallRoute>>,
     next_sending: std::sync::atomic::AtomicU64,
-    progress: Mutex<HashMap<ProgressToken, (CallRoute, ProgressToken)>>,
+    progress: Mutex<HashMap<ProgressToken, CallRoute>>,
     /// Resource URI → subscribed upstream sessions (by session id).
     subscribers: Mutex<HashMap<String, HashMap<u64, Peer<RoleServer>>>>,
     /// Upstream sessions to tell about list changes.
@@ -210,12 +215,11 @@ impl Routes {
         id: RequestId,
         downstream_progress: ProgressToken,
         route: CallRoute,
-        upstream_progress: Option<ProgressToken>,
     ) -> Registration {
-        if let Some(token) = upstream_progress
+        if route.sink.wants_progress()
             && let Ok(mut m) = self.progress.lock()
         {
-            m.insert(downstream_progress.clone(), (route.clone(), token));
+            m.insert(downstream_progress.clone(), route.clone());
         }
         if let Ok(mut m) = self.inflight.lock() {
             m.insert(id.clone(), route);
@@ -339,46 +343,29 @@ impl Relay {
     }
 }
 
-/// Sends a server→client request to the caller on the originating request's stream.
-async fn ask_upstream(
+/// Sends a server→client request to the calling session and converts the answer back.
+async fn ask_upstream<T: serde::de::DeserializeOwned>(
     route: CallRoute,
-    mut request: ServerRequest,
-) -> Result<ClientResult, ErrorData> {
-    // The SDK would tag the request with the *downstream* request id (a task-local); sending from
-    // a fresh task with our own tag puts it on the caller's stream.
-    request
-        .extensions_mut()
-        .insert(OriginatingRequestId(route.upstream_id.clone()));
-    let upstream = route.upstream.clone();
-    let task = tokio::spawn(async move { upstream.send_request(request).await });
-    match task.await {
-        Ok(Ok(result)) => Ok(result),
-        Ok(Err(rmcp::ServiceError::McpError(e))) => Err(e),
-        Ok(Err(e)) => Err(ErrorData::internal_error(
-            format!("the caller could not answer: {e}"),
+    method: &str,
+    params: Option<serde_json::Value>,
+) -> Result<T, ErrorData> {
+    let answer =
+        route.sink.ask(method, params).await.map_err(|e| {
+            ErrorData::new(rmcp::model::ErrorCode(e.code as i32), e.message, e.data)
+        })?;
+    serde_json::from_value(answer).map_err(|e| {
+        ErrorData::internal_error(
+            format!("the caller answered {method} with an unexpected result: {e}"),
             None,
-        )),
-        Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
-    }
+        )
+    })
 }
 
-fn unexpected(what: &str) -> ErrorData {
-    ErrorData::internal_error(
-        format!("the caller answered {what} with an unexpected result"),
-        None,
-    )
-}
-
-fn level_rank(level: LoggingLevel) -> u8 {
-    match level {
-        LoggingLevel::Debug => 0,
-        LoggingLevel::Info => 1,
-        LoggingLevel::Notice => 2,
-        LoggingLevel::Warning => 3,
-        LoggingLevel::Error => 4,
-        LoggingLevel::Critical => 5,
-        LoggingLevel::Alert => 6,
-        LoggingLevel::Emergency => 7,
+/// A notification's params as a JSON object (what a [`CallSink`] takes).
+fn params_object<T: serde::Serialize>(params: &T) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(params) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -403,11 +390,8 @@ impl ClientHandler for Relay {
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
         let route = self.route(&context.extensions, "sampling").await?;
-        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
-        match ask_upstream(route, request).await? {
-            ClientResult::CreateMessageResult(r) => Ok(*r),
-            _ => Err(unexpected("sampling")),
-        }
+        let params = serde_json::to_value(&params).ok();
+        ask_upstream(route, "sampling/createMessage", params).await
     }
 
     async fn create_elicitation(
@@ -416,11 +400,8 @@ impl ClientHandler for Relay {
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let route = self.route(&context.extensions, "elicitation").await?;
-        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
-        match ask_upstream(route, request).await? {
-            ClientResult::ElicitResult(r) => Ok(r),
-            _ => Err(unexpected("elicitation")),
-        }
+        let params = serde_json::to_value(&params).ok();
+        ask_upstream(route, "elicitation/create", params).await
     }
 
     async fn list_roots(
@@ -428,11 +409,7 @@ impl ClientHandler for Relay {
         context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         let route = self.route(&context.extensions, "roots").await?;
-        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
-        match ask_upstream(route, request).await? {
-            ClientResult::ListRootsResult(r) => Ok(r),
-            _ => Err(unexpected("roots/list")),
-        }
+        ask_upstream(route, "roots/list", None).await
     }
 
     async fn on_progress(
@@ -446,10 +423,10 @@ impl ClientHandler for Relay {
             .lock()
             .ok()
             .and_then(|m| m.get(&params.progress_token).cloned());
-        if let Some((route, token)) = target {
-            let mut params = params;
-            params.progress_token = token;
-            let _ = route.upstream.notify_progress(params).await;
+        if let Some(route) = target {
+            let mut params = params_object(&params);
+            params.remove("progressToken");
+            route.sink.progress(params).await;
         }
         self.routes.relayed(context.extensions.get::<Seq>());
     }
@@ -469,13 +446,7 @@ impl ClientHandler for Relay {
                     "downstream log message not attributable to one caller; not relayed"
                 )
             }
-            Some(route)
-                if route
-                    .log_level
-                    .is_some_and(|min| level_rank(params.level) < level_rank(min)) => {}
-            Some(route) => {
-                let _ = route.upstream.notify_logging_message(params).await;
-            }
+            Some(route) => route.sink.log(params_object(&params)).await,
         }
         self.routes.relayed(context.extensions.get::<Seq>());
     }

@@ -1,63 +1,52 @@
-//! The MCP handler of one mission: `tools/list` and the tool-call pipeline, plus pass-through of
-//! resources, prompts and completion for the downstreams the mission names.
-//!
-//! The pipeline ([`MissionHandler::call`]) reads top to bottom: authn → scope → validate →
-//! policy → durable intent (write/irreversible) → downstream → output check → audit. A tool the
-//! caller may not use answers exactly like an unknown tool; the reason goes to the audit record.
+//! The rmcp adapter of one mission: `tools/list`, `tools/call` through the call core
+//! ([`crate::call::run`]), and pass-through of resources, prompts and completion for the
+//! downstreams the mission names. A tool the caller may not use answers exactly like an unknown
+//! tool; the reason goes to the audit record.
 
 // Logging and resource subscriptions are deprecated by SEP-2577 but legacy clients use them.
 #![allow(deprecated)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
+use rmcp::model::GetExtensions;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CompleteResult, ContentBlock, GetPromptRequest, GetPromptRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientResult, CompleteRequestParams,
+    CompleteResult, ContentBlock, CreateMessageRequest, ElicitRequest, GetPromptRequestParams,
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, PaginatedRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ResultType,
-    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequestParams,
-    Tool, UnsubscribeRequestParams,
+    ListResourcesResult, ListRootsRequest, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, ReadResourceRequestParams, ReadResourceResponse, RequestId, ResultType,
+    ServerCapabilities, ServerConfig, ServerRequest, ServerResult, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler};
+use rmcp::service::{OriginatingRequestId, RequestContext};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
+use serde_json::Value;
 
-use crate::audit::{Auditor, Event, EventKind, Reasoning, digest_bytes, digest_json};
+use crate::audit::{Auditor, Event, EventKind};
 use crate::authn::Caller;
-use crate::downstream::{CallRoute, Downstream, DownstreamError, GroupKey, Pool};
+use crate::call::{
+    self, Answer, Asked, CallRequest, CallSink, Completed, Reject, Relaying, RpcError,
+};
+use crate::downstream::{DownstreamError, passthrough};
 use crate::mission::{self, MissionRuntime};
-use crate::policy;
 
-/// `_meta` key under which agents pass their reasoning.
-pub const REASONING_META: &str = "io.mandate/reasoning";
-/// Timeout for pass-through requests (resources, prompts, completion).
-const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::call::REASONING_META;
 
-/// A mission with its downstream connections and precomputed tool definitions.
+/// A mission with its resolved downstreams and precomputed MCP tool definitions.
 pub struct MissionState {
     pub runtime: Arc<MissionRuntime>,
-    downstreams: BTreeMap<String, Arc<Downstream>>,
+    pub mission: call::Mission,
     tools: Vec<(Arc<mission::ExposedTool>, Tool)>,
 }
 
 impl MissionState {
-    pub fn new(runtime: Arc<MissionRuntime>, pool: &Pool) -> Result<Self, String> {
-        let m = &runtime.mission;
-        let mut downstreams = BTreeMap::new();
-        for manifest in m.manifest_ids() {
-            let key = GroupKey {
-                tenant: m.tenant.clone(),
-                env: m.env.clone(),
-                manifest: manifest.clone(),
-            };
-            let d = pool
-                .get(&key)
-                .ok_or_else(|| format!("no downstream connection for `{key}`"))?;
-            downstreams.insert(manifest, d);
-        }
+    pub fn new(
+        runtime: Arc<MissionRuntime>,
+        pool: &crate::downstream::Pool,
+    ) -> Result<Self, String> {
+        let mission = call::Mission::new(runtime.clone(), pool)?;
         let mut tools = Vec::new();
         for t in runtime.tools.values() {
             let tool: Tool = serde_json::from_value(t.definition.clone()).map_err(|e| {
@@ -70,72 +59,215 @@ impl MissionState {
         }
         Ok(Self {
             runtime,
-            downstreams,
+            mission,
             tools,
         })
     }
 
-    fn quarantined(&self, tool: &mission::ExposedTool) -> bool {
-        self.downstreams
-            .get(&tool.manifest)
-            .is_none_or(|d| d.is_quarantined(&tool.tool))
+    /// The tools a caller sees: pinned definitions minus quarantined ones.
+    pub fn visible_tools(&self) -> impl Iterator<Item = &Tool> {
+        self.tools
+            .iter()
+            .filter(|(t, _)| !self.mission.quarantined(t))
+            .map(|(_, tool)| tool)
     }
 }
 
-/// Per upstream session: identity binding and log level.
-struct Session {
-    id: u64,
-    /// The first caller of the session; later requests must come from the same identity.
-    owner: OnceLock<(String, String, String)>,
-    log_level: Mutex<Option<LoggingLevel>>,
+/// Per upstream session: its number (for routing) and the caller's log level.
+pub struct SessionState {
+    pub id: u64,
+    pub log_level: Mutex<Option<LoggingLevel>>,
 }
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+impl SessionState {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            id: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            log_level: Mutex::new(None),
+        })
+    }
+
+    pub fn log_level(&self) -> Option<LoggingLevel> {
+        self.log_level.lock().ok().and_then(|l| *l)
+    }
+}
 
 /// The rmcp handler for one mission (one per upstream session, or per request when stateless).
 #[derive(Clone)]
 pub struct MissionHandler {
     state: Arc<MissionState>,
-    audit: Auditor,
+    core: call::Core,
     /// Set for `serve --stdio`: the caller verified from `MANDATE_TOKEN` at start.
     stdio_caller: Option<Arc<Caller>>,
-    session: Arc<Session>,
+    session: Arc<SessionState>,
 }
 
-fn unknown_tool(name: &str) -> ErrorData {
-    ErrorData::invalid_params(format!("tool not found: {name}"), None)
+/// Where the downstream's messages about one call go on the rmcp path: the session's peer,
+/// tagged with the upstream request id so they travel on that request's stream.
+struct PeerSink {
+    session: u64,
+    peer: Peer<RoleServer>,
+    upstream_id: RequestId,
+    progress: Option<ProgressToken>,
+    log_level: Option<LoggingLevel>,
 }
 
-/// The audit record of one call: finished explicitly, or as `cancelled` when dropped.
-struct CallRecord {
-    audit: Auditor,
-    event: Option<Event>,
-    started: Instant,
+impl CallSink for PeerSink {
+    fn session(&self) -> u64 {
+        self.session
+    }
+
+    fn wants_progress(&self) -> bool {
+        self.progress.is_some()
+    }
+
+    fn progress(&self, mut params: serde_json::Map<String, Value>) -> Relaying<'_> {
+        Box::pin(async move {
+            let Some(token) = &self.progress else {
+                return;
+            };
+            params.insert(
+                "progressToken".into(),
+                serde_json::to_value(token).unwrap_or(Value::Null),
+            );
+            if let Ok(p) =
+                serde_json::from_value::<ProgressNotificationParam>(Value::Object(params))
+            {
+                let _ = self.peer.notify_progress(p).await;
+            }
+        })
+    }
+
+    fn log(&self, params: serde_json::Map<String, Value>) -> Relaying<'_> {
+        Box::pin(async move {
+            let Ok(p) =
+                serde_json::from_value::<LoggingMessageNotificationParam>(Value::Object(params))
+            else {
+                return;
+            };
+            if self
+                .log_level
+                .is_some_and(|min| level_rank(p.level) < level_rank(min))
+            {
+                return;
+            }
+            let _ = self.peer.notify_logging_message(p).await;
+        })
+    }
+
+    fn ask(&self, method: &str, params: Option<Value>) -> Asked {
+        let request = server_request(method, params);
+        let (peer, upstream_id) = (self.peer.clone(), self.upstream_id.clone());
+        Box::pin(async move {
+            let mut request = request?;
+            // The SDK would tag the request with the *downstream* request id (a task-local);
+            // sending from a fresh task with our own tag puts it on the caller's stream.
+            request
+                .extensions_mut()
+                .insert(OriginatingRequestId(upstream_id));
+            let task = tokio::spawn(async move { peer.send_request(request).await });
+            match task.await {
+                Ok(Ok(result)) => client_result(result),
+                Ok(Err(rmcp::ServiceError::McpError(e))) => Err(crate::downstream::rpc_error(e)),
+                Ok(Err(e)) => Err(call::reject::internal(format!(
+                    "the caller could not answer: {e}"
+                ))),
+                Err(e) => Err(call::reject::internal(e.to_string())),
+            }
+        })
+    }
 }
 
-impl CallRecord {
-    fn finish(&mut self, kind: EventKind, outcome: &str, detail: Option<String>) {
-        if let Some(mut event) = self.event.take() {
-            event.kind = kind;
-            event.outcome = Some(outcome.to_owned());
-            event.detail = detail;
-            event.latency_us = Some(self.started.elapsed().as_micros() as u64);
-            self.audit.record_now(event);
+/// Builds the typed server→client request for a relayed method.
+fn server_request(method: &str, params: Option<Value>) -> Result<ServerRequest, RpcError> {
+    let bad = |e: serde_json::Error| {
+        call::reject::internal(format!(
+            "malformed `{method}` request from the downstream: {e}"
+        ))
+    };
+    let params = params.unwrap_or(Value::Null);
+    Ok(match method {
+        "sampling/createMessage" => ServerRequest::CreateMessageRequest(CreateMessageRequest::new(
+            serde_json::from_value(params).map_err(bad)?,
+        )),
+        "elicitation/create" => ServerRequest::ElicitRequest(ElicitRequest::new(
+            serde_json::from_value(params).map_err(bad)?,
+        )),
+        "roots/list" => ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+        other => {
+            return Err(RpcError {
+                code: -32601,
+                message: format!("mandate does not relay `{other}` requests"),
+                data: None,
+            });
         }
-    }
+    })
+}
 
-    fn event(&mut self) -> Option<&mut Event> {
-        self.event.as_mut()
+fn client_result(result: ClientResult) -> Result<Value, RpcError> {
+    let value = match result {
+        ClientResult::CreateMessageResult(r) => serde_json::to_value(r),
+        ClientResult::ElicitResult(r) => serde_json::to_value(r),
+        ClientResult::ListRootsResult(r) => serde_json::to_value(r),
+        _ => {
+            return Err(call::reject::internal(
+                "the caller answered with an unexpected result",
+            ));
+        }
+    };
+    value.map_err(|e| call::reject::internal(e.to_string()))
+}
+
+/// Rank of a log level (debug lowest).
+pub fn level_rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
     }
 }
 
-impl Drop for CallRecord {
-    fn drop(&mut self) {
-        self.finish(
-            EventKind::Call,
-            "cancelled",
-            Some("the request ended before a result".into()),
-        );
+fn to_error_data(e: RpcError) -> ErrorData {
+    ErrorData::new(rmcp::model::ErrorCode(e.code as i32), e.message, e.data)
+}
+
+fn downstream_error(e: DownstreamError) -> ErrorData {
+    match e {
+        DownstreamError::Mcp(e) => to_error_data(e),
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
+/// Converts the core's answer into what rmcp sends.
+fn respond(result: Result<Completed, Reject>, tool: &str) -> Result<CallToolResponse, ErrorData> {
+    let parse_err = |e: serde_json::Error| {
+        ErrorData::internal_error(
+            format!("the downstream result is not a valid tool result: {e}"),
+            None,
+        )
+    };
+    match result {
+        Ok(Completed::Result(raw)) => {
+            let mut r: CallToolResult = serde_json::from_str(raw.get()).map_err(parse_err)?;
+            r.result_type.get_or_insert(ResultType::COMPLETE);
+            Ok(CallToolResponse::Complete(r))
+        }
+        Ok(Completed::InputRequired(raw)) => Ok(CallToolResponse::InputRequired(
+            serde_json::from_str(raw.get()).map_err(parse_err)?,
+        )),
+        Err(reject) => match reject.answer(tool) {
+            Answer::ToolError(text) => Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                ContentBlock::text(text),
+            ]))),
+            Answer::Error { error, .. } => Err(to_error_data(error)),
+        },
     }
 }
 
@@ -144,16 +276,13 @@ impl MissionHandler {
         state: Arc<MissionState>,
         audit: Auditor,
         stdio_caller: Option<Arc<Caller>>,
+        session: Arc<SessionState>,
     ) -> Self {
         Self {
             state,
-            audit,
+            core: call::Core { audit },
             stdio_caller,
-            session: Arc::new(Session {
-                id: SESSIONS.fetch_add(1, Ordering::Relaxed),
-                owner: OnceLock::new(),
-                log_level: Mutex::new(None),
-            }),
+            session,
         }
     }
 
@@ -161,7 +290,8 @@ impl MissionHandler {
         &self.state.runtime.mission.id
     }
 
-    /// Stage 1: the verified caller of this request (verified by the HTTP layer, or at stdio start).
+    /// Stage 1: the verified caller of this request (verified by the HTTP layer, which also
+    /// checked that the session belongs to it, or at stdio start).
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<Arc<Caller>, ErrorData> {
         let caller = match &self.stdio_caller {
             Some(c) => c.clone(),
@@ -178,28 +308,17 @@ impl MissionHandler {
                 None,
             ));
         }
-        let identity = (
-            caller.subject.clone(),
-            caller.tenant.clone(),
-            caller.agent.clone(),
-        );
-        let owner = self.session.owner.get_or_init(|| identity.clone());
-        if *owner != identity {
-            return Err(ErrorData::invalid_request(
-                "this session belongs to another identity: start a new session",
-                None,
-            ));
-        }
         Ok(caller)
     }
 
-    fn route(&self, ctx: &RequestContext<RoleServer>) -> CallRoute {
-        CallRoute {
+    fn sink(&self, ctx: &RequestContext<RoleServer>) -> Arc<PeerSink> {
+        Arc::new(PeerSink {
             session: self.session.id,
-            upstream: ctx.peer.clone(),
+            peer: ctx.peer.clone(),
             upstream_id: ctx.id.clone(),
-            log_level: self.session.log_level.lock().ok().and_then(|l| *l),
-        }
+            progress: ctx.meta.get_progress_token(),
+            log_level: self.session.log_level(),
+        })
     }
 
     fn base_event(
@@ -215,234 +334,44 @@ impl MissionHandler {
         e.token_id = Some(caller.token_id.clone());
         e.mission = Some(self.mission_id().to_owned());
         e.request_id = Some(ctx.id.to_string());
-        e.trace_id = ctx
-            .meta
-            .get_traceparent()
-            .and_then(|tp| tp.split('-').nth(1))
-            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_owned);
+        e.trace_id = call::record::trace_id(ctx.meta.get_traceparent());
         e
     }
 
-    /// The tool-call pipeline.
+    /// `tools/call`: adapts rmcp's request to the call core and back.
     async fn call(
         &self,
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        // 1. authn
         let caller = self.caller(&ctx)?;
-        let name = params.name.to_string();
-        let mut record = CallRecord {
-            audit: self.audit.clone(),
-            event: Some(self.base_event(EventKind::Call, &caller, &ctx)),
-            started: Instant::now(),
-        };
+        let arguments = params
+            .arguments
+            .as_ref()
+            .map(serde_json::value::to_raw_value)
+            .transpose()
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
         let reasoning = ctx
             .meta
             .get(REASONING_META)
-            .map(|v| serde_json::from_value::<Reasoning>(v.clone()));
-        if let Some(e) = record.event() {
-            e.tool = Some(name.clone());
-            if let Some(args) = &params.arguments {
-                e.arguments_digest = Some(digest_json(args));
-                e.argument_keys = args.keys().cloned().collect();
-            }
-            if let Some(Ok(r)) = &reasoning {
-                e.reasoning = Some(r.clone());
-            }
-        }
-        let reasoning = match reasoning {
-            Some(Err(err)) => {
-                let msg = format!(
-                    "invalid `_meta[\"{REASONING_META}\"]`: {err} (expected goal, step, rationale, alternatives, confidence)"
-                );
-                record.finish(
-                    EventKind::ValidationFailure,
-                    "invalid_reasoning",
-                    Some(msg.clone()),
-                );
-                return Err(ErrorData::invalid_params(msg, None));
-            }
-            Some(Ok(r)) => Some(r),
-            None => None,
+            .map(serde_json::value::to_raw_value)
+            .transpose()
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let tool = params.name.to_string();
+        let request = CallRequest {
+            caller,
+            tool: tool.clone(),
+            arguments,
+            reasoning,
+            request_id: ctx.id.to_string(),
+            traceparent: ctx.meta.get_traceparent().map(str::to_owned),
+            cancel: ctx.ct.clone(),
+            sink: self.sink(&ctx),
         };
-
-        // 2. scope
-        let scoped = match mission::scope(&self.state.runtime, caller, &name, |t| {
-            self.state.quarantined(t)
-        }) {
-            Ok(s) => s,
-            Err(denied) => {
-                if let Some(e) = record.event() {
-                    e.decision = Some("deny".into());
-                    e.policy = Some(policy::SCOPE_POLICY.into());
-                }
-                record.finish(EventKind::Denial, "denied", Some(denied.to_string()));
-                return Err(unknown_tool(&name));
-            }
-        };
-        if let Some(e) = record.event() {
-            e.downstream_tool = Some(scoped.tool().qualified());
-            e.effect = Some(scoped.tool().effect().as_str().into());
-        }
-
-        // 3. validate
-        let valid = match mission::validate(scoped, params.arguments) {
-            Ok(v) => v,
-            Err((_, invalid)) => {
-                let msg = format!("invalid arguments for tool `{name}`: {invalid}");
-                record.finish(
-                    EventKind::ValidationFailure,
-                    "invalid_arguments",
-                    Some(msg.clone()),
-                );
-                return Err(ErrorData::invalid_params(msg, None));
-            }
-        };
-
-        // 4. policy
-        let authorized = match policy::authorize(&self.state.runtime, valid, reasoning.as_ref()) {
-            Ok(a) => a,
-            Err((_, denied)) => {
-                if let Some(e) = record.event() {
-                    e.decision = Some("deny".into());
-                    e.policy = Some(denied.policy().into());
-                }
-                let msg = denied.to_string();
-                record.finish(EventKind::Denial, "denied", Some(msg.clone()));
-                return Err(ErrorData::invalid_params(msg, None));
-            }
-        };
-        if let Some(e) = record.event() {
-            e.decision = Some("allow".into());
-            e.policy = Some(authorized.policy().into());
-        }
-
-        // 5. durable intent for write and irreversible tools; refused if the audit store fails.
-        let tool = authorized.tool().clone();
-        if tool.effect() != crate::config::Effect::Read {
-            let mut intent = record
-                .event
-                .clone()
-                .unwrap_or_else(|| Event::new(EventKind::CallIntent));
-            intent.kind = EventKind::CallIntent;
-            intent.outcome = Some("pending".into());
-            if let Err(e) = self.audit.record_durable(intent).await {
-                tracing::error!(error = %e, "audit unavailable; refusing write call");
-                record.finish(
-                    EventKind::Call,
-                    "refused",
-                    Some(format!("audit unavailable: {e}")),
-                );
-                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                    ContentBlock::text(
-                        "mandate refused the call: the audit store is unavailable, so write and irreversible tools are disabled",
-                    ),
-                ])));
-            }
-        }
-
-        // 6. downstream
-        let Some(downstream) = self.state.downstreams.get(&tool.manifest).cloned() else {
-            record.finish(
-                EventKind::Call,
-                "downstream_error",
-                Some("no downstream".into()),
-            );
-            return Err(ErrorData::internal_error(
-                "no downstream for this tool",
-                None,
-            ));
-        };
-        let route = self.route(&ctx);
-        let progress = ctx.meta.get_progress_token();
-        let result = downstream
-            .call_tool(
-                authorized,
-                route,
-                progress,
-                ctx.meta.get_traceparent(),
-                ctx.ct.clone(),
-            )
-            .await;
-
-        // 7. output
-        let mut result = match result {
-            Ok(ServerResult::CallToolResult(r)) => r,
-            Ok(ServerResult::InputRequiredResult(r)) => {
-                record.finish(EventKind::Call, "input_required", None);
-                return Ok(CallToolResponse::InputRequired(r));
-            }
-            Ok(_) => {
-                record.finish(
-                    EventKind::Call,
-                    "downstream_error",
-                    Some("unexpected result type".into()),
-                );
-                return Err(ErrorData::internal_error(
-                    "the downstream returned an unexpected result",
-                    None,
-                ));
-            }
-            Err(DownstreamError::Mcp(e)) => {
-                record.finish(
-                    EventKind::Call,
-                    "downstream_error",
-                    Some(e.message.to_string()),
-                );
-                return Err(e);
-            }
-            Err(DownstreamError::Cancelled) => {
-                record.finish(EventKind::Call, "cancelled", None);
-                return Err(ErrorData::invalid_request("cancelled", None));
-            }
-            // The tool could not run: the caller sees why (as a tool error, readable by the agent).
-            Err(
-                e @ (DownstreamError::Timeout(..)
-                | DownstreamError::Unavailable(..)
-                | DownstreamError::Transport(..)),
-            ) => {
-                let outcome = match e {
-                    DownstreamError::Timeout(..) => "timeout",
-                    _ => "downstream_error",
-                };
-                let msg = e.to_string();
-                record.finish(EventKind::Call, outcome, Some(msg.clone()));
-                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                    ContentBlock::text(msg),
-                ])));
-            }
-        };
-        let is_error = result.is_error.unwrap_or(false);
-        if let Err(invalid) =
-            mission::check_output(&tool, result.structured_content.as_ref(), is_error)
-        {
-            let msg =
-                format!("tool `{name}` returned output that violates its pinned schema: {invalid}");
-            record.finish(
-                EventKind::ValidationFailure,
-                "invalid_output",
-                Some(msg.clone()),
-            );
-            return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                ContentBlock::text(msg),
-            ])));
-        }
-        result.result_type.get_or_insert(ResultType::COMPLETE);
-
-        // 8. audit
-        if let Some(e) = record.event() {
-            // Digest of the exact bytes Mandate serializes for the caller (cheaper than a
-            // canonical form, and the result is never re-serialized differently by us).
-            e.output_digest = serde_json::to_vec(&result).ok().map(|b| digest_bytes(&b));
-        }
-        record.finish(
-            EventKind::Call,
-            if is_error { "tool_error" } else { "ok" },
-            None,
-        );
-        Ok(CallToolResponse::Complete(result))
+        respond(
+            call::run(&self.core, &self.state.mission, request).await,
+            &tool,
+        )
     }
 
     /// Pass-through access (resources, prompts, completion): the caller must be admitted.
@@ -450,63 +379,15 @@ impl MissionHandler {
         &self,
         ctx: &RequestContext<RoleServer>,
         what: &str,
-    ) -> Result<Arc<Caller>, ErrorData> {
+    ) -> Result<mission::Admitted, ErrorData> {
         let caller = self.caller(ctx)?;
-        if let Err(denied) = self.state.runtime.admit(&caller, crate::authn::unix_now()) {
+        mission::admit(&self.state.mission, caller.clone()).map_err(|denied| {
             let mut e = self.base_event(EventKind::Denial, &caller, ctx);
             e.outcome = Some("denied".into());
             e.detail = Some(format!("{what}: {denied}"));
-            self.audit.record_now(e);
-            return Err(ErrorData::invalid_request(
-                "not allowed on this mission",
-                None,
-            ));
-        }
-        Ok(caller)
-    }
-
-    fn resource_downstreams(&self) -> Vec<Arc<Downstream>> {
-        self.state
-            .runtime
-            .mission
-            .resources
-            .iter()
-            .filter_map(|m| self.state.downstreams.get(m).cloned())
-            .collect()
-    }
-
-    fn prompt_downstreams(&self) -> Vec<Arc<Downstream>> {
-        self.state
-            .runtime
-            .mission
-            .prompts
-            .iter()
-            .filter_map(|m| self.state.downstreams.get(m).cloned())
-            .collect()
-    }
-
-    /// Forwards a resource or prompt request with routing back to this caller.
-    async fn pass_through(
-        &self,
-        downstream: &Downstream,
-        request: ClientRequest,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<ServerResult, DownstreamError> {
-        downstream
-            .forward(
-                request,
-                Some(self.route(ctx)),
-                ctx.meta.get_progress_token(),
-                PASSTHROUGH_TIMEOUT,
-                ctx.ct.clone(),
-            )
-            .await
-    }
-
-    fn listen(&self, ctx: &RequestContext<RoleServer>) {
-        for d in self.state.downstreams.values() {
-            d.routes.listen(self.session.id, ctx.peer.clone());
-        }
+            self.core.audit.record_now(e);
+            ErrorData::invalid_request("not allowed on this mission", None)
+        })
     }
 
     fn access_event(
@@ -519,14 +400,7 @@ impl MissionHandler {
         let mut e = self.base_event(EventKind::Access, caller, ctx);
         e.detail = Some(detail);
         e.outcome = Some(outcome.into());
-        self.audit.record_now(e);
-    }
-}
-
-fn downstream_error(e: DownstreamError) -> ErrorData {
-    match e {
-        DownstreamError::Mcp(e) => e,
-        other => ErrorData::internal_error(other.to_string(), None),
+        self.core.audit.record_now(e);
     }
 }
 
@@ -576,24 +450,15 @@ impl ServerHandler for MissionHandler {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.admit(&ctx, "tools/list")?;
-        self.listen(&ctx);
-        let tools = self
-            .state
-            .tools
-            .iter()
-            .filter(|(t, _)| !self.state.quarantined(t))
-            .map(|(_, tool)| tool.clone())
-            .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        let admitted = self.admit(&ctx, "tools/list")?;
+        passthrough::listen(&admitted, self.session.id, &ctx.peer);
+        Ok(ListToolsResult::with_all_items(
+            self.state.visible_tools().cloned().collect(),
+        ))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.state
-            .tools
-            .iter()
-            .find(|(t, _)| t.exposed == name && !self.state.quarantined(t))
-            .map(|(_, tool)| tool.clone())
+        self.state.visible_tools().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
@@ -621,17 +486,11 @@ impl ServerHandler for MissionHandler {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        self.admit(&ctx, "resources/list")?;
-        self.listen(&ctx);
-        let mut all = Vec::new();
-        for d in self.resource_downstreams() {
-            let peer = d.peer().await.map_err(downstream_error)?;
-            all.extend(
-                peer.list_all_resources()
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
-            );
-        }
+        let admitted = self.admit(&ctx, "resources/list")?;
+        passthrough::listen(&admitted, self.session.id, &ctx.peer);
+        let all = passthrough::list_resources(&admitted)
+            .await
+            .map_err(downstream_error)?;
         Ok(ListResourcesResult::with_all_items(all))
     }
 
@@ -640,16 +499,10 @@ impl ServerHandler for MissionHandler {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        self.admit(&ctx, "resources/templates/list")?;
-        let mut all = Vec::new();
-        for d in self.resource_downstreams() {
-            let peer = d.peer().await.map_err(downstream_error)?;
-            all.extend(
-                peer.list_all_resource_templates()
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
-            );
-        }
+        let admitted = self.admit(&ctx, "resources/templates/list")?;
+        let all = passthrough::list_resource_templates(&admitted)
+            .await
+            .map_err(downstream_error)?;
         Ok(ListResourceTemplatesResult::with_all_items(all))
     }
 
@@ -658,39 +511,23 @@ impl ServerHandler for MissionHandler {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let caller = self.admit(&ctx, "resources/read")?;
-        let downstreams = self.resource_downstreams();
-        let mut last =
-            ErrorData::resource_not_found(format!("resource not found: {}", request.uri), None);
-        for d in downstreams {
-            let req = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request.clone()));
-            match self.pass_through(&d, req, &ctx).await {
-                Ok(ServerResult::ReadResourceResult(mut r)) => {
-                    r.result_type.get_or_insert(ResultType::COMPLETE);
-                    self.access_event(
-                        &caller,
-                        &ctx,
-                        format!("resources/read {}", request.uri),
-                        "ok",
-                    );
-                    return Ok(ReadResourceResponse::Complete(r));
-                }
-                Ok(ServerResult::InputRequiredResult(r)) => {
-                    return Ok(ReadResourceResponse::InputRequired(r));
-                }
-                Ok(_) => {
-                    last = ErrorData::internal_error("unexpected result from downstream", None)
-                }
-                Err(e) => last = downstream_error(e),
+        let admitted = self.admit(&ctx, "resources/read")?;
+        let detail = format!("resources/read {}", request.uri);
+        let result =
+            passthrough::read_resource(&admitted, request, self.sink(&ctx), ctx.ct.clone()).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.access_event(admitted.caller(), &ctx, detail, outcome);
+        match result.map_err(downstream_error)? {
+            ServerResult::ReadResourceResult(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(ReadResourceResponse::Complete(r))
             }
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(ErrorData::internal_error(
+                "unexpected result from downstream",
+                None,
+            )),
         }
-        self.access_event(
-            &caller,
-            &ctx,
-            format!("resources/read {}", request.uri),
-            "error",
-        );
-        Err(last)
     }
 
     async fn subscribe(
@@ -698,18 +535,10 @@ impl ServerHandler for MissionHandler {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.admit(&ctx, "resources/subscribe")?;
-        for d in self.resource_downstreams() {
-            if d.routes
-                .subscribe(&request.uri, self.session.id, ctx.peer.clone())
-            {
-                let peer = d.peer().await.map_err(downstream_error)?;
-                peer.subscribe(request.clone())
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            }
-        }
-        Ok(())
+        let admitted = self.admit(&ctx, "resources/subscribe")?;
+        passthrough::subscribe(&admitted, request, self.session.id, &ctx.peer)
+            .await
+            .map_err(downstream_error)
     }
 
     async fn unsubscribe(
@@ -717,16 +546,10 @@ impl ServerHandler for MissionHandler {
         request: UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.admit(&ctx, "resources/unsubscribe")?;
-        for d in self.resource_downstreams() {
-            if d.routes.unsubscribe(&request.uri, self.session.id) {
-                let peer = d.peer().await.map_err(downstream_error)?;
-                peer.unsubscribe(request.clone())
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            }
-        }
-        Ok(())
+        let admitted = self.admit(&ctx, "resources/unsubscribe")?;
+        passthrough::unsubscribe(&admitted, request, self.session.id)
+            .await
+            .map_err(downstream_error)
     }
 
     async fn list_prompts(
@@ -734,17 +557,11 @@ impl ServerHandler for MissionHandler {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        self.admit(&ctx, "prompts/list")?;
-        self.listen(&ctx);
-        let mut all = Vec::new();
-        for d in self.prompt_downstreams() {
-            let peer = d.peer().await.map_err(downstream_error)?;
-            all.extend(
-                peer.list_all_prompts()
-                    .await
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?,
-            );
-        }
+        let admitted = self.admit(&ctx, "prompts/list")?;
+        passthrough::listen(&admitted, self.session.id, &ctx.peer);
+        let all = passthrough::list_prompts(&admitted)
+            .await
+            .map_err(downstream_error)?;
         Ok(ListPromptsResult::with_all_items(all))
     }
 
@@ -753,27 +570,24 @@ impl ServerHandler for MissionHandler {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let caller = self.admit(&ctx, "prompts/get")?;
-        let mut last =
-            ErrorData::invalid_params(format!("prompt not found: {}", request.name), None);
-        for d in self.prompt_downstreams() {
-            let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(request.clone()));
-            match self.pass_through(&d, req, &ctx).await {
-                Ok(ServerResult::GetPromptResult(mut r)) => {
-                    r.result_type.get_or_insert(ResultType::COMPLETE);
-                    self.access_event(&caller, &ctx, format!("prompts/get {}", request.name), "ok");
-                    return Ok(GetPromptResponse::Complete(r));
-                }
-                Ok(ServerResult::InputRequiredResult(r)) => {
-                    return Ok(GetPromptResponse::InputRequired(r));
-                }
-                Ok(_) => {
-                    last = ErrorData::internal_error("unexpected result from downstream", None)
-                }
-                Err(e) => last = downstream_error(e),
-            }
+        let admitted = self.admit(&ctx, "prompts/get")?;
+        let detail = format!("prompts/get {}", request.name);
+        let result =
+            passthrough::get_prompt(&admitted, request, self.sink(&ctx), ctx.ct.clone()).await;
+        if result.is_ok() {
+            self.access_event(admitted.caller(), &ctx, detail, "ok");
         }
-        Err(last)
+        match result.map_err(downstream_error)? {
+            ServerResult::GetPromptResult(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(r))
+            }
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(ErrorData::internal_error(
+                "unexpected result from downstream",
+                None,
+            )),
+        }
     }
 
     async fn complete(
@@ -781,26 +595,11 @@ impl ServerHandler for MissionHandler {
         request: CompleteRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        self.admit(&ctx, "completion/complete")?;
-        let mut targets = self.prompt_downstreams();
-        targets.extend(self.resource_downstreams());
-        let mut last = ErrorData::invalid_params("nothing to complete on this mission", None);
-        for d in targets {
-            let req = ClientRequest::CompleteRequest(CompleteRequest::new(request.clone()));
-            match d
-                .forward(req, None, None, PASSTHROUGH_TIMEOUT, ctx.ct.clone())
-                .await
-            {
-                Ok(ServerResult::CompleteResult(mut r)) => {
-                    r.result_type.get_or_insert(ResultType::COMPLETE);
-                    return Ok(r);
-                }
-                Ok(_) => {
-                    last = ErrorData::internal_error("unexpected result from downstream", None)
-                }
-                Err(e) => last = downstream_error(e),
-            }
-        }
-        Err(last)
+        let admitted = self.admit(&ctx, "completion/complete")?;
+        let mut r = passthrough::complete(&admitted, request, ctx.ct.clone())
+            .await
+            .map_err(downstream_error)?;
+        r.result_type.get_or_insert(ResultType::COMPLETE);
+        Ok(r)
     }
 }

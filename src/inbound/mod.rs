@@ -88,7 +88,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
         // (60 s) holds every response of a busy session in memory for a minute.
         sessions.session_config.completed_cache_ttl = std::time::Duration::from_secs(10);
         let service = StreamableHttpService::new(
-            move || Ok(MissionHandler::new(state.clone(), audit.clone(), None)),
+            move || {
+                Ok(MissionHandler::new(
+                    state.clone(),
+                    audit.clone(),
+                    None,
+                    handler::SessionState::new(),
+                ))
+            },
             Arc::new(sessions),
             config,
         );

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::authn::Caller;
+use crate::call::{Completed, Reject};
 use crate::config::{Config, Effect, Mission, ToolSpec};
+use crate::downstream::Downstream;
 
 /// One tool as a mission exposes it.
 pub struct ExposedTool {
@@ -181,10 +184,13 @@ pub enum Denied {
     Quarantined,
 }
 
-/// A call whose tool is in the mission's toolset and not quarantined.
+/// A call whose tool is in the mission's toolset and not quarantined, bound to the mission it
+/// was checked against and to the downstream that serves the tool (resolved once, here).
 pub struct Scoped {
     caller: Arc<Caller>,
     tool: Arc<ExposedTool>,
+    downstream: Arc<Downstream>,
+    mission: Arc<MissionRuntime>,
 }
 
 impl Scoped {
@@ -194,29 +200,44 @@ impl Scoped {
     pub fn tool(&self) -> &Arc<ExposedTool> {
         &self.tool
     }
+    pub fn downstream(&self) -> &Arc<Downstream> {
+        &self.downstream
+    }
+    pub fn mission(&self) -> &Arc<MissionRuntime> {
+        &self.mission
+    }
 }
 
-/// Stage 2: scope.
+/// Stage 2: scope. The caller must be admitted to the mission, the tool must be in its toolset,
+/// served by a connected downstream, and not quarantined.
 pub fn scope(
-    mission: &MissionRuntime,
+    mission: &crate::call::Mission,
     caller: Arc<Caller>,
     name: &str,
-    is_quarantined: impl Fn(&ExposedTool) -> bool,
 ) -> Result<Scoped, Denied> {
-    mission.admit(&caller, crate::authn::unix_now())?;
-    let tool = mission.tools.get(name).ok_or(Denied::NotInMission)?;
-    if is_quarantined(tool) {
+    mission.runtime.admit(&caller, crate::authn::unix_now())?;
+    let tool = mission
+        .runtime
+        .tools
+        .get(name)
+        .ok_or(Denied::NotInMission)?;
+    let downstream = mission.downstream_of(tool).ok_or(Denied::NotInMission)?;
+    if downstream.is_quarantined(&tool.tool) {
         return Err(Denied::Quarantined);
     }
     Ok(Scoped {
         caller,
         tool: tool.clone(),
+        downstream: downstream.clone(),
+        mission: mission.runtime.clone(),
     })
 }
 
-/// A scoped call whose arguments match the pinned input schema.
+/// A scoped call whose arguments are a JSON object matching the pinned input schema.
 pub struct Valid {
     scoped: Scoped,
+    /// The arguments exactly as the caller sent them (`{}` when absent).
+    raw: Box<RawValue>,
     arguments: serde_json::Map<String, Value>,
 }
 
@@ -227,11 +248,17 @@ impl Valid {
     pub fn tool(&self) -> &Arc<ExposedTool> {
         &self.scoped.tool
     }
+    pub fn downstream(&self) -> &Arc<Downstream> {
+        &self.scoped.downstream
+    }
+    pub fn mission(&self) -> &Arc<MissionRuntime> {
+        &self.scoped.mission
+    }
     pub fn arguments(&self) -> &serde_json::Map<String, Value> {
         &self.arguments
     }
-    pub fn into_arguments(self) -> serde_json::Map<String, Value> {
-        self.arguments
+    pub fn raw_arguments(&self) -> &str {
+        self.raw.get()
     }
 }
 
@@ -264,40 +291,109 @@ fn first_error(
     }
 }
 
-/// Stage 3: validate arguments against the pinned input schema.
-pub fn validate(
-    scoped: Scoped,
-    arguments: Option<serde_json::Map<String, Value>>,
-) -> Result<Valid, (Scoped, Invalid)> {
-    let instance = Value::Object(arguments.unwrap_or_default());
-    if let Err(e) = first_error(&scoped.tool.input, &instance, "argument") {
-        return Err((scoped, e));
-    }
-    let arguments = match instance {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
+/// Stage 3: validate arguments against the pinned input schema. The raw arguments are parsed
+/// once here; the raw bytes are kept for the downstream request.
+pub fn validate(scoped: Scoped, raw: Option<Box<RawValue>>) -> Result<Valid, Reject> {
+    let raw = match raw {
+        Some(raw) => raw,
+        None => RawValue::from_string("{}".into()).map_err(|_| Reject::ArgumentsNotObject)?,
     };
-    Ok(Valid { scoped, arguments })
+    let instance: Value =
+        serde_json::from_str(raw.get()).map_err(|_| Reject::ArgumentsNotObject)?;
+    if !instance.is_object() {
+        return Err(Reject::ArgumentsNotObject);
+    }
+    first_error(&scoped.tool.input, &instance, "argument").map_err(Reject::InvalidArguments)?;
+    let Value::Object(arguments) = instance else {
+        return Err(Reject::ArgumentsNotObject);
+    };
+    Ok(Valid {
+        scoped,
+        raw,
+        arguments,
+    })
 }
 
-/// Stage 6: check `structuredContent` against the pinned output schema. A tool with an output
-/// schema must return structured content unless the result is an error.
-pub fn check_output(
-    tool: &ExposedTool,
-    structured: Option<&Value>,
-    is_error: bool,
-) -> Result<(), Invalid> {
-    let Some(schema) = &tool.output else {
-        return Ok(());
-    };
-    match structured {
-        Some(v) if !is_error => first_error(schema, v, "output field"),
-        Some(_) => Ok(()),
-        None if is_error => Ok(()),
-        None => Err(Invalid {
-            what: "output field",
+/// The parts of a `CallToolResult` the output stage looks at.
+#[derive(serde::Deserialize)]
+struct ResultView {
+    #[serde(default, rename = "structuredContent")]
+    structured: Option<Value>,
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(default, rename = "resultType")]
+    result_type: Option<String>,
+}
+
+/// Stage 8: check the downstream's raw result. `structuredContent` must match the pinned output
+/// schema; a tool with an output schema must return structured content unless the result is an
+/// error. A 2026-07-28 `input_required` result passes through for the caller to answer.
+pub fn check_output(tool: &ExposedTool, raw: Box<RawValue>) -> Result<Completed, Reject> {
+    let view: ResultView = serde_json::from_str(raw.get()).map_err(|e| {
+        Reject::InvalidOutput(Invalid {
+            what: "output",
             path: "/".into(),
-            message: "the tool declares an output schema but returned no structuredContent".into(),
-        }),
+            message: format!("the result is not a JSON object: {e}"),
+        })
+    })?;
+    if view.result_type.as_deref() == Some("input_required") {
+        return Ok(Completed::InputRequired(raw));
     }
+    let is_error = view.is_error.unwrap_or(false);
+    if let Some(schema) = &tool.output {
+        match &view.structured {
+            Some(v) if !is_error => {
+                first_error(schema, v, "output field").map_err(Reject::InvalidOutput)?
+            }
+            Some(_) => {}
+            None if is_error => {}
+            None => {
+                return Err(Reject::InvalidOutput(Invalid {
+                    what: "output field",
+                    path: "/".into(),
+                    message: "the tool declares an output schema but returned no structuredContent"
+                        .into(),
+                }));
+            }
+        }
+    }
+    Ok(Completed::Result(raw))
+}
+
+/// A caller admitted to a mission for pass-through requests (resources, prompts, completion),
+/// bound to the downstreams the mission passes through.
+pub struct Admitted {
+    caller: Arc<Caller>,
+    resources: Vec<Arc<Downstream>>,
+    prompts: Vec<Arc<Downstream>>,
+    all: Vec<Arc<Downstream>>,
+}
+
+impl Admitted {
+    pub fn caller(&self) -> &Arc<Caller> {
+        &self.caller
+    }
+    /// Downstreams whose resources the mission passes through.
+    pub fn resources(&self) -> &[Arc<Downstream>] {
+        &self.resources
+    }
+    /// Downstreams whose prompts the mission passes through.
+    pub fn prompts(&self) -> &[Arc<Downstream>] {
+        &self.prompts
+    }
+    /// Every downstream of the mission (for list-changed listeners).
+    pub fn all(&self) -> &[Arc<Downstream>] {
+        &self.all
+    }
+}
+
+/// Admission for pass-through requests: tenant, agent and expiry.
+pub fn admit(mission: &crate::call::Mission, caller: Arc<Caller>) -> Result<Admitted, Denied> {
+    mission.runtime.admit(&caller, crate::authn::unix_now())?;
+    Ok(Admitted {
+        caller,
+        resources: mission.resource_downstreams(),
+        prompts: mission.prompt_downstreams(),
+        all: mission.downstreams().cloned().collect(),
+    })
 }

@@ -1,0 +1,169 @@
+//! The audit record of one call: filled in stage by stage, finalized exactly once — by
+//! [`CallRecord::finish`] with the pipeline's result, or as `cancelled` when the request is
+//! dropped before a result (the caller went away).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::audit::{Auditor, Event, EventKind, Reasoning, digest_bytes};
+use crate::mission::Scoped;
+use crate::policy::Authorized;
+
+use super::{CallRequest, Completed, Reject};
+
+static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+
+/// Process-unique call ids: a random per-process prefix and a counter (no allocation of
+/// randomness per call).
+fn call_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| crate::authn::random_id().chars().take(12).collect());
+    format!("{prefix}-{}", NEXT_CALL.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Extracts the trace id from a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
+    traceparent
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+}
+
+/// The record of one call; see the module docs.
+pub struct CallRecord {
+    audit: Auditor,
+    event: Option<Event>,
+    started: Instant,
+}
+
+impl CallRecord {
+    /// Starts the record with what is known before any stage runs.
+    pub fn start(audit: Auditor, mission: &str, request: &CallRequest) -> Self {
+        let caller = &request.caller;
+        let mut e = Event::new(EventKind::Call);
+        e.call_id = Some(call_id());
+        e.tenant = Some(caller.tenant.clone());
+        e.subject = Some(caller.subject.clone());
+        e.agent = Some(caller.agent.clone());
+        e.token_id = Some(caller.token_id.clone());
+        e.mission = Some(mission.to_owned());
+        e.request_id = Some(request.request_id.clone());
+        e.trace_id = trace_id(request.traceparent.as_deref());
+        e.tool = Some(request.tool.clone());
+        if let Some(args) = &request.arguments {
+            // Digest of the bytes as received: no re-serialisation on the hot path.
+            e.arguments_digest = Some(digest_bytes(args.get().as_bytes()));
+        }
+        Self {
+            audit,
+            event: Some(e),
+            started: Instant::now(),
+        }
+    }
+
+    /// The call id linking this call's records.
+    pub fn call_id(&self) -> Option<&str> {
+        self.event.as_ref().and_then(|e| e.call_id.as_deref())
+    }
+
+    pub fn reasoning(&mut self, reasoning: Option<&Reasoning>) {
+        if let Some(e) = &mut self.event {
+            e.reasoning = reasoning.cloned();
+        }
+    }
+
+    pub fn scoped(&mut self, scoped: &Scoped) {
+        if let Some(e) = &mut self.event {
+            e.downstream_tool = Some(scoped.tool().qualified());
+            e.effect = Some(scoped.tool().effect().as_str().into());
+        }
+    }
+
+    pub fn authorized(&mut self, authorized: &Authorized) {
+        if let Some(e) = &mut self.event {
+            e.argument_keys = authorized.arguments().keys().cloned().collect();
+            e.decision = Some("allow".into());
+            e.policy = Some(authorized.policy().into());
+        }
+    }
+
+    pub fn output(&mut self, completed: &Completed) {
+        if let Some(e) = &mut self.event {
+            let raw = match completed {
+                Completed::Result(r) | Completed::InputRequired(r) => r,
+            };
+            e.output_digest = Some(digest_bytes(raw.get().as_bytes()));
+        }
+    }
+
+    /// The intent record of a write: the record so far, as `call_intent` / `pending`.
+    pub fn intent(&self) -> Event {
+        let mut intent = self
+            .event
+            .clone()
+            .unwrap_or_else(|| Event::new(EventKind::CallIntent));
+        intent.kind = EventKind::CallIntent;
+        intent.outcome = Some("pending".into());
+        intent
+    }
+
+    /// Finalizes the record with the pipeline's result.
+    pub fn finish(&mut self, result: &Result<Completed, Reject>) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        match result {
+            Ok(Completed::Result(raw)) => {
+                event.outcome = Some(
+                    if is_error(raw.get()) {
+                        "tool_error"
+                    } else {
+                        "ok"
+                    }
+                    .into(),
+                );
+            }
+            Ok(Completed::InputRequired(_)) => event.outcome = Some("input_required".into()),
+            Err(reject) => {
+                let (kind, outcome) = reject.audit();
+                event.kind = kind;
+                event.outcome = Some(outcome.into());
+                event.detail = Some(reject.to_string());
+                if let Some(policy) = reject.policy() {
+                    event.decision = Some("deny".into());
+                    event.policy = Some(policy.into());
+                }
+            }
+        }
+        event.latency_us = Some(self.started.elapsed().as_micros() as u64);
+        self.audit.record_now(event);
+    }
+}
+
+/// Whether a raw `CallToolResult` says `isError: true` (cheap scan; the output stage parsed it).
+fn is_error(raw: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(default, rename = "isError")]
+        is_error: Option<bool>,
+    }
+    serde_json::from_str::<Flag>(raw)
+        .ok()
+        .and_then(|f| f.is_error)
+        .unwrap_or(false)
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.outcome = Some("cancelled".into());
+            event.detail = Some("the request ended before a result".into());
+            event.latency_us = Some(self.started.elapsed().as_micros() as u64);
+            self.audit.record_now(event);
+        }
+    }
+}
+
+/// Shared, for adapters that keep the record next to a response stream.
+pub type SharedRecord = Arc<std::sync::Mutex<CallRecord>>;

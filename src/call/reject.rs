@@ -1,0 +1,174 @@
+//! [`Reject`]: every way a request can be refused or fail, each with its audit outcome and the
+//! answer the caller gets, mapped in one exhaustive match each (no catch-all arm, so a new
+//! variant forces a decision).
+
+use crate::audit::EventKind;
+use crate::downstream::DownstreamError;
+use crate::mission::{Denied, Invalid};
+use crate::policy::{PolicyDenied, SCOPE_POLICY};
+
+use super::RpcError;
+
+/// Why a request did not produce a tool result.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    /// The token expired between verification and the call.
+    #[error("token expired: mint a new one with `mandate token`")]
+    TokenExpired,
+    /// The request names a session that is unknown, closed, or belongs to another principal.
+    #[error("unknown session: start a new session (initialize)")]
+    UnknownSession,
+    /// `_meta["io.mandate/reasoning"]` does not have the documented shape.
+    #[error(
+        "invalid `_meta[\"io.mandate/reasoning\"]`: {0} (expected goal, step, rationale, alternatives, confidence)"
+    )]
+    InvalidReasoning(String),
+    /// The tool is not in the mission, is quarantined, or the caller may not use the mission.
+    #[error("{0}")]
+    Scope(#[from] Denied),
+    /// `params.arguments` is not a JSON object.
+    #[error("`arguments` must be a JSON object")]
+    ArgumentsNotObject,
+    /// The arguments violate the pinned input schema.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(Invalid),
+    /// A policy denied the call.
+    #[error("{0}")]
+    Policy(#[from] PolicyDenied),
+    /// The durable intent record of a write could not be written: fail closed.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
+    /// The downstream could not be reached, timed out, or answered with an error.
+    #[error("{0}")]
+    Downstream(#[from] DownstreamError),
+    /// The result violates the pinned output schema; it is withheld.
+    #[error("output violates the pinned schema: {0}")]
+    InvalidOutput(Invalid),
+}
+
+/// What the caller gets for a [`Reject`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A JSON-RPC error response; `status` is the HTTP status on the native path.
+    Error { status: u16, error: RpcError },
+    /// A `CallToolResult` with `isError: true` and this text (readable by the agent).
+    ToolError(String),
+}
+
+fn error(code: i64, message: String) -> Answer {
+    Answer::Error {
+        status: 200,
+        error: RpcError {
+            code,
+            message,
+            data: None,
+        },
+    }
+}
+
+/// JSON-RPC `invalid params`.
+pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC `invalid request`.
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC `internal error`.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// MCP: request cancelled.
+pub const REQUEST_CANCELLED: i64 = -32800;
+
+impl Reject {
+    /// The record kind and outcome this refusal is audited with.
+    pub fn audit(&self) -> (EventKind, &'static str) {
+        match self {
+            Reject::TokenExpired => (EventKind::AuthFailure, "unauthenticated"),
+            Reject::UnknownSession => (EventKind::AuthFailure, "unknown_session"),
+            Reject::InvalidReasoning(_) => (EventKind::ValidationFailure, "invalid_reasoning"),
+            Reject::Scope(_) => (EventKind::Denial, "denied"),
+            Reject::ArgumentsNotObject | Reject::InvalidArguments(_) => {
+                (EventKind::ValidationFailure, "invalid_arguments")
+            }
+            Reject::Policy(_) => (EventKind::Denial, "denied"),
+            Reject::AuditUnavailable(_) => (EventKind::Call, "refused"),
+            Reject::Downstream(e) => match e {
+                DownstreamError::Timeout(..) => (EventKind::Call, "timeout"),
+                DownstreamError::Cancelled => (EventKind::Call, "cancelled"),
+                DownstreamError::Unavailable(..)
+                | DownstreamError::Transport(..)
+                | DownstreamError::Mcp(_) => (EventKind::Call, "downstream_error"),
+            },
+            Reject::InvalidOutput(_) => (EventKind::ValidationFailure, "invalid_output"),
+        }
+    }
+
+    /// The rule that decided, for denials.
+    pub fn policy(&self) -> Option<&'static str> {
+        match self {
+            Reject::Scope(_) => Some(SCOPE_POLICY),
+            Reject::Policy(p) => Some(p.policy()),
+            Reject::TokenExpired
+            | Reject::UnknownSession
+            | Reject::InvalidReasoning(_)
+            | Reject::ArgumentsNotObject
+            | Reject::InvalidArguments(_)
+            | Reject::AuditUnavailable(_)
+            | Reject::Downstream(_)
+            | Reject::InvalidOutput(_) => None,
+        }
+    }
+
+    /// What the caller sees. A tool denied by scope answers exactly like an unknown tool.
+    pub fn answer(&self, tool: &str) -> Answer {
+        match self {
+            Reject::TokenExpired => Answer::Error {
+                status: 401,
+                error: RpcError {
+                    code: INVALID_REQUEST,
+                    message: self.to_string(),
+                    data: None,
+                },
+            },
+            Reject::UnknownSession => Answer::Error {
+                status: 404,
+                error: RpcError {
+                    code: INVALID_REQUEST,
+                    message: self.to_string(),
+                    data: None,
+                },
+            },
+            Reject::Scope(_) => error(INVALID_PARAMS, format!("tool not found: {tool}")),
+            Reject::InvalidReasoning(_) | Reject::Policy(_) | Reject::ArgumentsNotObject => {
+                error(INVALID_PARAMS, self.to_string())
+            }
+            Reject::InvalidArguments(invalid) => error(
+                INVALID_PARAMS,
+                format!("invalid arguments for tool `{tool}`: {invalid}"),
+            ),
+            Reject::AuditUnavailable(_) => Answer::ToolError(
+                "mandate refused the call: the audit store is unavailable, so write and irreversible tools are disabled"
+                    .into(),
+            ),
+            Reject::Downstream(e) => match e {
+                DownstreamError::Mcp(e) => Answer::Error {
+                    status: 200,
+                    error: e.clone(),
+                },
+                DownstreamError::Cancelled => error(REQUEST_CANCELLED, "cancelled".into()),
+                // The tool could not run: the caller sees why, as a tool error the agent reads.
+                DownstreamError::Timeout(..)
+                | DownstreamError::Unavailable(..)
+                | DownstreamError::Transport(..) => Answer::ToolError(e.to_string()),
+            },
+            Reject::InvalidOutput(invalid) => Answer::ToolError(format!(
+                "tool `{tool}` returned output that violates its pinned schema: {invalid}"
+            )),
+        }
+    }
+}
+
+/// Kept for callers that map a [`Reject`] to a bare internal error.
+pub fn internal(message: impl Into<String>) -> RpcError {
+    RpcError {
+        code: INTERNAL_ERROR,
+        message: message.into(),
+        data: None,
+    }
+}

@@ -1,0 +1,55 @@
+//! The exchange stage: the credential a downstream call carries. Never the caller's token.
+//!
+//! Today no exchange profile is implemented (manifests use `exchange = "none"` or `"embedded"`
+//! and downstream calls carry no per-call credential); the identity issue fills
+//! [`Credentialed::authorization`] with a fresh audience-bound On-Behalf-Of token per call,
+//! cached per (caller token, audience, scopes). The permit exists now so that the downstream
+//! already accepts nothing else.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::call::Reject;
+use crate::call::journal::Journaled;
+use crate::downstream::Downstream;
+use crate::mission::ExposedTool;
+
+/// A journaled call with the credential its downstream call carries: the only thing a
+/// downstream accepts.
+pub struct Credentialed {
+    journaled: Journaled,
+    /// `Authorization` header value for this call, when the downstream gets one.
+    authorization: Option<SecretString>,
+}
+
+impl Credentialed {
+    pub fn tool(&self) -> &Arc<ExposedTool> {
+        self.journaled.tool()
+    }
+    pub fn downstream(&self) -> &Arc<Downstream> {
+        self.journaled.downstream()
+    }
+    pub fn journaled(&self) -> &Journaled {
+        &self.journaled
+    }
+    pub fn authorization(&self) -> Option<&SecretString> {
+        self.authorization.as_ref()
+    }
+    /// The arguments as the caller sent them (validated), as raw JSON for splicing.
+    pub fn raw_arguments(&self) -> &str {
+        self.journaled.authorized().raw_arguments()
+    }
+    /// The arguments as a map (for the rmcp path).
+    pub fn arguments(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.journaled.authorized().arguments()
+    }
+}
+
+/// Stage 6: obtain the downstream credential.
+pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
+    Ok(Credentialed {
+        journaled,
+        authorization: None,
+    })
+}
