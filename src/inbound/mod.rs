@@ -8,6 +8,8 @@
 //! [`Caller`] in the request.
 
 pub mod handler;
+pub mod native;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +21,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,9 @@ pub struct Broker {
 
 struct Gate {
     runtime: Arc<MissionRuntime>,
+    state: Arc<MissionState>,
+    core: crate::call::Core,
+    sessions: Arc<session::Sessions>,
     issuer: Arc<Issuer>,
     audit: Auditor,
     public_url: String,
@@ -66,8 +70,14 @@ pub fn router(broker: Arc<Broker>) -> Router {
     let mut app = Router::new();
     for (id, state) in &broker.missions {
         let path = state.runtime.mission.http_path();
+        let sessions = session::Sessions::new();
         let gate = Arc::new(Gate {
             runtime: state.runtime.clone(),
+            state: state.clone(),
+            core: crate::call::Core {
+                audit: broker.audit.clone(),
+            },
+            sessions: sessions.clone(),
             issuer: broker.issuer.clone(),
             audit: broker.audit.clone(),
             public_url: settings.public_url.clone(),
@@ -83,20 +93,16 @@ pub fn router(broker: Arc<Broker>) -> Router {
             config = config.with_allowed_origins(settings.allowed_origins.clone());
         }
         let (state, audit) = (state.clone(), broker.audit.clone());
-        let mut sessions = LocalSessionManager::default();
-        // Completed request streams are kept this long for late SSE resumption. rmcp's default
-        // (60 s) holds every response of a busy session in memory for a minute.
-        sessions.session_config.completed_cache_ttl = std::time::Duration::from_secs(10);
         let service = StreamableHttpService::new(
             move || {
                 Ok(MissionHandler::new(
                     state.clone(),
                     audit.clone(),
                     None,
-                    handler::SessionState::new(),
+                    session::state_for_new_handler(),
                 ))
             },
-            Arc::new(sessions),
+            sessions,
             config,
         );
         tracing::debug!(mission = %id, %path, "serving mission");
@@ -202,22 +208,80 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         )
             .into_response();
     }
-    request.extensions_mut().insert(caller);
-    let request = match check_body(request).await {
+    request.extensions_mut().insert(caller.clone());
+    let session_id = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(session_id) = session_id else {
+        // No session yet: this may be an `initialize`, which binds the new session to this
+        // caller while rmcp creates it.
+        let request = match check_body(request).await {
+            Ok((request, _)) => request,
+            Err(response) => return response,
+        };
+        let opening = session::Opening {
+            caller,
+            state: None,
+        };
+        return session::OPENING
+            .scope(std::cell::RefCell::new(Some(opening)), next.run(request))
+            .await;
+    };
+    // Every method on a session (POST, GET, DELETE) must come from the session's principal; a
+    // stranger is told the session does not exist.
+    let live = gate.sessions.get(&session_id);
+    let Some(live) = live.filter(|s| s.owner.matches(&caller)) else {
+        let reject = crate::call::Reject::UnknownSession;
+        let (kind, outcome) = reject.audit();
+        let mut event = Event::new(kind);
+        event.mission = Some(gate.runtime.mission.id.clone());
+        event.tenant = Some(caller.tenant.clone());
+        event.subject = Some(caller.subject.clone());
+        event.agent = Some(caller.agent.clone());
+        event.token_id = Some(caller.token_id.clone());
+        event.outcome = Some(outcome.into());
+        event.detail = Some(format!(
+            "{} on a session that is unknown or belongs to another principal",
+            request.method()
+        ));
+        gate.audit.record_now(event);
+        return native::error_response(
+            "null",
+            StatusCode::NOT_FOUND,
+            &crate::call::RpcError {
+                code: crate::call::reject::INVALID_REQUEST,
+                message: reject.to_string(),
+                data: None,
+            },
+        );
+    };
+    let (request, body) = match check_body(request).await {
         Ok(r) => r,
         Err(response) => return response,
     };
-    next.run(request).await
+    let Some(body) = body else {
+        return next.run(request).await;
+    };
+    let (parts, _) = request.into_parts();
+    match native::handle(&gate.state, &gate.core, &live, caller, body).await {
+        native::Handled::Response(response) => response,
+        native::Handled::PassOn(body) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+                .await
+        }
+    }
 }
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Turns oversize and unparseable POST bodies into JSON-RPC errors (the MCP service would answer
-/// them with plain text).
-async fn check_body(request: Request) -> Result<Request, Response> {
+/// them with plain text). Returns the request (with its body restored) and, for a POST, the body.
+async fn check_body(request: Request) -> Result<(Request, Option<axum::body::Bytes>), Response> {
     if request.method() != axum::http::Method::POST {
-        return Ok(request);
+        return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
@@ -237,7 +301,10 @@ async fn check_body(request: Request) -> Result<Request, Response> {
             &format!("parse error: {e}"),
         ));
     }
-    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes.clone())),
+        Some(bytes),
+    ))
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {

@@ -1,0 +1,415 @@
+//! The native inbound path: `tools/call` on an established session is parsed once by Mandate, run
+//! through the call core inline on the connection's task, and answered with JSON — or with SSE
+//! written by Mandate when the call streams (progress, log messages, server→client requests).
+//! Also here: the caller's answers to server→client requests sent on native streams, and
+//! `notifications/cancelled` for native calls. Everything else goes to rmcp with the body
+//! already read.
+//!
+//! Ordering is exact: what the downstream sends about a call is pushed, in wire order, into the
+//! call's channel before the call's result is produced, and the response drains the channel
+//! before writing the result.
+
+// Logging is deprecated by SEP-2577 but legacy clients use it.
+#![allow(deprecated)]
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::handler::{MissionState, level_rank};
+use super::session::Session;
+use crate::authn::Caller;
+use crate::call::{
+    self, Answer, Asked, CallRequest, CallSink, Completed, Reject, Relaying, RpcError,
+};
+
+/// The JSON-RPC envelope, parsed once; `params` stays raw.
+#[derive(Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+    #[serde(default)]
+    pub error: Option<WireError>,
+}
+
+/// A JSON-RPC error object as sent by a peer.
+#[derive(Deserialize)]
+pub struct WireError {
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    name: Cow<'a, str>,
+    #[serde(default)]
+    arguments: Option<Box<RawValue>>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(default, rename = "progressToken")]
+    progress_token: Option<Box<RawValue>>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default, rename = "io.mandate/reasoning")]
+    reasoning: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct CancelledParams {
+    #[serde(rename = "requestId")]
+    request_id: Box<RawValue>,
+}
+
+/// One message for the caller's SSE stream, serialised.
+type Frame = String;
+
+/// The sink of a native call: frames into the call's channel.
+struct NativeSink {
+    session: Arc<Session>,
+    progress: Option<Box<RawValue>>,
+    log_level: Option<rmcp::model::LoggingLevel>,
+    frames: mpsc::UnboundedSender<Frame>,
+}
+
+fn notification(method: &str, params: &serde_json::Map<String, Value>) -> Frame {
+    let params = serde_json::to_string(params).unwrap_or_else(|_| "{}".into());
+    format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params}}}"#)
+}
+
+impl CallSink for NativeSink {
+    fn session(&self) -> u64 {
+        self.session.state.id
+    }
+
+    fn wants_progress(&self) -> bool {
+        self.progress.is_some()
+    }
+
+    fn progress(&self, mut params: serde_json::Map<String, Value>) -> Relaying<'_> {
+        if let Some(token) = &self.progress
+            && let Ok(token) = serde_json::from_str::<Value>(token.get())
+        {
+            params.insert("progressToken".into(), token);
+            let _ = self
+                .frames
+                .send(notification("notifications/progress", &params));
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn log(&self, params: serde_json::Map<String, Value>) -> Relaying<'_> {
+        let below = params
+            .get("level")
+            .and_then(|l| serde_json::from_value::<rmcp::model::LoggingLevel>(l.clone()).ok())
+            .zip(self.log_level)
+            .is_some_and(|(level, min)| level_rank(level) < level_rank(min));
+        if !below {
+            let _ = self
+                .frames
+                .send(notification("notifications/message", &params));
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn ask(&self, method: &str, params: Option<Value>) -> Asked {
+        let (id, answer) = self.session.open_ask();
+        let params = params
+            .map(|p| serde_json::to_string(&p).unwrap_or_else(|_| "null".into()))
+            .map(|p| format!(r#","params":{p}"#))
+            .unwrap_or_default();
+        let frame = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"{method}"{params}}}"#);
+        let sent = self.frames.send(frame).is_ok();
+        let session = self.session.clone();
+        Box::pin(async move {
+            if !sent {
+                session.forget_ask(&id);
+                return Err(call::reject::internal("the caller's stream is closed"));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(call::reject::internal("the caller did not answer")))
+        })
+    }
+}
+
+/// What the native path did with a request.
+pub enum Handled {
+    /// Answered here.
+    Response(Response),
+    /// Not for the native path: hand the body to rmcp.
+    PassOn(Bytes),
+}
+
+/// Handles a POST on an established session if it is a `tools/call`, an answer to a native
+/// server→client request, or a cancellation of a native call.
+pub async fn handle(
+    state: &Arc<MissionState>,
+    core: &call::Core,
+    session: &Arc<Session>,
+    caller: Arc<Caller>,
+    body: Bytes,
+) -> Handled {
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) else {
+        return Handled::PassOn(body);
+    };
+    match (envelope.method.as_deref(), envelope.id) {
+        (Some("tools/call"), Some(id)) => {
+            let Some(params) = envelope.params else {
+                return Handled::PassOn(body);
+            };
+            let params = match serde_json::from_str::<CallParams>(params.get()) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Handled::Response(error_response(
+                        id.get(),
+                        StatusCode::OK,
+                        &RpcError {
+                            code: crate::call::reject::INVALID_PARAMS,
+                            message: format!("invalid `tools/call` params: {e}"),
+                            data: None,
+                        },
+                    ));
+                }
+            };
+            Handled::Response(tools_call(state, core, session, caller, id.get(), params).await)
+        }
+        (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
+            let key = serde_json::from_str::<String>(id.get()).unwrap_or_default();
+            let answer = match (envelope.result, envelope.error) {
+                (Some(r), _) => {
+                    serde_json::from_str(r.get()).map_err(|e| call::reject::internal(e.to_string()))
+                }
+                (None, Some(e)) => Err(RpcError {
+                    code: e.code,
+                    message: e.message,
+                    data: e.data,
+                }),
+                (None, None) => Err(call::reject::internal("empty answer")),
+            };
+            if session.answer_ask(&key, answer) {
+                Handled::Response(StatusCode::ACCEPTED.into_response())
+            } else {
+                Handled::PassOn(body)
+            }
+        }
+        (Some("notifications/cancelled"), None) => {
+            let cancelled = envelope
+                .params
+                .and_then(|p| serde_json::from_str::<CancelledParams>(p.get()).ok());
+            match cancelled {
+                Some(c) if session.cancel_call(c.request_id.get()) => {
+                    Handled::Response(StatusCode::ACCEPTED.into_response())
+                }
+                _ => Handled::PassOn(body),
+            }
+        }
+        _ => Handled::PassOn(body),
+    }
+}
+
+async fn tools_call(
+    state: &Arc<MissionState>,
+    core: &call::Core,
+    session: &Arc<Session>,
+    caller: Arc<Caller>,
+    id: &str,
+    params: CallParams<'_>,
+) -> Response {
+    let inflight = match session.start_call(id) {
+        Ok(f) => f,
+        Err(_) => {
+            return error_response(
+                id,
+                StatusCode::OK,
+                &RpcError {
+                    code: crate::call::reject::INVALID_REQUEST,
+                    message: "a request with this id is already in flight on this session".into(),
+                    data: None,
+                },
+            );
+        }
+    };
+    let (frames, mut rx) = mpsc::unbounded_channel();
+    let meta = params.meta;
+    let (progress, traceparent, reasoning) = match meta {
+        Some(m) => (m.progress_token, m.traceparent, m.reasoning),
+        None => (None, None, None),
+    };
+    let tool = params.name.into_owned();
+    let request = CallRequest {
+        caller,
+        tool: tool.clone(),
+        arguments: params.arguments,
+        reasoning,
+        request_id: id.to_owned(),
+        traceparent,
+        cancel: inflight.cancel.clone(),
+        sink: Arc::new(NativeSink {
+            session: session.clone(),
+            progress,
+            log_level: session.state.log_level(),
+            frames,
+        }),
+    };
+    let id: Arc<str> = Arc::from(id);
+    let state = state.clone();
+    let core = core.clone();
+    let mut run = Box::pin(async move {
+        let _inflight = inflight;
+        call::run(&core, &state.mission, request).await
+    });
+    // Until the first frame or the result: a JSON answer if nothing streams.
+    let first = tokio::select! {
+        biased;
+        frame = rx.recv() => frame,
+        result = &mut run => {
+            // Frames sent before the result are streamed first, in order.
+            let mut batch: Vec<Frame> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+            if batch.is_empty() {
+                return json_answer(&id, &tool, result);
+            }
+            batch.push(answer(&id, &tool, result));
+            return sse(futures::stream::once(std::future::ready(Ok(batch))));
+        }
+    };
+    let Some(first) = first else {
+        // The sink is gone but the call still runs: wait for its result.
+        return json_answer(&id, &tool, run.await);
+    };
+    // Streaming: the response body drives the call from here, inline on the connection's task.
+    let stream = futures::stream::unfold(
+        (Some(vec![first]), Some(run), rx, id, tool),
+        |(pending, run, mut rx, id, tool)| async move {
+            if let Some(batch) = pending {
+                return Some((Ok::<_, Infallible>(batch), (None, run, rx, id, tool)));
+            }
+            let mut run = run?;
+            tokio::select! {
+                biased;
+                Some(frame) = rx.recv() => Some((Ok(vec![frame]), (None, Some(run), rx, id, tool))),
+                result = &mut run => {
+                    let mut batch: Vec<Frame> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+                    batch.push(answer(&id, &tool, result));
+                    Some((Ok(batch), (None, None, rx, id, tool)))
+                }
+            }
+        },
+    );
+    sse(stream)
+}
+
+/// The JSON-RPC response message for a call's result.
+fn answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> String {
+    match result {
+        Ok(Completed::Result(raw)) | Ok(Completed::InputRequired(raw)) => {
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, raw.get())
+        }
+        Err(reject) => match reject.answer(tool) {
+            Answer::ToolError(text) => {
+                let text = serde_json::to_string(&text).unwrap_or_else(|_| "\"\"".into());
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":{text}}}],"isError":true}}}}"#
+                )
+            }
+            Answer::Error { error, .. } => error_message(id, &error),
+        },
+    }
+}
+
+fn json_answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> Response {
+    let status = match &result {
+        Err(reject) => match reject.answer(tool) {
+            Answer::Error { status, .. } => StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            Answer::ToolError(_) => StatusCode::OK,
+        },
+        Ok(_) => StatusCode::OK,
+    };
+    json(status, answer(id, tool, result))
+}
+
+fn error_message(id: &str, error: &RpcError) -> String {
+    let message = serde_json::to_string(&error.message).unwrap_or_else(|_| "\"\"".into());
+    let data = error
+        .data
+        .as_ref()
+        .and_then(|d| serde_json::to_string(d).ok())
+        .map(|d| format!(r#","data":{d}"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}{data}}}}}"#,
+        error.code
+    )
+}
+
+/// A JSON-RPC error response.
+pub fn error_response(id: &str, status: StatusCode, error: &RpcError) -> Response {
+    json(status, error_message(id, error))
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// An SSE response whose events are the given batches of JSON-RPC messages.
+fn sse(
+    batches: impl futures::Stream<Item = Result<Vec<Frame>, Infallible>> + Send + 'static,
+) -> Response {
+    use futures::StreamExt;
+    let body = batches.map(|batch| {
+        batch.map(|batch| {
+            let mut out = String::new();
+            for message in &batch {
+                out.push_str("event: message\n");
+                // A raw downstream result may contain newlines: one `data:` line each.
+                for line in message.split('\n') {
+                    out.push_str("data: ");
+                    out.push_str(line.trim_end_matches('\r'));
+                    out.push('\n');
+                }
+                out.push('\n');
+            }
+            Bytes::from(out)
+        })
+    });
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
