@@ -606,9 +606,15 @@ pub fn verify_log(log: &dyn AuditLog, key: Option<&PublicKey>) -> Result<Report,
     apply_checkpoints(&mut state, &mut cps, key, u64::MAX)?;
     states.push(state);
     for chain in log.chains().map_err(store_fault)? {
+        // The writer may be appending meanwhile: verify up to the head as of now. The latest
+        // checkpoint is read first, so in an intact store the head is at or past it; a
+        // checkpoint past the head means records are missing from the tail.
+        let signed = log.latest_checkpoint(&chain).map_err(store_fault)?;
+        let head = log.head(&chain).map_err(store_fault)?;
+        let limit = signed.map_or(0, |(s, _)| s).max(head.map_or(0, |(s, _)| s));
         let mut state = ChainState::new(&chain);
         let mut cps = log.checkpoints(&chain).peekable();
-        for entry in log.range(&chain, 1, u64::MAX) {
+        for entry in log.range(&chain, 1, limit) {
             let (seq, line) = entry.map_err(store_fault)?;
             let checked = chain::check_line(&line).map_err(|f| match f {
                 LineFault::Unreadable(reason) => stored(&chain, seq, reason),
@@ -635,7 +641,7 @@ pub fn verify_log(log: &dyn AuditLog, key: Option<&PublicKey>) -> Result<Report,
             state.erased += u64::from(checked.erased);
             apply_checkpoints(&mut state, &mut cps, key, seq)?;
         }
-        apply_checkpoints(&mut state, &mut cps, key, u64::MAX)?;
+        apply_checkpoints(&mut state, &mut cps, key, limit)?;
         states.push(state);
     }
     Ok(Report::new(states, key.map(|k| k.kid.clone()), false))
@@ -647,8 +653,8 @@ fn stored(chain: &str, seq: u64, reason: String) -> VerifyError {
     ))
 }
 
-/// Applies the checkpoints up to `upto` (the record just pushed, or `u64::MAX` at the end, where
-/// any checkpoint left names records missing from the tail).
+/// Applies the checkpoints up to `upto` (the record just pushed, or the verification limit at the
+/// end, where any checkpoint left names records missing from the tail).
 fn apply_checkpoints(
     state: &mut ChainState,
     cps: &mut std::iter::Peekable<crate::store::Entries<'_>>,
