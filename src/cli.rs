@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Auditor, Event, EventKind, ExportFilter};
+use crate::audit::{Auditor, Event, EventKind, ExportFilter, PublicKey};
 use crate::authn::{Issuer, TokenRequest};
 use crate::config::{self, Config};
 use crate::downstream::{self, Pool};
@@ -127,16 +127,24 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain and name the first bad record (exit 1 if any).
+    /// Recompute every chain (one per tenant, one for broker events) and check the signed
+    /// checkpoints; name the chain and the first bad or missing record (exit 1 if any).
     Verify {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
-        /// Verify a JSON-lines export instead of the store.
+        /// Verify an export file (from `mandate audit export`) instead of the store; needs
+        /// nothing but the file.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// With `--file`: the broker's published audit public key (a JWK file) to check the
+        /// signatures with, instead of the key in the export's first line.
+        #[arg(long, requires = "file")]
+        public_key: Option<PathBuf>,
     },
-    /// Write records as JSON lines to stdout.
+    /// Write an export as JSON lines to stdout: a first line with the audit public key, each
+    /// chain's records and its signed checkpoint, and a signed last line. Records not yet
+    /// covered by a checkpoint are signed first (or, after a crash, by this command).
     Export {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
@@ -222,7 +230,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token(&config, request).await
         }
         Command::Audit { command } => match command {
-            AuditCommand::Verify { config, file } => audit_verify(&config, file.as_deref()).await,
+            AuditCommand::Verify {
+                config,
+                file,
+                public_key,
+            } => audit_verify(&config, file.as_deref(), public_key.as_deref()).await,
             AuditCommand::Export {
                 config,
                 tenant,
@@ -451,11 +463,12 @@ fn backend(config: &Config) -> anyhow::Result<Backend> {
     }
 }
 
-async fn admin_get(
+/// Sends an admin GET; fails unless the server answers with success.
+async fn admin_request(
     cred: &AdminCredential,
     path: &str,
     query: &[(&str, &str)],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<reqwest::Response> {
     let url = reqwest::Url::parse_with_params(&format!("{}{path}", cred.url), query)
         .with_context(|| format!("invalid admin URL `{}` in the admin credential", cred.url))?;
     let response = reqwest::Client::new()
@@ -465,11 +478,19 @@ async fn admin_get(
         .await
         .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
     let status = response.status();
-    let body = response.text().await?;
     if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
         bail!("server answered {status}: {}", body.trim());
     }
-    Ok(body)
+    Ok(response)
+}
+
+async fn admin_get(
+    cred: &AdminCredential,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    Ok(admin_request(cred, path, query).await?.text().await?)
 }
 
 async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCode> {
@@ -509,12 +530,34 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-async fn audit_verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let result: Result<u64, String> = match file {
+async fn audit_verify(
+    dir: &Path,
+    file: Option<&Path>,
+    public_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let result: Result<String, String> = match file {
         Some(file) => {
-            let text = std::fs::read_to_string(file)
+            let pinned = match public_key {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read `{}`", path.display()))?;
+                    let jwk: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("`{}` is not a JWK (JSON)", path.display()))?;
+                    Some(
+                        PublicKey::from_jwk(&jwk)
+                            .map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?,
+                    )
+                }
+            };
+            let input = std::fs::File::open(file)
                 .with_context(|| format!("cannot read `{}`", file.display()))?;
-            crate::audit::verify_jsonl(&text).map_err(|e| e.to_string())
+            tokio::task::spawn_blocking(move || {
+                crate::audit::verify_file(std::io::BufReader::new(input), pinned.as_ref())
+            })
+            .await?
+            .map(|r| r.to_string())
+            .map_err(|e| e.to_string())
         }
         None => {
             let config = match load(dir, false) {
@@ -523,13 +566,16 @@ async fn audit_verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<ExitCod
             };
             match backend(&config)? {
                 Backend::Direct(store) => {
-                    crate::audit::verify_store(&store).map_err(|e| e.to_string())
+                    tokio::task::spawn_blocking(move || crate::audit::verify_store(&store))
+                        .await?
+                        .map(|r| r.to_string())
+                        .map_err(|e| e.to_string())
                 }
                 Backend::Admin(cred) => {
                     let body: serde_json::Value =
                         serde_json::from_str(&admin_get(&cred, "/admin/audit/verify", &[]).await?)?;
-                    match body.get("records").and_then(|r| r.as_u64()) {
-                        Some(n) if body["ok"] == true => Ok(n),
+                    match body.get("report").and_then(|r| r.as_str()) {
+                        Some(report) if body["ok"] == true => Ok(report.to_owned()),
                         _ => Err(body["error"].as_str().unwrap_or("unknown error").to_owned()),
                     }
                 }
@@ -537,8 +583,8 @@ async fn audit_verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<ExitCod
         }
     };
     match result {
-        Ok(n) => {
-            println!("ok: {n} record(s), chain intact");
+        Ok(report) => {
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -553,11 +599,20 @@ async fn audit_export(dir: &Path, filter: ExportFilter) -> anyhow::Result<ExitCo
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let lines = match backend(&config)? {
+    match backend(&config)? {
         Backend::Direct(store) => {
-            crate::audit::export(&store, &filter).map_err(anyhow::Error::msg)?
+            // Sign what a crash left unsigned, so the export ends at signed records.
+            let (audit, writer) = Auditor::start(&store)?;
+            audit.stop().await?;
+            let _ = writer.await;
+            tokio::task::spawn_blocking(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                crate::audit::export(&store, &filter, &mut out)
+            })
+            .await??;
         }
         Backend::Admin(cred) => {
+            use std::io::Write;
             let mut query = Vec::new();
             if let Some(t) = &filter.tenant {
                 query.push(("tenant", t.as_str()));
@@ -565,10 +620,18 @@ async fn audit_export(dir: &Path, filter: ExportFilter) -> anyhow::Result<ExitCo
             if let Some(s) = &filter.since {
                 query.push(("since", s.as_str()));
             }
-            admin_get(&cred, "/admin/audit/export", &query).await?
+            let mut response = admin_request(&cred, "/admin/audit/export", &query).await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .context("the export from the running server was cut off")?
+            {
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
         }
-    };
-    print!("{lines}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,21 +1,35 @@
-//! Audit: one tamper-evident record per event, hash-chained, stored in sled.
+//! Audit: one tamper-evident record per event, in per-tenant hash chains with signed checkpoints.
 //!
-//! Each [`Record`] carries the SHA-256 of the previous record (`prev`) and its own `hash`, the
-//! SHA-256 over the RFC 8785 canonical JSON of the record without `hash`. One writer task owns the
-//! chain head ([`Auditor`]); everything else sends it [`Event`]s over a channel. An event sent with
-//! [`Auditor::record_durable`] is flushed to disk before the call returns: write and irreversible
-//! tool calls use it before their downstream is called, and are refused if it fails.
+//! - [`chain`]: the v2 record format (header + payload, hashed over the stored bytes) and the
+//!   verification state machine; pure.
+//! - [`checkpoint`]: signed checkpoints and the broker's audit key.
+//! - [`writer`]: the single owner of every chain head, on its own thread, fed by [`Auditor`].
+//! - [`export`]: streaming export and verification of a store or an export file.
+//! - [`v1`]: the legacy v1 format, still verified (not migrated; see there).
+//!
+//! An event sent with [`Auditor::record_durable`] is flushed to disk before the call returns:
+//! write and irreversible tool calls use it before their downstream is called, and are refused if
+//! it fails. Storage goes through [`crate::store::AuditLog`] and [`crate::store::KeyStore`].
 
 pub mod chain;
+pub mod checkpoint;
+pub mod export;
+pub mod v1;
+pub mod writer;
 
+use std::io::{BufRead, Write};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-pub use chain::{Record, VerifyError, verify_records};
+pub use chain::VerifyError;
+pub use checkpoint::{AuditKey, PublicKey};
+pub use export::{ChainRange, ExportError, Report};
+pub use writer::Checkpoints;
 
-use crate::store::{AUDIT_TREE, Store};
+use crate::store::Store;
+use writer::{Job, Writer};
 
 /// What happened. Serialized into the record as `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,36 +170,56 @@ pub enum AuditError {
     Stopped,
 }
 
-type Ack = oneshot::Sender<Result<u64, AuditError>>;
-
-enum Job {
-    /// Append an event; `durable` flushes before acking.
-    Append {
-        event: Box<Event>,
-        durable: bool,
-        ack: Option<Ack>,
-    },
-    /// Flush everything queued so far, then ack.
-    Sync(Ack),
-    /// Flush everything queued so far, ack, and stop.
-    Stop(Ack),
-}
-
-/// Handle to the audit writer task. Cheap to clone.
+/// Handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Job>,
 }
 
 impl Auditor {
-    /// Starts the writer task on `store`, continuing the chain found there.
+    /// Starts the writer on `store`, continuing the chains found there, with the default
+    /// checkpoint policy. The returned handle completes once the writer has signed, flushed and
+    /// stopped (after [`Auditor::stop`], or when every handle is dropped).
     pub fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), AuditError> {
-        let tree = store
-            .tree(AUDIT_TREE)
-            .map_err(|e| AuditError::Store(e.to_string()))?;
-        let head = chain::head(&tree).map_err(AuditError::Store)?;
+        Self::start_with(store, Checkpoints::default())
+    }
+
+    /// [`Auditor::start`] with a given checkpoint policy.
+    pub fn start_with(
+        store: &Store,
+        policy: Checkpoints,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), AuditError> {
+        let store_error = |e: crate::store::StorageError| AuditError::Store(e.to_string());
+        let log = store.audit_log().map_err(store_error)?;
+        let key =
+            AuditKey::load_or_create(&store.keys().map_err(store_error)?).map_err(store_error)?;
+        let writer = Writer::open(Box::new(log), key, policy)?;
         let (tx, rx) = mpsc::channel(4096);
-        let handle = tokio::spawn(writer(tree, head, rx));
+        let (done, finished) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("mandate-audit".into())
+            .spawn(move || {
+                writer.run(rx);
+                let _ = done.send(());
+            })
+            .map_err(|e| AuditError::Store(format!("cannot start the audit writer: {e}")))?;
+        // The ticker holds only a weak sender, so dropping every handle still stops the writer.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + policy.interval;
+            let mut ticks = tokio::time::interval_at(start, policy.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(tx) = weak.upgrade() else { break };
+                if tx.send(Job::Tick).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let handle = tokio::spawn(async move {
+            let _ = finished.await;
+        });
         Ok((Self { tx }, handle))
     }
 
@@ -228,99 +262,43 @@ impl Auditor {
         }
     }
 
-    /// Appends an event and returns its sequence number once it is flushed to disk.
+    /// Appends an event and returns its sequence number in its chain once it is flushed to disk.
     pub async fn record_durable(&self, event: Event) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Append {
-                event: Box::new(event),
-                durable: true,
-                ack: Some(ack),
-            })
-            .await
-            .map_err(|_| AuditError::Stopped)?;
+        self.send(Job::Append {
+            event: Box::new(event),
+            durable: true,
+            ack: Some(ack),
+        })
+        .await?;
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
-    /// Flushes everything queued so far and stops the writer; later events are refused.
+    /// Signs a checkpoint of every chain with records since its last one (after flushing them);
+    /// an export taken afterwards ends at signed records.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Job::Checkpoint(ack)).await?;
+        rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
+    }
+
+    /// Signs, flushes everything queued so far and stops the writer; later events are refused.
     pub async fn stop(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Stop(ack))
-            .await
-            .map_err(|_| AuditError::Stopped)?;
+        self.send(Job::Stop(ack)).await?;
         rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
     /// Waits until every event queued so far is flushed.
     pub async fn sync(&self) -> Result<(), AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Sync(ack))
-            .await
-            .map_err(|_| AuditError::Stopped)?;
+        self.send(Job::Sync(ack)).await?;
         rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
-}
 
-async fn writer(tree: sled::Tree, mut head: chain::Head, mut rx: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(64);
-    let mut stopping = false;
-    while !stopping && rx.recv_many(&mut batch, 256).await > 0 {
-        let mut needs_flush = false;
-        let mut acks = Vec::new();
-        for job in batch.drain(..) {
-            let (event, durable, ack) = match job {
-                Job::Sync(ack) => {
-                    needs_flush = true;
-                    acks.push((Some(ack), Ok(head.seq)));
-                    continue;
-                }
-                Job::Stop(ack) => {
-                    needs_flush = true;
-                    stopping = true;
-                    acks.push((Some(ack), Ok(head.seq)));
-                    continue;
-                }
-                Job::Append {
-                    event,
-                    durable,
-                    ack,
-                } => (event, durable, ack),
-            };
-            needs_flush |= durable;
-            match append(&tree, &mut head, *event) {
-                Ok(seq) => acks.push((ack, Ok(seq))),
-                Err(e) => {
-                    tracing::error!(error = %e, "audit append failed");
-                    acks.push((ack, Err(e)));
-                }
-            }
-        }
-        if needs_flush && let Err(e) = tree.flush_async().await {
-            tracing::error!(error = %e, "audit flush failed");
-            for (ack, _) in acks.drain(..) {
-                if let Some(ack) = ack {
-                    let _ = ack.send(Err(AuditError::Store(e.to_string())));
-                }
-            }
-        }
-        for (ack, result) in acks {
-            if let Some(ack) = ack {
-                let _ = ack.send(result);
-            }
-        }
+    async fn send(&self, job: Job) -> Result<(), AuditError> {
+        self.tx.send(job).await.map_err(|_| AuditError::Stopped)
     }
-    let _ = tree.flush_async().await;
-}
-
-fn append(tree: &sled::Tree, head: &mut chain::Head, event: Event) -> Result<u64, AuditError> {
-    let record = Record::next(head, now_rfc3339(), event);
-    let bytes = serde_json::to_vec(&record).map_err(|e| AuditError::Store(e.to_string()))?;
-    tree.insert(record.seq.to_be_bytes(), bytes)
-        .map_err(|e| AuditError::Store(e.to_string()))?;
-    head.advance(&record);
-    Ok(record.seq)
 }
 
 /// Current time as RFC 3339 with microseconds, UTC.
@@ -328,85 +306,94 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
-/// Reads every record from the store in order.
-pub fn read_all(store: &Store) -> Result<Vec<Result<Record, String>>, String> {
-    let tree = store.tree(AUDIT_TREE).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for item in tree.iter() {
-        let (key, value) = item.map_err(|e| e.to_string())?;
-        let seq = key
-            .as_ref()
-            .try_into()
-            .map(u64::from_be_bytes)
-            .unwrap_or_default();
-        out.push(
-            serde_json::from_slice::<Record>(&value)
-                .map_err(|e| format!("record {seq} is not valid JSON: {e}")),
-        );
-    }
-    Ok(out)
-}
-
 /// Filter for `mandate audit export`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExportFilter {
+    /// Only this tenant's chain.
     pub tenant: Option<String>,
-    /// RFC 3339; records at or after this time.
+    /// RFC 3339; each chain from its first record at or after this time.
     pub since: Option<String>,
 }
 
-impl ExportFilter {
-    pub fn matches(&self, record: &Record) -> bool {
-        if let Some(t) = &self.tenant
-            && record.event.tenant.as_deref() != Some(t.as_str())
-        {
-            return false;
+/// Writes an export of the store to `out` (blocking: call it from a blocking thread). Records
+/// not yet covered by a checkpoint are left out: sign first ([`Auditor::checkpoint`]).
+pub fn export(
+    store: &Store,
+    filter: &ExportFilter,
+    out: &mut dyn Write,
+) -> Result<Vec<ChainRange>, ExportError> {
+    let log = store.audit_log()?;
+    let key = AuditKey::load_or_create(&store.keys()?)?;
+    export::export(&log, &key, filter, out)
+}
+
+/// Streams an export in chunks of about 64 KiB, produced on a blocking thread. The filter is
+/// checked before anything is produced; a later failure ends the stream with an error.
+pub fn export_stream(
+    store: Store,
+    filter: ExportFilter,
+) -> Result<mpsc::Receiver<Result<Vec<u8>, std::io::Error>>, ExportError> {
+    export::parse_since(&filter)?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = export(&store, &filter, &mut out).and_then(|_| Ok(out.flush()?));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "audit export failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
-        if let Some(since) = &self.since {
-            let (Ok(since), Ok(at)) = (
-                humantime::parse_rfc3339_weak(since),
-                humantime::parse_rfc3339_weak(&record.time),
-            ) else {
-                return false;
-            };
-            if at < since {
-                return false;
-            }
+    });
+    Ok(rx)
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// A writer that hands full chunks to an async reader.
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
         }
-        true
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the export's reader went away",
+            )
+        })
     }
 }
 
-/// Exports matching records as JSON lines.
-pub fn export(store: &Store, filter: &ExportFilter) -> Result<String, String> {
-    let mut out = String::new();
-    for record in read_all(store)? {
-        let record = record?;
-        if filter.matches(&record) {
-            out.push_str(&serde_json::to_string(&record).map_err(|e| e.to_string())?);
-            out.push('\n');
-        }
-    }
-    Ok(out)
+/// Verifies every chain in the store (blocking).
+pub fn verify_store(store: &Store) -> Result<Report, VerifyError> {
+    let unreadable = |e: crate::store::StorageError| {
+        VerifyError::Export(format!("audit store is unreadable: {e}"))
+    };
+    let log = store.audit_log().map_err(unreadable)?;
+    let key = AuditKey::load(&store.keys().map_err(unreadable)?).map_err(unreadable)?;
+    export::verify_log(&log, key.as_ref().map(AuditKey::public))
 }
 
-/// Verifies the chain in the store; returns the number of records.
-pub fn verify_store(store: &Store) -> Result<u64, VerifyError> {
-    let records = read_all(store).map_err(|e| VerifyError::Unreadable { line: 0, reason: e })?;
-    verify_records(records.into_iter())
-}
-
-/// Verifies a JSON-lines export (a full, unfiltered one).
-pub fn verify_jsonl(text: &str) -> Result<u64, VerifyError> {
-    verify_records(
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, line)| {
-                serde_json::from_str::<Record>(line)
-                    .map_err(|e| format!("line {} is not a valid record: {e}", i + 1))
-            }),
-    )
+/// Verifies an export file (blocking); `pinned` is the published public key, if the auditor has
+/// it (otherwise the key in the file's first line is used and the report names it).
+pub fn verify_file(input: impl BufRead, pinned: Option<&PublicKey>) -> Result<Report, VerifyError> {
+    export::verify_file(input, pinned)
 }
 
 /// SHA-256 hex of bytes.
@@ -423,43 +410,4 @@ pub fn digest_json(value: &impl Serialize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn durable_records_survive_reopen_and_a_stopped_writer_fails_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (audit, writer) = Auditor::start(&store).unwrap();
-        let seq = audit
-            .record_durable(Event::new(EventKind::ConfigLoad))
-            .await
-            .unwrap();
-        assert_eq!(seq, 1);
-        audit.record(Event::new(EventKind::Call)).await;
-        audit.stop().await.unwrap();
-        writer.await.unwrap();
-        // The writer is gone: a durable write must fail, so the caller refuses the call.
-        assert!(
-            audit
-                .record_durable(Event::new(EventKind::CallIntent))
-                .await
-                .is_err()
-        );
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(verify_store(&store), Ok(2));
-        // A new writer continues the chain.
-        let (audit, writer) = Auditor::start(&store).unwrap();
-        assert_eq!(
-            audit
-                .record_durable(Event::new(EventKind::Call))
-                .await
-                .unwrap(),
-            3
-        );
-        audit.stop().await.unwrap();
-        writer.await.unwrap();
-        assert_eq!(verify_store(&store), Ok(3));
-    }
-}
+mod tests;

@@ -413,14 +413,27 @@ async fn admin_export(
     if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
-    let _ = broker.audit.sync().await;
+    // Sign the current heads so the export ends at signed records.
+    if let Err(e) = broker.audit.checkpoint().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+    }
     let filter = ExportFilter {
         tenant: q.tenant,
         since: q.since,
     };
-    match crate::audit::export(&broker.store, &filter) {
-        Ok(lines) => lines.into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    // Streamed: produced on a blocking thread, never held in memory whole.
+    match crate::audit::export_stream(broker.store.clone(), filter) {
+        Ok(rx) => {
+            let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            (
+                [(header::CONTENT_TYPE, "application/jsonl")],
+                axum::body::Body::from_stream(chunks),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
 
@@ -433,9 +446,20 @@ async fn admin_verify(
         return forbidden_admin();
     }
     let _ = broker.audit.sync().await;
-    match crate::audit::verify_store(&broker.store) {
-        Ok(n) => Json(serde_json::json!({ "ok": true, "records": n })).into_response(),
-        Err(e) => Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response(),
+    let store = broker.store.clone();
+    match tokio::task::spawn_blocking(move || crate::audit::verify_store(&store)).await {
+        Ok(Ok(report)) => Json(serde_json::json!({
+            "ok": true, "records": report.records(), "report": report.to_string(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => {
+            Json(serde_json::json!({ "ok": false, "error": e.to_string() })).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("audit verification failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 

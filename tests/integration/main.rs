@@ -5,6 +5,7 @@
 
 mod common;
 
+mod audit;
 mod broker;
 mod config_files;
 mod interop;

@@ -293,18 +293,41 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Exported audit records.
+/// Exported audit records (every chain).
 pub fn audit_records(ws: &Workspace) -> Vec<serde_json::Value> {
-    let out = ws.mandate(&["audit", "export"]);
+    export_records(ws, &[])
+}
+
+/// The records of `mandate audit export <args>`: each record's event (its payload) with the
+/// header's `chain`, `seq` and `time`. The export's first line, checkpoints and signed last line
+/// are checked to be there and left out.
+pub fn export_records(ws: &Workspace, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut command = vec!["audit", "export"];
+    command.extend_from_slice(args);
+    let out = ws.mandate(&command);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.first().unwrap()["audit_export"].is_object());
+    assert!(lines.last().unwrap()["audit_export_end"].is_object());
+    lines
+        .iter()
+        .filter(|l| l.get("h").is_some())
+        .map(|l| {
+            let mut record = l["p"].clone();
+            assert_eq!(record["kind"], l["h"]["kind"]);
+            for field in ["chain", "seq", "time"] {
+                record[field] = l["h"][field].clone();
+            }
+            record
+        })
         .collect()
 }
 

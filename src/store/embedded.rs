@@ -1,0 +1,318 @@
+//! The embedded backend: sled on disk. The only module that knows sled's trees and key layouts.
+//!
+//! Trees:
+//! - `audit`: the legacy v1 chain (read-only since audit v2): key = sequence number (u64
+//!   big-endian), value = the v1 record's JSON
+//! - `audit_v2`: audit entries, key = [`chain_key`]`(chain) ‖ seq` (u64 big-endian), value = the
+//!   entry's exact bytes (one JSON line, see `audit::chain`)
+//! - `audit_checkpoints`: signed checkpoints, same key layout as `audit_v2`; the legacy v1 chain's
+//!   checkpoints are under chain `legacy-v1`
+//! - `audit_chains`: key = chain name, value = empty; written before a chain's first entry
+//! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key
+//!
+//! A chain key is the chain name's length (u16 big-endian) followed by the name, so one chain's
+//! keys are never a prefix of another's (`tenant:a` vs `tenant:ab`) and a prefix scan is exact.
+
+use std::path::{Path, PathBuf};
+
+use super::{AuditLog, Entries, Entry, KeyStore, StorageError};
+
+/// Tree holding the legacy v1 audit chain.
+pub const AUDIT_TREE: &str = "audit";
+/// Tree holding audit v2 entries.
+pub const AUDIT_V2_TREE: &str = "audit_v2";
+/// Tree holding signed audit checkpoints.
+pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
+/// Tree indexing the audit chain names.
+pub const CHAINS_TREE: &str = "audit_chains";
+/// Tree holding signing keys.
+pub const KEYS_TREE: &str = "keys";
+/// Key of the embedded issuer's private key in [`KEYS_TREE`].
+pub const ISSUER_KEY: &[u8] = b"issuer/es256";
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store `{0}` is in use by another process (a running `mandate serve`?)")]
+    Locked(PathBuf),
+    #[error("cannot open store `{path}`: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+}
+
+/// The opened store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Err(source) = std::fs::create_dir_all(path) {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source: sled::Error::Io(source),
+            });
+        }
+        let db = sled::Config::new()
+            .path(path.join("db"))
+            .flush_every_ms(Some(200))
+            // Bounded page cache: the audit tree only grows, and memory must stay flat under load.
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(e) if is_lock_error(e) => StoreError::Locked(path.to_owned()),
+                _ => StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
+            })?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Raw access to a tree (for the embedded issuer's key until it moves to [`KeyStore`]).
+    pub fn tree(&self, name: &str) -> sled::Result<sled::Tree> {
+        self.db.open_tree(name)
+    }
+
+    pub fn flush(&self) -> sled::Result<usize> {
+        self.db.flush()
+    }
+
+    /// The audit log in this store.
+    pub fn audit_log(&self) -> Result<SledAuditLog, StorageError> {
+        Ok(SledAuditLog {
+            db: self.db.clone(),
+            legacy: self.tree(AUDIT_TREE).map_err(StorageError::new)?,
+            entries: self.tree(AUDIT_V2_TREE).map_err(StorageError::new)?,
+            checkpoints: self.tree(CHECKPOINTS_TREE).map_err(StorageError::new)?,
+            chains: self.tree(CHAINS_TREE).map_err(StorageError::new)?,
+        })
+    }
+
+    /// The key store in this store.
+    pub fn keys(&self) -> Result<SledKeyStore, StorageError> {
+        Ok(SledKeyStore {
+            tree: self.tree(KEYS_TREE).map_err(StorageError::new)?,
+        })
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().contains("lock")
+        || e.raw_os_error() == Some(11)
+}
+
+/// The key prefix of a chain: its name's length (u16 big-endian), then the name.
+pub fn chain_key(chain: &str) -> Result<Vec<u8>, StorageError> {
+    let len = u16::try_from(chain.len()).map_err(|_| {
+        StorageError(format!(
+            "audit chain name of {} bytes is too long (at most 65535): use a shorter tenant id",
+            chain.len()
+        ))
+    })?;
+    let mut key = Vec::with_capacity(2 + chain.len() + 8);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(chain.as_bytes());
+    Ok(key)
+}
+
+fn entry_key(chain: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
+    let mut key = chain_key(chain)?;
+    key.extend_from_slice(&seq.to_be_bytes());
+    Ok(key)
+}
+
+/// The sequence number at the end of a key.
+fn seq_of(key: &[u8]) -> Result<u64, StorageError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError(format!("audit key {} is malformed", hex::encode(key))))
+}
+
+fn entries(
+    iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send + 'static,
+) -> Entries<'static> {
+    Box::new(iter.map(|item| {
+        let (key, value) = item.map_err(StorageError::new)?;
+        Ok((seq_of(&key)?, value.to_vec()))
+    }))
+}
+
+fn failed(e: StorageError) -> Entries<'static> {
+    Box::new(std::iter::once(Err(e)))
+}
+
+fn last_with_prefix(tree: &sled::Tree, chain: &str) -> Result<Option<Entry>, StorageError> {
+    let prefix = chain_key(chain)?;
+    match tree.scan_prefix(prefix).next_back() {
+        None => Ok(None),
+        Some(item) => {
+            let (key, value) = item.map_err(StorageError::new)?;
+            Ok(Some((seq_of(&key)?, value.to_vec())))
+        }
+    }
+}
+
+/// [`AuditLog`] on sled.
+#[derive(Clone)]
+pub struct SledAuditLog {
+    db: sled::Db,
+    legacy: sled::Tree,
+    entries: sled::Tree,
+    checkpoints: sled::Tree,
+    chains: sled::Tree,
+}
+
+impl AuditLog for SledAuditLog {
+    fn chains(&self) -> Result<Vec<String>, StorageError> {
+        self.chains
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(StorageError::new)?;
+                String::from_utf8(key.to_vec()).map_err(StorageError::new)
+            })
+            .collect()
+    }
+
+    fn append(&self, chain: &str, seq: u64, entry: &[u8]) -> Result<(), StorageError> {
+        // The index first: a crash in between leaves an empty chain, never an unlisted one.
+        if seq == 1 {
+            self.chains
+                .insert(chain.as_bytes(), &[])
+                .map_err(StorageError::new)?;
+        }
+        self.entries
+            .insert(entry_key(chain, seq)?, entry)
+            .map_err(StorageError::new)?;
+        Ok(())
+    }
+
+    fn head(&self, chain: &str) -> Result<Option<Entry>, StorageError> {
+        last_with_prefix(&self.entries, chain)
+    }
+
+    fn range(&self, chain: &str, from: u64, to: u64) -> Entries<'_> {
+        if from > to {
+            return Box::new(std::iter::empty());
+        }
+        match (entry_key(chain, from), entry_key(chain, to)) {
+            (Ok(from), Ok(to)) => entries(self.entries.range(from..=to)),
+            (Err(e), _) | (_, Err(e)) => failed(e),
+        }
+    }
+
+    fn put_checkpoint(&self, chain: &str, seq: u64, entry: &[u8]) -> Result<(), StorageError> {
+        self.checkpoints
+            .insert(entry_key(chain, seq)?, entry)
+            .map_err(StorageError::new)?;
+        Ok(())
+    }
+
+    fn checkpoints(&self, chain: &str) -> Entries<'_> {
+        match chain_key(chain) {
+            Ok(prefix) => entries(self.checkpoints.scan_prefix(prefix)),
+            Err(e) => failed(e),
+        }
+    }
+
+    fn latest_checkpoint(&self, chain: &str) -> Result<Option<Entry>, StorageError> {
+        last_with_prefix(&self.checkpoints, chain)
+    }
+
+    fn legacy(&self) -> Entries<'_> {
+        entries(self.legacy.iter())
+    }
+
+    fn legacy_head(&self) -> Result<Option<Entry>, StorageError> {
+        match self.legacy.last().map_err(StorageError::new)? {
+            None => Ok(None),
+            Some((key, value)) => Ok(Some((seq_of(&key)?, value.to_vec()))),
+        }
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush().map(|_| ()).map_err(StorageError::new)
+    }
+}
+
+/// [`KeyStore`] on sled.
+#[derive(Clone)]
+pub struct SledKeyStore {
+    tree: sled::Tree,
+}
+
+impl KeyStore for SledKeyStore {
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree
+            .get(name.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        match self
+            .tree
+            .compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(value))
+            .map_err(StorageError::new)?
+        {
+            Ok(()) => {
+                self.tree.flush().map_err(StorageError::new)?;
+                Ok(value.to_vec())
+            }
+            Err(current) => Ok(current.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_do_not_bleed_into_each_other_and_ranges_are_inclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = store.audit_log().unwrap();
+        for seq in 1..=3 {
+            log.append("tenant:a", seq, format!("a{seq}").as_bytes())
+                .unwrap();
+        }
+        log.append("tenant:ab", 1, b"ab1").unwrap();
+        assert_eq!(log.chains().unwrap(), vec!["tenant:a", "tenant:ab"]);
+        assert_eq!(log.head("tenant:a").unwrap(), Some((3, b"a3".to_vec())));
+        let got: Vec<Entry> = log.range("tenant:a", 2, 9).map(Result::unwrap).collect();
+        assert_eq!(got, vec![(2, b"a2".to_vec()), (3, b"a3".to_vec())]);
+        assert_eq!(log.range("tenant:a", 1, 0).count(), 0);
+        assert_eq!(log.head("broker").unwrap(), None);
+        log.put_checkpoint("tenant:a", 3, b"cp").unwrap();
+        assert_eq!(
+            log.latest_checkpoint("tenant:a").unwrap(),
+            Some((3, b"cp".to_vec()))
+        );
+        assert_eq!(log.latest_checkpoint("tenant:ab").unwrap(), None);
+    }
+
+    #[test]
+    fn put_if_absent_keeps_the_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Store::open(dir.path()).unwrap().keys().unwrap();
+        assert_eq!(keys.put_if_absent("k", b"one").unwrap(), b"one");
+        assert_eq!(keys.put_if_absent("k", b"two").unwrap(), b"one");
+        assert_eq!(keys.get("k").unwrap(), Some(b"one".to_vec()));
+    }
+}

@@ -1,0 +1,171 @@
+//! Storage: narrow traits for everything Mandate persists, and where the admin credential lives.
+//!
+//! The traits are the seam between the domain and the database. [`embedded`] implements them on
+//! sled (the embedded default, one process at a time); a PostgreSQL backend for many stateless
+//! replicas later implements the same traits, so callers do not change. Only [`embedded`] knows
+//! sled, its trees and their key layouts.
+//!
+//! The traits are blocking: call them from a blocking thread (the audit writer's own thread,
+//! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
+//! threads per call, which is what they are for.
+//!
+//! Implemented now: [`AuditLog`] and [`KeyStore`]. Declared for the issues that move agents,
+//! approvals, handoffs and quotas into the store: [`AgentStore`], [`ApprovalStore`],
+//! [`HandoffStore`], [`QuotaStore`] (their shapes may be refined by those issues, but they stay
+//! narrow: keyed records with compare-and-swap, no query language).
+//!
+//! sled allows one process at a time. While `mandate serve` runs it owns the store and writes
+//! `admin.json` (0600) beside it: the loopback URL and a random credential that the CLI uses to
+//! reach the running server's admin API instead of opening the store.
+
+pub mod embedded;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use embedded::{
+    AUDIT_TREE, ISSUER_KEY, KEYS_TREE, SledAuditLog, SledKeyStore, Store, StoreError,
+};
+
+/// A storage operation failed (the backend's message, for the operator).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+impl StorageError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One stored entry: its sequence number and its exact bytes.
+pub type Entry = (u64, Vec<u8>);
+
+/// Entries in ascending sequence order.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<Entry, StorageError>> + Send + 'a>;
+
+/// The audit log: append-only chains of opaque entries, and their signed checkpoints.
+///
+/// A chain is named by a short string (`broker`, `tenant:<id>`); entries are numbered from 1 and
+/// stored as given (the bytes the chain hash covers, so the backend never re-serialises them).
+/// The legacy v1 chain (one chain for every event, before per-tenant chains) is read-only.
+pub trait AuditLog: Send + Sync {
+    /// Names of the chains that have entries, in a stable order.
+    fn chains(&self) -> Result<Vec<String>, StorageError>;
+    /// Stores entry `seq` of `chain` (the caller keeps sequence numbers contiguous; appending
+    /// seq 1 creates the chain). Not durable until [`AuditLog::flush`].
+    fn append(&self, chain: &str, seq: u64, entry: &[u8]) -> Result<(), StorageError>;
+    /// The last entry of `chain`.
+    fn head(&self, chain: &str) -> Result<Option<Entry>, StorageError>;
+    /// Entries of `chain` with `from <= seq <= to`.
+    fn range(&self, chain: &str, from: u64, to: u64) -> Entries<'_>;
+    /// Stores a checkpoint of `chain` taken at entry `seq`.
+    fn put_checkpoint(&self, chain: &str, seq: u64, entry: &[u8]) -> Result<(), StorageError>;
+    /// Every checkpoint of `chain`, in ascending sequence order.
+    fn checkpoints(&self, chain: &str) -> Entries<'_>;
+    /// The checkpoint of `chain` with the highest sequence number.
+    fn latest_checkpoint(&self, chain: &str) -> Result<Option<Entry>, StorageError>;
+    /// Entries of the legacy v1 chain.
+    fn legacy(&self) -> Entries<'_>;
+    /// The last entry of the legacy v1 chain.
+    fn legacy_head(&self) -> Result<Option<Entry>, StorageError>;
+    /// Makes everything stored so far durable.
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// Named secrets (private keys as PKCS#8 PEM).
+pub trait KeyStore: Send + Sync {
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Stores `value` under `name` unless something is there already; returns what is stored
+    /// afterwards (so two racing creators agree on one key).
+    fn put_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StorageError>;
+}
+
+/// Registered agents and their lifecycle state (declared; implemented with the agent registry).
+pub trait AgentStore: Send + Sync {
+    fn get(&self, agent: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces the record if it still equals `expected` (None: absent); false on a lost race.
+    fn compare_and_swap(
+        &self,
+        agent: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, StorageError>;
+    fn list(&self) -> Entries<'_>;
+}
+
+/// Pending and decided approval requests (declared; implemented with approvals).
+pub trait ApprovalStore: Send + Sync {
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    fn compare_and_swap(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, StorageError>;
+    /// Requests still pending, oldest first.
+    fn pending(&self) -> Entries<'_>;
+}
+
+/// The handoff ledger: single-use handoff token ids (declared; implemented with handoffs).
+pub trait HandoffStore: Send + Sync {
+    /// Records `jti` with its expiry (unix seconds); false if it was used before.
+    fn claim(&self, jti: &str, expires_at: u64, record: &[u8]) -> Result<bool, StorageError>;
+    fn get(&self, jti: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Forgets ids expired before `now` (unix seconds).
+    fn purge_expired(&self, now: u64) -> Result<u64, StorageError>;
+}
+
+/// Usage counters per key and window (declared; implemented with quotas).
+pub trait QuotaStore: Send + Sync {
+    /// Adds `amount` to the counter of `key` in `window` and returns the new total.
+    fn add(&self, key: &str, window: u64, amount: u64) -> Result<u64, StorageError>;
+    /// Forgets windows before `window`.
+    fn purge_before(&self, window: u64) -> Result<u64, StorageError>;
+}
+
+/// How the CLI reaches a running server: written by `mandate serve` with mode 0600.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminCredential {
+    /// Loopback base URL of the running server.
+    pub url: String,
+    /// Random bearer credential for `/admin/…`.
+    pub token: String,
+    /// Process id of the server.
+    pub pid: u32,
+}
+
+/// Path of the admin credential file for a store.
+pub fn admin_credential_path(store: &Path) -> PathBuf {
+    store.join("admin.json")
+}
+
+/// Writes the admin credential with owner-only permissions.
+pub fn write_admin_credential(store: &Path, cred: &AdminCredential) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = admin_credential_path(store);
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(cred).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Reads the admin credential, if a server wrote one.
+pub fn read_admin_credential(store: &Path) -> Option<AdminCredential> {
+    let bytes = std::fs::read(admin_credential_path(store)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes the admin credential (server shutdown).
+pub fn remove_admin_credential(store: &Path) {
+    let _ = std::fs::remove_file(admin_credential_path(store));
+}
