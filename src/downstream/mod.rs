@@ -19,6 +19,7 @@
 //! than risk delivering it to the wrong user.
 
 mod fence;
+mod http_lane;
 pub mod passthrough;
 mod relay;
 
@@ -90,6 +91,8 @@ pub struct Downstream {
     last_drift: Mutex<Option<Drift>>,
     audit: Auditor,
     http: reqwest::Client,
+    /// The native call path of an HTTP downstream with sessions (see [`http_lane`]).
+    lane: Option<http_lane::HttpLane>,
 }
 
 impl Downstream {
@@ -100,7 +103,17 @@ impl Downstream {
         http: reqwest::Client,
     ) -> Self {
         let (peer, _) = watch::channel(None);
+        let lane = match &manifest.transport {
+            // 2026-07-28 downstreams are stateless (no session to post on): rmcp serves them.
+            Transport::Http { url, protocol, .. } if protocol != "2026-07-28" => {
+                reqwest::Url::parse(url.as_str())
+                    .ok()
+                    .map(|url| http_lane::HttpLane::new(manifest.id.clone(), url, http.clone()))
+            }
+            _ => None,
+        };
         Self {
+            lane,
             key,
             manifest,
             peer,
@@ -247,7 +260,13 @@ impl Downstream {
                 break;
             }
             let label = self.key.to_string();
-            let connecting = connect(&self.manifest, self.routes.clone(), &self.http, &label);
+            let connecting = connect(
+                &self.manifest,
+                self.routes.clone(),
+                &self.http,
+                &label,
+                self.lane.as_ref(),
+            );
             let connected = tokio::select! {
                 c = connecting => c,
                 _ = shutdown.cancelled() => break,
@@ -257,6 +276,10 @@ impl Downstream {
                     let started = Instant::now();
                     let peer = service.peer().clone();
                     self.check_drift(&peer).await;
+                    if let Some(lane) = &self.lane {
+                        let version = peer.peer_info().map(|i| i.protocol_version.to_string());
+                        lane.set_protocol(version.as_deref());
+                    }
                     self.peer.send_replace(Some(peer.clone()));
                     tracing::info!(downstream = %self.key, "downstream connected");
                     let ct = service.cancellation_token();
@@ -274,6 +297,9 @@ impl Downstream {
                         }
                     };
                     self.peer.send_replace(None);
+                    if let Some(lane) = &self.lane {
+                        lane.set_protocol(None);
+                    }
                     if stop {
                         ct.cancel();
                         let _ = tokio::time::timeout(Duration::from_secs(5), waiting).await;
@@ -309,6 +335,19 @@ pub async fn call(
 ) -> Result<Box<serde_json::value::RawValue>, DownstreamError> {
     let downstream = permit.downstream().clone();
     let tool = permit.tool().clone();
+    if let Some(lane) = downstream.lane.as_ref().filter(|l| l.ready()) {
+        return lane
+            .call(
+                &tool.tool,
+                permit.raw_arguments(),
+                permit.authorization(),
+                sink.as_ref(),
+                traceparent,
+                tool.timeout,
+                &ct,
+            )
+            .await;
+    }
     let mut params = CallToolRequestParams::new(tool.tool.clone());
     params.arguments = Some(permit.arguments().clone());
     if let Some(tp) = traceparent {
@@ -444,6 +483,7 @@ pub async fn connect(
     routes: Arc<Routes>,
     http: &reqwest::Client,
     label: &str,
+    lane: Option<&http_lane::HttpLane>,
 ) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
     let (protocol, lifecycle) = match &manifest.transport {
         Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
@@ -487,10 +527,24 @@ pub async fn connect(
                 rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                     url.as_str(),
                 );
-            let transport =
-                rmcp::transport::StreamableHttpClientTransport::with_client(http.clone(), config);
-            let transport = fence::Fenced::new(transport, routes.clone());
-            handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
+            match lane {
+                Some(lane) => {
+                    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+                        lane.capture(),
+                        config,
+                    );
+                    let transport = fence::Fenced::new(transport, routes.clone());
+                    handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
+                }
+                None => {
+                    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+                        http.clone(),
+                        config,
+                    );
+                    let transport = fence::Fenced::new(transport, routes.clone());
+                    handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
+                }
+            }
         }
     };
     service
