@@ -394,3 +394,83 @@ async fn roots_requests_reach_only_the_calling_client() {
     bob.cancel().await.unwrap();
     server.stop();
 }
+
+/// Sampling requests a downstream sends during a call reach the session that made the call, and
+/// its answer goes back to that call only: two principals, four concurrent calls each, through
+/// Mandate's native paths to the Python fixture over HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_reaches_only_the_calling_session_under_parallel_load() {
+    use crate::native::Raw;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fixture = tokio::process::Command::new(peers().join("venv/bin/python"))
+        .arg(repo().join("examples/conformance_fixture.py"))
+        .args(["--http", &port.to_string()])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fixture_url = format!("http://127.0.0.1:{port}/mcp");
+    let probe = reqwest::Client::new();
+    for _ in 0..100 {
+        if probe.get(&fixture_url).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ws = conformance_workspace(Some(&fixture_url));
+    let server = ws.serve();
+    let url = server.mission_url("conformance/dev/suite");
+    let caps = serde_json::json!({"sampling": {}});
+    let mut sessions = Vec::new();
+    for who in ["alice", "bob"] {
+        let token = ws.token_for(
+            &format!("{who}@mandate.example"),
+            "conformance",
+            "conformance-suite",
+            Some("conformance/dev/suite"),
+        );
+        sessions.push((who, Raw::open_with(&url, &token, caps.clone()).await));
+    }
+    let mut calls = Vec::new();
+    for (who, raw) in &sessions {
+        for i in 0..4 {
+            let prompt = format!("{who}-{i}");
+            calls.push(async move {
+                let asked = std::sync::Mutex::new(Vec::new());
+                let msgs = raw
+                    .call_answering(
+                        serde_json::json!(prompt.clone()),
+                        "test_sampling",
+                        serde_json::json!({"prompt": prompt.clone()}),
+                        |request| {
+                            let text = request["params"]["messages"][0]["content"]["text"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned();
+                            asked.lock().unwrap().push(text.clone());
+                            serde_json::json!({"role": "assistant", "model": "test",
+                                "content": {"type": "text", "text": format!("answer to {text}")}})
+                        },
+                    )
+                    .await;
+                (prompt, asked.into_inner().unwrap(), msgs)
+            });
+        }
+    }
+    for (prompt, asked, msgs) in futures::future::join_all(calls).await {
+        assert_eq!(asked, vec![prompt.clone()], "{prompt}: {msgs:#?}");
+        let result = msgs.last().unwrap();
+        assert_eq!(result["id"], prompt.as_str());
+        assert_eq!(
+            result["result"]["content"][0]["text"],
+            format!("LLM response: answer to {prompt}"),
+            "{msgs:#?}"
+        );
+    }
+    server.stop();
+    let _ = fixture.kill().await;
+}

@@ -9,3 +9,4 @@ mod audit;
 mod broker;
 mod config_files;
 mod interop;
+mod native;

@@ -1,0 +1,481 @@
+//! The native paths: `tools/call` on an established session answered by Mandate itself (JSON, or
+//! SSE when the call streams), calls to an HTTP downstream posted on its kept session, and what
+//! the downstream sends about a call reaching only the session that made it — under parallel
+//! load, across principals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// The sample ledger serving streamable HTTP on a free port.
+struct HttpLedger {
+    child: Child,
+    url: String,
+}
+
+impl HttpLedger {
+    fn start() -> Self {
+        let mut child = Command::new(ledger_bin())
+            .args(["--http", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = first
+            .trim()
+            .strip_prefix("ledger listening on ")
+            .unwrap_or_else(|| panic!("unexpected ledger output: {first:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for HttpLedger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_ws(ledger: &HttpLedger) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        &format!(
+            r#"description = "ledger over HTTP"
+environments = ["prod"]
+region = "eu-west-1"
+timeout = "10s"
+
+[transport]
+kind = "http"
+url = "{}"
+
+[[tools]]
+name = "get_invoice"
+effect = "read"
+
+[[tools]]
+name = "slow_report"
+effect = "read"
+"#,
+            ledger.url
+        ),
+    );
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice", "finance/ledger/slow_report""#,
+        "",
+    );
+    ws.pin();
+    ws
+}
+
+/// A raw MCP session over HTTP, as a client that opens no GET stream sees it.
+pub struct Raw {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    pub session: String,
+}
+
+/// The JSON-RPC messages of a response, whether JSON or SSE, and its content type.
+async fn messages(response: reqwest::Response) -> (String, Vec<Value>) {
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = response.text().await.unwrap();
+    let messages = if kind.starts_with("text/event-stream") {
+        text.split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                (!data.is_empty())
+                    .then(|| serde_json::from_str(&data.join("\n")).ok())
+                    .flatten()
+            })
+            .collect()
+    } else {
+        vec![serde_json::from_str(&text).unwrap_or(Value::Null)]
+    };
+    (kind, messages)
+}
+
+impl Raw {
+    pub async fn open(url: &str, token: &str) -> Self {
+        Self::open_with(url, token, json!({})).await
+    }
+
+    /// Opens a session advertising these client capabilities.
+    pub async fn open_with(url: &str, token: &str, capabilities: Value) -> Self {
+        let http = reqwest::Client::new();
+        let init = http
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": capabilities,
+                "clientInfo": {"name": "raw", "version": "1"}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(init.status(), 200);
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = messages(init).await;
+        let raw = Self {
+            http,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            session,
+        };
+        let r = raw
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(r.status(), 202);
+        raw
+    }
+
+    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, &self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+    }
+
+    async fn post(&self, body: Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Calls a tool, reading the response as it streams and answering each server→client
+    /// request on it with `answer(request)` (POSTed back on the session).
+    pub async fn call_answering(
+        &self,
+        id: Value,
+        name: &str,
+        arguments: Value,
+        answer: impl Fn(&Value) -> Value,
+    ) -> Vec<Value> {
+        use futures::StreamExt;
+        let r = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments}}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let mut body = r.bytes_stream();
+        let (mut buffer, mut out) = (String::new(), Vec::new());
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                let Ok(message) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                    continue;
+                };
+                if message["method"].is_string() && message["id"] != Value::Null {
+                    let reply = self
+                        .post(json!({"jsonrpc": "2.0", "id": message["id"], "result": answer(&message)}))
+                        .await;
+                    assert_eq!(reply.status(), 202);
+                }
+                out.push(message);
+            }
+        }
+        out
+    }
+
+    async fn call(
+        &self,
+        id: Value,
+        name: &str,
+        arguments: Value,
+        meta: Value,
+    ) -> (String, Vec<Value>) {
+        let r = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments, "_meta": meta}}))
+            .await;
+        assert_eq!(r.status(), 200);
+        messages(r).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_on_a_session_is_answered_natively_as_json() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let (kind, msgs) = alice
+        .call(
+            json!(7),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    // rmcp answers every session request with SSE; a plain JSON answer is Mandate's own path.
+    assert_eq!(kind, "application/json", "{msgs:?}");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["id"], 7);
+    assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
+    assert_eq!(msgs[0]["result"]["structuredContent"]["id"], "INV-1001");
+    // Denied, invalid and unknown calls get the same answers as on the rmcp path.
+    let (_, msgs) = alice
+        .call(json!(8), "export_all", json!({}), json!({}))
+        .await;
+    assert_eq!(msgs[0]["error"]["code"], -32602);
+    assert_eq!(msgs[0]["error"]["message"], "tool not found: export_all");
+    let (_, msgs) = alice
+        .call(
+            json!("s-9"),
+            "get_invoice",
+            json!({"invoice": 1}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(msgs[0]["id"], "s-9");
+    assert_eq!(msgs[0]["error"]["code"], -32602);
+    let r = alice
+        .post(json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+            "params": {"name": "get_invoice", "arguments": [1, 2]}}))
+        .await;
+    let (_, msgs) = messages(r).await;
+    assert_eq!(
+        msgs[0]["error"]["message"],
+        "`arguments` must be a JSON object"
+    );
+    // Everything was audited, one record per call, with the downstream call id linking nothing
+    // else (reads write no intent).
+    let records = audit_records(&ws);
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["mission"] == "finance/prod/review" && r["tool"].is_string())
+        .collect();
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    assert_eq!(calls[0]["outcome"], "ok");
+    assert!(calls[0]["output_digest"].is_string());
+    assert_eq!(calls[1]["outcome"], "denied");
+    assert_eq!(calls[2]["outcome"], "invalid_arguments");
+    assert_eq!(calls[3]["outcome"], "invalid_arguments");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_and_logs_reach_only_the_calling_session_under_parallel_load() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice_token = ws.token_for(
+        "alice@acme.example",
+        "acme",
+        "bot",
+        Some("finance/prod/review"),
+    );
+    let bob_token = ws.token_for(
+        "bob@acme.example",
+        "acme",
+        "bot",
+        Some("finance/prod/review"),
+    );
+    let alice = Raw::open(&url, &alice_token).await;
+    let bob = Raw::open(&url, &bob_token).await;
+    // Eight streaming calls per principal at once, each with its own progress token; alice's
+    // reports take 1 s, bob's 2 s, so their log lines differ too.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        for (who, raw, seconds) in [("alice", &alice, 1), ("bob", &bob, 2)] {
+            let token = format!("{who}-{i}");
+            calls.push(async move {
+                let (kind, msgs) = raw
+                    .call(
+                        json!(format!("{token}-id")),
+                        "slow_report",
+                        json!({"seconds": seconds}),
+                        json!({"progressToken": token}),
+                    )
+                    .await;
+                (token, seconds, kind, msgs)
+            });
+        }
+    }
+    let results = futures::future::join_all(calls).await;
+    for (token, seconds, kind, msgs) in results {
+        assert!(kind.starts_with("text/event-stream"), "{token}: {kind}");
+        let (last, before) = msgs.split_last().unwrap();
+        assert_eq!(last["id"], format!("{token}-id"), "{token}: {msgs:#?}");
+        assert_eq!(last["result"]["isError"], false);
+        let progress: Vec<&Value> = before
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .collect();
+        assert_eq!(progress.len(), seconds, "{token}: {msgs:#?}");
+        for p in &progress {
+            assert_eq!(p["params"]["progressToken"], token.as_str(), "{msgs:#?}");
+        }
+        // The ledger (an rmcp server in session mode) sends its log lines on its standalone
+        // stream, where they belong to no call: they must not reach anyone. Any that arrive on a
+        // call's stream must be that call's own.
+        let logs: Vec<&Value> = before
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .collect();
+        for l in &logs {
+            assert_eq!(
+                l["params"]["data"]["seconds"], seconds,
+                "{token}: {msgs:#?}"
+            );
+        }
+        assert!(
+            before
+                .iter()
+                .all(|m| m["method"] == "notifications/progress"
+                    || m["method"] == "notifications/message"),
+            "{msgs:#?}"
+        );
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_answers_only_its_principal_and_refuses_reused_ids() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let bob_token = ws.token_for(
+        "bob@acme.example",
+        "acme",
+        "bot",
+        Some("finance/prod/review"),
+    );
+    let bob_on_alices = Raw {
+        http: reqwest::Client::new(),
+        url: url.clone(),
+        token: bob_token,
+        session: alice.session.clone(),
+    };
+    // Bob holds alice's session id and his own valid token: every method is refused as an
+    // unknown session, and alice's session is untouched.
+    let r = bob_on_alices
+        .post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "get_invoice", "arguments": {"invoice_id": "INV-1001"}}}))
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = bob_on_alices
+        .request(reqwest::Method::GET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = bob_on_alices
+        .request(reqwest::Method::DELETE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, msgs) = alice
+        .call(
+            json!(2),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
+    let records = audit_records(&ws);
+    let refused = records
+        .iter()
+        .filter(|r| r["outcome"] == "unknown_session" && r["subject"] == "bob@acme.example")
+        .count();
+    assert_eq!(refused, 3, "POST, GET and DELETE audited");
+
+    // A request id still in flight on the session is refused, the first call is unaffected.
+    let slow = alice.call(
+        json!("dup"),
+        "slow_report",
+        json!({"seconds": 1}),
+        json!({}),
+    );
+    let again = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        alice
+            .call(
+                json!("dup"),
+                "get_invoice",
+                json!({"invoice_id": "INV-1001"}),
+                json!({}),
+            )
+            .await
+    };
+    let ((_, first), (_, second)) = tokio::join!(slow, again);
+    assert_eq!(second[0]["error"]["code"], -32600, "{second:?}");
+    assert_eq!(
+        first.last().unwrap()["result"]["isError"],
+        false,
+        "{first:?}"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_native_call_ends_at_once_and_is_audited() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let started = std::time::Instant::now();
+    let slow = alice.call(json!(41), "slow_report", json!({"seconds": 8}), json!({}));
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = alice
+            .post(
+                json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": 41, "reason": "user pressed stop"}}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+    };
+    let ((_, msgs), ()) = tokio::join!(slow, cancel);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(msgs.last().unwrap()["error"]["code"], -32800, "{msgs:?}");
+    let records = audit_records(&ws);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["tool"] == "slow_report" && r["outcome"] == "cancelled"),
+        "{records:#?}"
+    );
+    server.stop();
+}
