@@ -1,33 +1,93 @@
 //! # Mandate overhead benchmark
 //!
-//! Measures what Mandate adds to one tool call compared with calling the same
-//! downstream directly.
+//! Measures, in one run, what Mandate adds to a tool call compared with calling the
+//! same downstream directly: latency (p50/p90/p99), throughput, Mandate's CPU per
+//! call and its memory, at several concurrency levels, for a streamable HTTP and a
+//! stdio downstream. The README's performance table is the markdown this prints.
 //!
 //! ```text
 //! cargo build --release --bins --examples
-//! target/release/examples/bench [--calls N] [--warmup W] [--block B] [--fresh-connections]
+//! target/release/examples/bench [--concurrency 1,8,32] [--downstream http,stdio]
+//!     [--calls 20000] [--warmup 200] [--block 100] [--client-threads 1]
+//!     [--fresh-connections] [--json FILE]
 //! ```
 //!
-//! It starts the sample ledger over streamable HTTP (`ledger --http 127.0.0.1:0`),
-//! writes a temporary Mandate workspace with one HTTP tool manifest and one mission
-//! (`finance/prod/bench`, tool `finance/ledger/get_invoice`), runs `mandate pin`,
-//! starts `mandate serve --listen 127.0.0.1:0` (`MANDATE_LOG=warn`) and mints a
-//! token. Then two MCP clients call `get_invoice {"invoice_id": "INV-1001"}`
-//! sequentially: one directly at the ledger, one through Mandate. After `W` warmup
-//! calls each, `N` measured calls each run in interleaved blocks of `B` (direct
-//! then via Mandate, then the other way round, and so on), so machine noise hits
-//! both sides alike.
+//! A default run takes about 1.5 minutes on 2 cores. Linux only (`/proc`).
 //!
-//! Reported: latency median/p90/p99 for both paths and the added median; the
-//! Mandate process's CPU time (utime + stime from `/proc/<pid>/stat`) during the
-//! via-Mandate blocks per call, and during the direct blocks (when Mandate is idle)
-//! per second; Mandate's RSS after warmup, at the midpoint and at the end; how much
-//! Mandate's store (audit log) grew on disk per call. The last line is the same
-//! report as one JSON object.
+//! ## Setup
 //!
-//! Both clients use a pooled `reqwest` client with `TCP_NODELAY` (as Mandate does
-//! for its downstreams); `--fresh-connections` uses rmcp's default client instead,
-//! which opens a new connection per request. Linux only (`/proc`).
+//! The bench writes a temporary Mandate workspace with a tool manifest and a mission
+//! per downstream (tenant `acme`, agent `bench`), each exposing only `get_invoice`
+//! of the sample ledger (`examples/ledger.rs`):
+//!
+//! * `http`: manifest `finance/ledger` (`kind = "http"`) pointing at a ledger the
+//!   bench starts with `ledger --http 127.0.0.1:0`; mission `finance/prod/bench`.
+//! * `stdio`: manifest `finance/ledger-stdio` (`kind = "stdio"`, `command` = the
+//!   ledger binary, no arguments), which Mandate starts as its own child process;
+//!   mission `finance/prod/bench-stdio`.
+//!
+//! It runs `mandate pin` and checks that the lock files pin `get_invoice` with its
+//! `inputSchema` and `outputSchema`, starts `mandate serve --listen 127.0.0.1:0`
+//! (`MANDATE_LOG=warn`) and mints one token per mission. So authentication,
+//! input and output schema validation and the audit log are all on.
+//!
+//! ## Load
+//!
+//! Every call is `tools/call get_invoice {"invoice_id": "INV-1001"}`, and every
+//! result is checked (not an error, `structuredContent` with the expected id and
+//! amount); a failed, wrong or timed-out (30 s) call aborts the bench with the
+//! error and the tail of Mandate's log. For each downstream and each concurrency
+//! level `c`, `c` workers each keep one call in flight (closed loop):
+//!
+//! * direct, HTTP: each worker has its own MCP session (rmcp client) to the ledger;
+//! * direct, stdio: the bench starts its own ledger child over stdio
+//!   (`TokioChildProcess`) and the `c` workers share that one connection (rmcp
+//!   multiplexes requests by id). That is the realistic baseline, since an agent
+//!   host runs one process per stdio server, and it is what Mandate does too. The
+//!   ledger writes a stderr line per call; the bench reads and discards it, as
+//!   Mandate reads it into its log;
+//! * via Mandate (both downstreams): each worker has its own MCP session to the
+//!   mission over HTTP, with the bearer token. Mandate holds one connection per
+//!   downstream. For stdio, "via" therefore includes an HTTP leg (bench → Mandate)
+//!   that the direct stdio path does not have.
+//!
+//! All HTTP sessions (direct and via) share one pooled `reqwest` client with
+//! `TCP_NODELAY`, as Mandate does for its downstreams; `--fresh-connections` uses
+//! rmcp's default client instead, which opens a new connection per request.
+//!
+//! The load generator is single-threaded by default (`--client-threads 1`), so it
+//! uses at most one core and adds no cross-thread wake-ups to the latencies;
+//! its own CPU per call is reported, to show when it, not the system under test,
+//! limits throughput.
+//!
+//! Per level, sessions are opened, then both paths make `W` warmup calls (at least
+//! one per worker), then `N` measured calls each, in an even number of rounds
+//! (at least two, about `B` calls per worker per round) that alternate the order
+//! (direct then via, then via then direct, ...), so machine noise hits both paths
+//! alike. Sessions are closed at the end of the level.
+//!
+//! ## Reported, per (downstream, c)
+//!
+//! * `direct p50/p90/p99`, `via p50/p90/p99`: call latency seen by the caller, µs,
+//!   nearest rank; `added p50` = via p50 − direct p50;
+//! * `calls/s`: measured calls / wall time of that path's rounds; `ratio` = via
+//!   calls/s / direct calls/s;
+//! * `Mandate CPU/call`: utime + stime of the `mandate` process
+//!   (`/proc/<pid>/stat`) during the via rounds / via calls. (Stdio downstreams
+//!   are separate processes and not included.) The JSON also has Mandate's CPU
+//!   during the direct rounds, when it only finishes deferred work such as store
+//!   flushes, per second and added to the per-call figure;
+//! * `Mandate RSS`: after the level's warmup → after its measured rounds, MiB;
+//!   the summary adds RSS at start and end and the peak (`VmHWM`);
+//! * `store B/call`: growth of the workspace on disk (Mandate's store, mostly the
+//!   audit log) per via call of the level, warmup included (sled grows in steps,
+//!   so the run-wide figure in the summary is steadier);
+//! * the machine's load average at start and end: the numbers are only as quiet
+//!   as the machine.
+//!
+//! Output: progress on stderr; on stdout a human-readable table, a summary line,
+//! a markdown table for the README and one JSON line (also written, pretty-printed,
+//! to `--json FILE`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -35,49 +95,141 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::json;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{Peer, RoleClient, ServiceExt};
+use serde_json::{Value, json};
 
 const BUILD_HINT: &str = "build them with `cargo build --release --bins --examples` \
     (or `cargo build --bins --examples` for target/debug)";
+
+const USAGE: &str = "usage: bench [options]
+  --concurrency LIST    concurrency levels, comma-separated (1,8,32)
+  --downstream LIST     http, stdio or both (http,stdio)
+  --calls N             measured calls per path per level (20000)
+  --warmup W            warmup calls per path per level (200)
+  --block B             calls per worker per round (100)
+  --client-threads T    threads of the load generator; 1 = single-threaded (1)
+  --fresh-connections   new HTTP connection per request (rmcp's default client)
+  --json FILE           also write the report as pretty JSON to FILE";
+
+/// The invoice every call asks for, and what its result must contain.
+const INVOICE_ID: &str = "INV-1001";
+const INVOICE_AMOUNT_CENTS: i64 = 482_050;
+/// A call that takes longer than this fails the bench.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Downstream {
+    Http,
+    Stdio,
+}
+
+impl Downstream {
+    fn name(self) -> &'static str {
+        match self {
+            Downstream::Http => "http",
+            Downstream::Stdio => "stdio",
+        }
+    }
+
+    fn manifest(self) -> &'static str {
+        match self {
+            Downstream::Http => "finance/ledger",
+            Downstream::Stdio => "finance/ledger-stdio",
+        }
+    }
+
+    fn mission(self) -> &'static str {
+        match self {
+            Downstream::Http => "finance/prod/bench",
+            Downstream::Stdio => "finance/prod/bench-stdio",
+        }
+    }
+}
 
 struct Options {
     calls: usize,
     warmup: usize,
     block: usize,
     fresh_connections: bool,
+    concurrency: Vec<usize>,
+    downstreams: Vec<Downstream>,
+    client_threads: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    let items = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(item)
+        .collect::<Result<Vec<T>>>()
+        .with_context(|| format!("{name} {v:?}"))?;
+    if items.is_empty() {
+        bail!("{name} needs at least one value");
+    }
+    Ok(items)
 }
 
 fn parse_args() -> Result<Options> {
     let mut opts = Options {
-        calls: 5000,
+        calls: 20_000,
         warmup: 200,
         block: 100,
         fresh_connections: false,
+        concurrency: vec![1, 8, 32],
+        downstreams: vec![Downstream::Http, Downstream::Stdio],
+        client_threads: 1,
+        json: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<usize> {
-            let v = args
-                .next()
-                .with_context(|| format!("{name} needs a number"))?;
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args.next().with_context(|| format!("{name} needs a value")),
+            }
+        };
+        let number = |name: &str, v: String| -> Result<usize> {
             v.parse()
                 .with_context(|| format!("{name}: {v:?} is not a number"))
         };
-        match arg.as_str() {
-            "--calls" => opts.calls = number("--calls")?,
-            "--warmup" => opts.warmup = number("--warmup")?,
-            "--block" => opts.block = number("--block")?.max(1),
+        match flag.as_str() {
+            "--calls" => opts.calls = number("--calls", value("--calls")?)?,
+            "--warmup" => opts.warmup = number("--warmup", value("--warmup")?)?,
+            "--block" => opts.block = number("--block", value("--block")?)?.max(1),
+            "--client-threads" => {
+                opts.client_threads = number("--client-threads", value("--client-threads")?)?;
+            }
             "--fresh-connections" => opts.fresh_connections = true,
+            "--concurrency" => {
+                let v = value("--concurrency")?;
+                opts.concurrency = parse_list("--concurrency", &v, |s| match s.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => bail!("{s:?} is not a positive number"),
+                })?;
+            }
+            "--downstream" => {
+                let v = value("--downstream")?;
+                opts.downstreams = parse_list("--downstream", &v, |s| match s {
+                    "http" => Ok(Downstream::Http),
+                    "stdio" => Ok(Downstream::Stdio),
+                    other => bail!("unknown downstream {other:?} (http or stdio)"),
+                })?;
+                opts.downstreams.dedup();
+            }
+            "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
             "-h" | "--help" => {
-                println!(
-                    "usage: bench [--calls N (5000)] [--warmup W (200)] [--block B (100)] [--fresh-connections]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => bail!("unexpected argument {other:?} (see --help)"),
@@ -86,6 +238,9 @@ fn parse_args() -> Result<Options> {
     if opts.calls == 0 {
         bail!("--calls must be at least 1");
     }
+    if opts.client_threads == 0 {
+        bail!("--client-threads must be at least 1");
+    }
     Ok(opts)
 }
 
@@ -93,10 +248,21 @@ fn parse_args() -> Result<Options> {
 // Child processes
 // ---------------------------------------------------------------------------
 
-/// A child process that is killed when dropped; its stderr is collected.
+/// Keeps the last this many bytes of a child's stderr.
+const LOG_KEEP: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Log {
+    text: String,
+    lines: usize,
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped; the tail
+/// of its stderr is kept.
 struct Proc {
+    name: &'static str,
     child: Child,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Log>>,
 }
 
 impl Proc {
@@ -109,19 +275,31 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(Log::default()));
         if let Some(pipe) = child.stderr.take() {
             let sink = Arc::clone(&stderr);
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Ok(mut s) = sink.lock() {
-                        s.push_str(&line);
-                        s.push('\n');
+                    if let Ok(mut log) = sink.lock() {
+                        log.lines += 1;
+                        log.text.push_str(&line);
+                        log.text.push('\n');
+                        if log.text.len() > 2 * LOG_KEEP {
+                            let mut cut = log.text.len() - LOG_KEEP;
+                            while !log.text.is_char_boundary(cut) {
+                                cut += 1;
+                            }
+                            log.text.drain(..cut);
+                        }
                     }
                 }
             });
         }
-        let mut proc = Proc { child, stderr };
+        let mut proc = Proc {
+            name,
+            child,
+            stderr,
+        };
         let stdout = proc
             .child
             .stdout
@@ -147,13 +325,42 @@ impl Proc {
         self.child.id()
     }
 
+    /// The kept tail of its stderr.
     fn log(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        self.stderr
+            .lock()
+            .map(|l| l.text.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of stderr lines so far.
+    fn log_lines(&self) -> usize {
+        self.stderr.lock().map(|l| l.lines).unwrap_or_default()
+    }
+
+    /// Fails (with its log) if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("{} exited ({status}):\n{}", self.name, self.log());
+        }
+        Ok(())
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first so that `mandate serve` stops its stdio children itself.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -172,6 +379,9 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
             bail!("{} is missing: {BUILD_HINT}", path.display());
         }
     }
+    let ledger = ledger
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", ledger.display()))?;
     Ok((ledger, mandate))
 }
 
@@ -207,37 +417,96 @@ fn write(root: &Path, rel: &str, content: &str) -> Result<()> {
     std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn write_workspace(root: &Path, ledger_url: &str) -> Result<()> {
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+fn write_mission(root: &Path, downstream: Downstream) -> Result<()> {
     write(
         root,
-        "tool-manifests/finance/ledger.toml",
+        &format!("missions/{}.toml", downstream.mission()),
         &format!(
-            r#"description = "Acme ledger (benchmark)"
-environments = ["prod"]
-region = "eu-west-1"
-timeout = "30s"
-
-[transport]
-kind = "http"
-url = "{ledger_url}"
-
-[[tools]]
-name = "get_invoice"
-effect = "read"
-"#
-        ),
-    )?;
-    write(
-        root,
-        "missions/finance/prod/bench.toml",
-        r#"description = "benchmark mission"
+            r#"description = "benchmark mission ({} downstream)"
 tenant = "acme"
 owner = "x"
 expires = 2099-12-31
 agents = ["bench"]
-tools = ["finance/ledger/get_invoice"]
+tools = ["{}/get_invoice"]
 "#,
+            downstream.name(),
+            downstream.manifest()
+        ),
     )
+}
+
+const MANIFEST_HEAD: &str = r#"environments = ["prod"]
+region = "eu-west-1"
+timeout = "30s"
+"#;
+
+const MANIFEST_TOOLS: &str = r#"
+[[tools]]
+name = "get_invoice"
+effect = "read"
+"#;
+
+/// Writes the manifests and missions for the selected downstreams.
+fn write_workspace(root: &Path, ledger_url: Option<&str>, ledger_bin: Option<&Path>) -> Result<()> {
+    if let Some(url) = ledger_url {
+        write(
+            root,
+            &format!("tool-manifests/{}.toml", Downstream::Http.manifest()),
+            &format!(
+                "description = \"Acme ledger over HTTP (benchmark)\"\n{MANIFEST_HEAD}\n\
+                 [transport]\nkind = \"http\"\nurl = {}\n{MANIFEST_TOOLS}",
+                toml_str(url)
+            ),
+        )?;
+        write_mission(root, Downstream::Http)?;
+    }
+    if let Some(bin) = ledger_bin {
+        let bin = bin
+            .to_str()
+            .with_context(|| format!("{} is not valid UTF-8", bin.display()))?;
+        write(
+            root,
+            &format!("tool-manifests/{}.toml", Downstream::Stdio.manifest()),
+            &format!(
+                "description = \"Acme ledger over stdio (benchmark)\"\n{MANIFEST_HEAD}\n\
+                 [transport]\nkind = \"stdio\"\ncommand = {}\n{MANIFEST_TOOLS}",
+                toml_str(bin)
+            ),
+        )?;
+        write_mission(root, Downstream::Stdio)?;
+    }
+    Ok(())
+}
+
+/// Fails unless `mandate pin` pinned `get_invoice` of `manifest` with an input and
+/// an output schema (so Mandate validates both on every call).
+fn check_pinned(root: &Path, manifest: &str) -> Result<()> {
+    let path = root.join(format!("tool-manifests/{manifest}.lock.json"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let lock: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let definition = lock
+        .get("tools")
+        .and_then(Value::as_array)
+        .and_then(|tools| {
+            tools
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("get_invoice"))
+        })
+        .and_then(|t| t.get("definition"))
+        .with_context(|| format!("{} does not pin get_invoice", path.display()))?;
+    for schema in ["inputSchema", "outputSchema"] {
+        if !definition.get(schema).is_some_and(Value::is_object) {
+            bail!("{}: get_invoice has no {schema}", path.display());
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -245,35 +514,47 @@ tools = ["finance/ledger/get_invoice"]
 // ---------------------------------------------------------------------------
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+fn cpu_ticks_of(stat_path: &str) -> Result<u64> {
+    let stat =
+        std::fs::read_to_string(stat_path).with_context(|| format!("cannot read {stat_path}"))?;
     // Fields after the command name (which may contain spaces) start at field 3.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .context("unexpected /proc/<pid>/stat format")?;
+        .with_context(|| format!("unexpected format of {stat_path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> Result<u64> {
         fields
             .get(n - 3)
-            .context("short /proc/<pid>/stat")?
+            .with_context(|| format!("short {stat_path}"))?
             .parse::<u64>()
-            .context("bad number in /proc/<pid>/stat")
+            .with_context(|| format!("bad number in {stat_path}"))
     };
     Ok(field(14)? + field(15)?)
 }
 
-/// VmRSS in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    cpu_ticks_of(&format!("/proc/{pid}/stat"))
+}
+
+fn own_cpu_ticks() -> Result<u64> {
+    cpu_ticks_of("/proc/self/stat")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 /// Total size of the files under `dir`, in bytes (0 if it cannot be read).
@@ -289,6 +570,13 @@ fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The first three fields of `/proc/loadavg` (other load on the machine).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn clock_ticks_per_sec() -> u64 {
@@ -308,7 +596,20 @@ fn clock_ticks_per_sec() -> u64 {
 
 type Client = RunningService<RoleClient, ()>;
 
-async fn connect(url: &str, token: Option<&str>, fresh_connections: bool) -> Result<Client> {
+/// The HTTP client all sessions share: pooled, `TCP_NODELAY`.
+fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+async fn connect_http(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    fresh_connections: bool,
+) -> Result<Client> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(url);
     if let Some(token) = token {
         config = config.auth_header(token.to_owned());
@@ -317,37 +618,105 @@ async fn connect(url: &str, token: Option<&str>, fresh_connections: bool) -> Res
         ().serve(StreamableHttpClientTransport::from_config(config))
             .await
     } else {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
-        ().serve(StreamableHttpClientTransport::with_client(http, config))
-            .await
+        ().serve(StreamableHttpClientTransport::with_client(
+            http.clone(),
+            config,
+        ))
+        .await
     };
     client.with_context(|| format!("cannot connect to {url}"))
 }
 
-/// One `get_invoice` call; returns its wall time.
-async fn call(client: &Client) -> Result<Duration> {
+/// Starts the ledger as a child over stdio and connects to it. Its stderr (one line
+/// per call) is read line by line and discarded, as Mandate reads it into its log.
+async fn connect_stdio(ledger: &Path) -> Result<Client> {
+    let mut cmd = tokio::process::Command::new(ledger);
+    cmd.kill_on_drop(true);
+    let (transport, stderr) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", ledger.display()))?;
+    if let Some(stderr) = stderr {
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+    }
+    ().serve(transport)
+        .await
+        .context("cannot connect to the ledger over stdio")
+}
+
+async fn close_all(clients: Vec<Client>) {
+    for client in clients {
+        let _ = client.cancel().await;
+    }
+}
+
+fn call_params() -> CallToolRequestParams {
     let mut args = serde_json::Map::new();
-    args.insert("invoice_id".into(), json!("INV-1001"));
-    let params = CallToolRequestParams::new("get_invoice").with_arguments(args);
+    args.insert("invoice_id".into(), json!(INVOICE_ID));
+    CallToolRequestParams::new("get_invoice").with_arguments(args)
+}
+
+/// One checked `get_invoice` call; returns its wall time.
+async fn call(peer: &Peer<RoleClient>, params: CallToolRequestParams) -> Result<Duration> {
     let start = Instant::now();
-    let result = client.peer().call_tool(params).await;
+    let result = tokio::time::timeout(CALL_TIMEOUT, peer.call_tool(params)).await;
     let elapsed = start.elapsed();
-    let result = result.context("tools/call get_invoice failed")?;
-    if result.is_error == Some(true) || result.structured_content.is_none() {
+    let result = result
+        .map_err(|_| anyhow!("no answer within {CALL_TIMEOUT:?}"))?
+        .context("tools/call get_invoice failed")?;
+    if result.is_error == Some(true) {
+        bail!("get_invoice returned a tool error: {:?}", result.content);
+    }
+    let ok = result.structured_content.as_ref().is_some_and(|v| {
+        v.get("id").and_then(Value::as_str) == Some(INVOICE_ID)
+            && v.get("amount_cents").and_then(Value::as_i64) == Some(INVOICE_AMOUNT_CENTS)
+    });
+    if !ok {
         bail!("get_invoice returned an unexpected result: {result:?}");
     }
     Ok(elapsed)
 }
 
+/// Runs `total` calls spread over the workers (one per peer, each with one call in
+/// flight); returns every call's latency and the phase's wall time.
+async fn phase(peers: &[Peer<RoleClient>], total: usize) -> Result<(Vec<Duration>, Duration)> {
+    let workers = peers.len().max(1);
+    let params = call_params();
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for (i, peer) in peers.iter().enumerate() {
+        let n = total / workers + usize::from(i < total % workers);
+        if n == 0 {
+            continue;
+        }
+        let peer = peer.clone();
+        let params = params.clone();
+        set.spawn(async move {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                samples.push(call(&peer, params.clone()).await?);
+            }
+            Ok::<_, anyhow::Error>(samples)
+        });
+    }
+    let mut samples = Vec::with_capacity(total);
+    while let Some(joined) = set.join_next().await {
+        // An error drops `set`, which aborts the other workers.
+        samples.extend(joined.context("a bench worker panicked")??);
+    }
+    Ok((samples, start.elapsed()))
+}
+
 // ---------------------------------------------------------------------------
-// Statistics and report
+// Statistics
 // ---------------------------------------------------------------------------
 
 struct Stats {
-    median: f64,
+    p50: f64,
     p90: f64,
     p99: f64,
     mean: f64,
@@ -370,20 +739,11 @@ fn stats(samples: &[Duration]) -> Stats {
         us.iter().sum::<f64>() / us.len() as f64
     };
     Stats {
-        median: pct(50.0),
+        p50: pct(50.0),
         p90: pct(90.0),
         p99: pct(99.0),
         mean,
     }
-}
-
-fn stats_json(s: &Stats) -> serde_json::Value {
-    json!({
-        "median_us": round1(s.median),
-        "p90_us": round1(s.p90),
-        "p99_us": round1(s.p99),
-        "mean_us": round1(s.mean),
-    })
 }
 
 fn round1(v: f64) -> f64 {
@@ -394,13 +754,348 @@ fn mib(kib: u64) -> f64 {
     round1(kib as f64 / 1024.0)
 }
 
+/// Measurements of one path (direct or via Mandate) at one level.
+#[derive(Default)]
+struct PathRun {
+    samples: Vec<Duration>,
+    wall: Duration,
+    /// Ticks of the Mandate process during this path's rounds.
+    mandate_ticks: u64,
+    /// Ticks of the bench itself during this path's rounds.
+    own_ticks: u64,
+}
+
+struct PathReport {
+    stats: Stats,
+    calls_per_s: f64,
+    bench_cpu_us_per_call: f64,
+}
+
+impl PathRun {
+    fn report(&self, tick_us: f64) -> PathReport {
+        let calls = self.samples.len().max(1) as f64;
+        PathReport {
+            stats: stats(&self.samples),
+            calls_per_s: if self.wall.is_zero() {
+                0.0
+            } else {
+                self.samples.len() as f64 / self.wall.as_secs_f64()
+            },
+            bench_cpu_us_per_call: self.own_ticks as f64 * tick_us / calls,
+        }
+    }
+}
+
+fn path_json(p: &PathReport) -> Value {
+    json!({
+        "p50_us": round1(p.stats.p50),
+        "p90_us": round1(p.stats.p90),
+        "p99_us": round1(p.stats.p99),
+        "mean_us": round1(p.stats.mean),
+        "calls_per_s": p.calls_per_s.round(),
+        "bench_cpu_us_per_call": round1(p.bench_cpu_us_per_call),
+    })
+}
+
+/// The result of one (downstream, concurrency) level.
+struct Level {
+    downstream: Downstream,
+    concurrency: usize,
+    rounds: usize,
+    /// Warmup calls per path.
+    warmup: usize,
+    direct: PathReport,
+    via: PathReport,
+    mandate_cpu_us_per_call: f64,
+    /// Mandate's CPU during all measured rounds (direct ones too, which catch deferred
+    /// work such as store flushes) per via call.
+    mandate_cpu_us_per_call_all_rounds: f64,
+    mandate_idle_cpu_us_per_s: f64,
+    mandate_ticks: u64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    store_bytes_per_call: f64,
+    wall: Duration,
+}
+
+impl Level {
+    fn added_p50(&self) -> f64 {
+        self.via.stats.p50 - self.direct.stats.p50
+    }
+
+    fn ratio(&self) -> f64 {
+        if self.direct.calls_per_s > 0.0 {
+            self.via.calls_per_s / self.direct.calls_per_s
+        } else {
+            0.0
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "downstream": self.downstream.name(),
+            "concurrency": self.concurrency,
+            "rounds": self.rounds,
+            "warmup": self.warmup,
+            "direct": path_json(&self.direct),
+            "via_mandate": path_json(&self.via),
+            "added_p50_us": round1(self.added_p50()),
+            "throughput_ratio": (self.ratio() * 1000.0).round() / 1000.0,
+            "mandate_cpu_us_per_call": round1(self.mandate_cpu_us_per_call),
+            "mandate_cpu_us_per_call_all_rounds": round1(self.mandate_cpu_us_per_call_all_rounds),
+            "mandate_idle_cpu_us_per_s": round1(self.mandate_idle_cpu_us_per_s),
+            "mandate_cpu_ticks": self.mandate_ticks,
+            "mandate_rss_mib": {
+                "before": mib(self.rss_before_kib),
+                "after": mib(self.rss_after_kib),
+            },
+            "store_bytes_per_call": self.store_bytes_per_call.round(),
+            "wall_s": round1(self.wall.as_secs_f64()),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One level
+// ---------------------------------------------------------------------------
+
+/// What a level needs from the surrounding run.
+struct Target<'a> {
+    downstream: Downstream,
+    http: &'a reqwest::Client,
+    /// HTTP downstream: the ledger's URL (one session per worker).
+    direct_url: Option<&'a str>,
+    /// Stdio downstream: the one connection all workers share.
+    direct_shared: Option<&'a Peer<RoleClient>>,
+    mission_url: String,
+    token: String,
+}
+
+async fn run_level(
+    opts: &Options,
+    target: &Target<'_>,
+    c: usize,
+    mandate: &mut Proc,
+    workspace: &Path,
+    tick_us: f64,
+) -> Result<Level> {
+    let level_start = Instant::now();
+    let pid = mandate.pid();
+    let store_start = dir_bytes(workspace);
+
+    let mut direct_clients = Vec::new();
+    let mut direct_peers = Vec::with_capacity(c);
+    for _ in 0..c {
+        if let Some(shared) = target.direct_shared {
+            direct_peers.push(shared.clone());
+        } else {
+            let url = target
+                .direct_url
+                .context("no direct URL for the HTTP downstream")?;
+            let client = connect_http(target.http, url, None, opts.fresh_connections).await?;
+            direct_peers.push(client.peer().clone());
+            direct_clients.push(client);
+        }
+    }
+    let mut via_clients = Vec::with_capacity(c);
+    let mut via_peers = Vec::with_capacity(c);
+    for _ in 0..c {
+        let client = connect_http(
+            target.http,
+            &target.mission_url,
+            Some(&target.token),
+            opts.fresh_connections,
+        )
+        .await
+        .context("connecting to Mandate")?;
+        via_peers.push(client.peer().clone());
+        via_clients.push(client);
+    }
+
+    // Warmup: every session makes at least one call.
+    let warmup = opts.warmup.max(c);
+    phase(&direct_peers, warmup)
+        .await
+        .context("direct warmup")?;
+    phase(&via_peers, warmup)
+        .await
+        .context("via-Mandate warmup")?;
+    mandate.check_alive()?;
+
+    let rss_before_kib = rss_kib(pid)?;
+    let per_round = opts.block.saturating_mul(c).max(1);
+    // An even number of rounds (when possible), so each path goes first equally often.
+    let rounds = opts.calls.div_ceil(per_round).max(2);
+    let rounds = (rounds + rounds % 2).min(opts.calls);
+    let mut direct = PathRun::default();
+    let mut via = PathRun::default();
+    for round in 0..rounds {
+        let n = opts.calls / rounds + usize::from(round < opts.calls % rounds);
+        // Direct first on even rounds, via Mandate first on odd ones.
+        let via_first = !round.is_multiple_of(2);
+        for via_turn in [via_first, !via_first] {
+            let (peers, run, what) = if via_turn {
+                (&via_peers, &mut via, "via Mandate")
+            } else {
+                (&direct_peers, &mut direct, "direct")
+            };
+            let t0 = cpu_ticks(pid)?;
+            let o0 = own_cpu_ticks()?;
+            let (samples, wall) = phase(peers, n)
+                .await
+                .with_context(|| format!("{what}, round {}", round + 1))?;
+            run.own_ticks += own_cpu_ticks()?.saturating_sub(o0);
+            run.mandate_ticks += cpu_ticks(pid)?.saturating_sub(t0);
+            run.samples.extend(samples);
+            run.wall += wall;
+        }
+    }
+    let rss_after_kib = rss_kib(pid)?;
+
+    close_all(via_clients).await;
+    close_all(direct_clients).await;
+    // sled flushes every 200 ms; let the level's records reach the disk.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store_growth = dir_bytes(workspace).saturating_sub(store_start);
+    mandate.check_alive()?;
+
+    let via_calls = via.samples.len();
+    Ok(Level {
+        downstream: target.downstream,
+        concurrency: c,
+        rounds,
+        warmup,
+        mandate_cpu_us_per_call: via.mandate_ticks as f64 * tick_us / via_calls.max(1) as f64,
+        mandate_cpu_us_per_call_all_rounds: (via.mandate_ticks + direct.mandate_ticks) as f64
+            * tick_us
+            / via_calls.max(1) as f64,
+        mandate_idle_cpu_us_per_s: if direct.wall.is_zero() {
+            0.0
+        } else {
+            direct.mandate_ticks as f64 * tick_us / direct.wall.as_secs_f64()
+        },
+        mandate_ticks: via.mandate_ticks,
+        direct: direct.report(tick_us),
+        via: via.report(tick_us),
+        rss_before_kib,
+        rss_after_kib,
+        store_bytes_per_call: store_growth as f64 / (via_calls + warmup) as f64,
+        wall: level_start.elapsed(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn print_human(levels: &[Level]) {
+    println!(
+        "{:<6} {:>3} | {:^23} | {:^23} | {:>7} | {:^23} | {:>9} | {:>13} | {:>7}",
+        "",
+        "",
+        "direct µs",
+        "via Mandate µs",
+        "added",
+        "calls/s",
+        "Mandate",
+        "Mandate RSS",
+        "store"
+    );
+    println!(
+        "{:<6} {:>3} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>7} | {:>8} {:>8} {:>5} | {:>9} | {:>13} | {:>7}",
+        "down",
+        "c",
+        "p50",
+        "p90",
+        "p99",
+        "p50",
+        "p90",
+        "p99",
+        "p50 µs",
+        "direct",
+        "via",
+        "ratio",
+        "CPU µs/c",
+        "MiB",
+        "B/call"
+    );
+    for l in levels {
+        let (d, v) = (&l.direct.stats, &l.via.stats);
+        println!(
+            "{:<6} {:>3} | {:>7.0} {:>7.0} {:>7.0} | {:>7.0} {:>7.0} {:>7.0} | {:>7.0} | {:>8.0} {:>8.0} {:>5.2} | {:>9.0} | {:>5.1} → {:>5.1} | {:>7.0}",
+            l.downstream.name(),
+            l.concurrency,
+            d.p50,
+            d.p90,
+            d.p99,
+            v.p50,
+            v.p90,
+            v.p99,
+            l.added_p50(),
+            l.direct.calls_per_s,
+            l.via.calls_per_s,
+            l.ratio(),
+            l.mandate_cpu_us_per_call,
+            mib(l.rss_before_kib),
+            mib(l.rss_after_kib),
+            l.store_bytes_per_call,
+        );
+    }
+}
+
+fn print_markdown(levels: &[Level]) {
+    println!(
+        "| downstream | c | direct p50 | via p50 | added p50 | p90 direct / via | p99 direct / via | direct calls/s | via calls/s | ratio | Mandate CPU/call | Mandate RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for l in levels {
+        let (d, v) = (&l.direct.stats, &l.via.stats);
+        println!(
+            "| {} | {} | {:.0} µs | {:.0} µs | **{:.0} µs** | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} | {:.0} | {:.2}× | {:.0} µs | {:.1} → {:.1} MiB |",
+            l.downstream.name(),
+            l.concurrency,
+            d.p50,
+            v.p50,
+            l.added_p50(),
+            d.p90,
+            v.p90,
+            d.p99,
+            v.p99,
+            l.direct.calls_per_s,
+            l.via.calls_per_s,
+            l.ratio(),
+            l.mandate_cpu_us_per_call,
+            mib(l.rss_before_kib),
+            mib(l.rss_after_kib),
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    let outcome = parse_args().and_then(|opts| {
+        let mut rt = if opts.client_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(opts.client_threads);
+            b
+        };
+        let rt = rt
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        rt.block_on(async {
+            tokio::select! {
+                r = run(&opts) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+            }
+        })
+    });
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: error: {e:#}");
@@ -409,28 +1104,43 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<()> {
-    let opts = parse_args()?;
+async fn run(opts: &Options) -> Result<()> {
     let (ledger_bin, mandate_bin) = binaries()?;
     let ticks_per_sec = clock_ticks_per_sec();
+    let tick_us = 1e6 / ticks_per_sec as f64;
+    let want_http = opts.downstreams.contains(&Downstream::Http);
+    let want_stdio = opts.downstreams.contains(&Downstream::Stdio);
 
-    // Declared first so it is removed after both processes are gone.
+    // Declared first so it is removed after every process is gone.
     let workspace = tempfile::tempdir().context("cannot create a temp workspace")?;
     let ws = workspace.path();
 
-    let mut cmd = Command::new(&ledger_bin);
-    cmd.args(["--http", "127.0.0.1:0"]);
-    let (ledger, first) = Proc::spawn("ledger", cmd)?;
-    let ledger_url = first
-        .strip_prefix("ledger listening on ")
-        .with_context(|| format!("unexpected first line from ledger: {first:?}"))?
-        .to_owned();
+    let mut http_ledger = None;
+    let mut ledger_url = None;
+    if want_http {
+        let mut cmd = Command::new(&ledger_bin);
+        cmd.args(["--http", "127.0.0.1:0"]);
+        let (proc, first) = Proc::spawn("ledger", cmd)?;
+        let url = first
+            .strip_prefix("ledger listening on ")
+            .with_context(|| format!("unexpected first line from ledger: {first:?}"))?
+            .to_owned();
+        http_ledger = Some(proc);
+        ledger_url = Some(url);
+    }
 
-    write_workspace(ws, &ledger_url)?;
+    write_workspace(
+        ws,
+        ledger_url.as_deref(),
+        want_stdio.then_some(ledger_bin.as_path()),
+    )?;
     run_mandate(&mandate_bin, ws, &["pin"])?;
+    for &downstream in &opts.downstreams {
+        check_pinned(ws, downstream.manifest())?;
+    }
     let mut cmd = mandate_cmd(&mandate_bin, ws);
     cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (mandate, first) = Proc::spawn("mandate", cmd)?;
+    let (mut mandate, first) = Proc::spawn("mandate", cmd)?;
     let mandate_url = first
         .strip_prefix("mandate listening on ")
         .with_context(|| {
@@ -441,178 +1151,160 @@ async fn run() -> Result<()> {
         })?
         .trim_end_matches('/')
         .to_owned();
-    let token = run_mandate(
-        &mandate_bin,
-        ws,
-        &[
-            "token",
-            "--sub",
-            "bench@acme.example",
-            "--tenant",
-            "acme",
-            "--agent",
-            "bench",
-            "--mission",
-            "finance/prod/bench",
-            "--ttl",
-            "1h",
-        ],
-    )?;
-    let mission_url = format!("{mandate_url}/mcp/finance/prod/bench");
+    let rss_start_kib = rss_kib(mandate.pid())?;
+    let store_start = dir_bytes(ws);
 
-    let direct = connect(&ledger_url, None, opts.fresh_connections).await?;
-    let via = connect(&mission_url, Some(&token), opts.fresh_connections)
-        .await
-        .with_context(|| format!("mandate log:\n{}", mandate.log()))?;
+    let http = http_client()?;
+    let stdio_direct = if want_stdio {
+        Some(connect_stdio(&ledger_bin).await?)
+    } else {
+        None
+    };
 
     eprintln!(
-        "bench: ledger {ledger_url} (pid {}), mandate {mission_url} (pid {}); {} warmup + {} calls each, blocks of {}",
-        ledger.pid(),
+        "bench: mandate {mandate_url} (pid {}); downstreams {}; concurrency {:?}; \
+         {} calls per path per level (+{} warmup), {} calls per worker per round; \
+         load generator: {} thread(s)",
         mandate.pid(),
-        opts.warmup,
-        opts.calls,
-        opts.block
-    );
-
-    for _ in 0..opts.warmup {
-        call(&direct).await?;
-        call(&via)
-            .await
-            .with_context(|| format!("mandate log:\n{}", mandate.log()))?;
-    }
-    let log_lines_before = mandate.log().lines().count();
-    let rss_warm = rss_kib(mandate.pid())?;
-    let store_warm = dir_bytes(ws);
-    let mut rss_mid = None;
-
-    let mut direct_samples = Vec::with_capacity(opts.calls);
-    let mut via_samples = Vec::with_capacity(opts.calls);
-    let mut via_ticks = 0u64;
-    let mut idle_ticks = 0u64;
-    let mut direct_wall = Duration::ZERO;
-    let mut via_wall = Duration::ZERO;
-    let measure_start = Instant::now();
-    let mut round = 0usize;
-    while direct_samples.len() < opts.calls || via_samples.len() < opts.calls {
-        // ABBA order: direct first on even rounds, via Mandate first on odd ones.
-        let via_first = !round.is_multiple_of(2);
-        for via_turn in [via_first, !via_first] {
-            let (client, samples, ticks, wall) = if via_turn {
-                (&via, &mut via_samples, &mut via_ticks, &mut via_wall)
-            } else {
-                (
-                    &direct,
-                    &mut direct_samples,
-                    &mut idle_ticks,
-                    &mut direct_wall,
-                )
-            };
-            let n = opts.block.min(opts.calls - samples.len());
-            let t0 = cpu_ticks(mandate.pid())?;
-            let w0 = Instant::now();
-            for _ in 0..n {
-                samples.push(call(client).await?);
-            }
-            *wall += w0.elapsed();
-            *ticks += cpu_ticks(mandate.pid())?.saturating_sub(t0);
-        }
-        round += 1;
-        if rss_mid.is_none() && via_samples.len() * 2 >= opts.calls {
-            rss_mid = Some(rss_kib(mandate.pid())?);
-        }
-    }
-    let measure_wall = measure_start.elapsed();
-    let rss_end = rss_kib(mandate.pid())?;
-    let rss_mid = rss_mid.unwrap_or(rss_end);
-    // sled flushes every 200 ms; let the last records reach the disk.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let store_growth = dir_bytes(ws).saturating_sub(store_warm);
-    let store_per_call = store_growth as f64 / opts.calls as f64;
-    let log_lines = mandate
-        .log()
-        .lines()
-        .count()
-        .saturating_sub(log_lines_before);
-
-    let d = stats(&direct_samples);
-    let v = stats(&via_samples);
-    let tick_us = 1e6 / ticks_per_sec as f64;
-    let cpu_per_call = via_ticks as f64 * tick_us / opts.calls as f64;
-    let idle_cpu_per_sec = if direct_wall.is_zero() {
-        0.0
-    } else {
-        idle_ticks as f64 * tick_us / direct_wall.as_secs_f64()
-    };
-    // Idle CPU Mandate would have burnt anyway during the via blocks.
-    let idle_share = idle_cpu_per_sec * via_wall.as_secs_f64() / opts.calls as f64;
-
-    println!("Mandate overhead per tool call (get_invoice, sequential, one client per path)");
-    println!(
-        "  calls:                 {} per path (+{} warmup), blocks of {}, {:.1} s",
+        opts.downstreams
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.concurrency,
         opts.calls,
         opts.warmup,
         opts.block,
-        measure_wall.as_secs_f64()
+        opts.client_threads,
     );
+
+    let log_lines_before = mandate.log_lines();
+    let load_start = loadavg();
+    let run_start = Instant::now();
+    let mut levels = Vec::new();
+    for &downstream in &opts.downstreams {
+        let mission = downstream.mission();
+        let token = run_mandate(
+            &mandate_bin,
+            ws,
+            &[
+                "token",
+                "--sub",
+                "bench@acme.example",
+                "--tenant",
+                "acme",
+                "--agent",
+                "bench",
+                "--mission",
+                mission,
+                "--ttl",
+                "1h",
+            ],
+        )?;
+        let target = Target {
+            downstream,
+            http: &http,
+            direct_url: ledger_url.as_deref(),
+            direct_shared: match downstream {
+                Downstream::Stdio => stdio_direct.as_ref().map(|c| c.peer()),
+                Downstream::Http => None,
+            },
+            mission_url: format!("{mandate_url}/mcp/{mission}"),
+            token,
+        };
+        for &c in &opts.concurrency {
+            let level = match run_level(opts, &target, c, &mut mandate, ws, tick_us).await {
+                Ok(level) => level,
+                Err(e) => {
+                    let log = mandate.log();
+                    let log = if log.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n--- mandate log (tail) ---\n{log}")
+                    };
+                    bail!(
+                        "{} downstream, concurrency {c}: {e:#}{log}",
+                        downstream.name()
+                    );
+                }
+            };
+            eprintln!(
+                "bench: {} c={c}: direct p50 {:.0} µs, via p50 {:.0} µs, {:.0} vs {:.0} calls/s ({:.1} s)",
+                downstream.name(),
+                level.direct.stats.p50,
+                level.via.stats.p50,
+                level.direct.calls_per_s,
+                level.via.calls_per_s,
+                level.wall.as_secs_f64()
+            );
+            levels.push(level);
+        }
+    }
+    let wall = run_start.elapsed();
+    let rss_end_kib = rss_kib(mandate.pid())?;
+    let rss_peak_kib = status_kib(mandate.pid(), "VmHWM:")?;
+    let log_lines = mandate.log_lines().saturating_sub(log_lines_before);
+    let load_end = loadavg();
+    let via_calls: usize = levels.iter().map(|l| opts.calls + l.warmup).sum();
+    let store_growth = dir_bytes(ws).saturating_sub(store_start);
+    let store_per_call = store_growth as f64 / via_calls.max(1) as f64;
+
+    println!();
     println!(
-        "  direct to ledger:      median {:8.1} µs   p90 {:8.1} µs   p99 {:8.1} µs   mean {:8.1} µs",
-        d.median, d.p90, d.p99, d.mean
+        "Mandate overhead per tool call: get_invoice, auth + input/output schema + audit on; \
+         {} measured calls per path per level (+{} warmup), {:.0} s; load average {load_start} \
+         at start, {load_end} at end ({} CPUs)",
+        opts.calls,
+        opts.warmup,
+        wall.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, usize::from),
     );
+    println!();
+    print_human(&levels);
+    println!();
     println!(
-        "  via Mandate:           median {:8.1} µs   p90 {:8.1} µs   p99 {:8.1} µs   mean {:8.1} µs",
-        v.median, v.p90, v.p99, v.mean
+        "Mandate RSS: {:.1} MiB at start, {:.1} MiB at end, peak {:.1} MiB. Store on disk: \
+         +{:.1} MiB over {via_calls} via calls ({store_per_call:.0} B per call). \
+         Mandate log lines during the run (MANDATE_LOG=warn): {log_lines}",
+        mib(rss_start_kib),
+        mib(rss_end_kib),
+        mib(rss_peak_kib),
+        mib(store_growth / 1024),
     );
-    println!(
-        "  added by Mandate:      median {:8.1} µs   p90 {:8.1} µs   p99 {:8.1} µs",
-        v.median - d.median,
-        v.p90 - d.p90,
-        v.p99 - d.p99
-    );
-    println!(
-        "  Mandate CPU:           {cpu_per_call:.1} µs/call ({via_ticks} ticks of {tick_us:.0} µs over {} calls); idle {idle_cpu_per_sec:.0} µs/s (≈{idle_share:.1} µs/call of the above)",
-        opts.calls
-    );
-    println!(
-        "  Mandate RSS:           {:.1} MiB after warmup, {:.1} MiB at midpoint, {:.1} MiB at end",
-        mib(rss_warm),
-        mib(rss_mid),
-        mib(rss_end)
-    );
-    println!(
-        "  Mandate store on disk: +{:.1} MiB during the run ({store_per_call:.0} B per via-Mandate call)",
-        mib(store_growth / 1024)
-    );
-    println!("  Mandate log lines during the run (MANDATE_LOG=warn): {log_lines}");
+    println!();
+    print_markdown(&levels);
+    println!();
+
     let report = json!({
         "calls": opts.calls,
         "warmup": opts.warmup,
         "block": opts.block,
+        "client_threads": opts.client_threads,
         "fresh_connections": opts.fresh_connections,
-        "direct": stats_json(&d),
-        "via_mandate": stats_json(&v),
-        "added_median_us": round1(v.median - d.median),
-        "mandate_cpu_us_per_call": round1(cpu_per_call),
-        "mandate_idle_cpu_us_per_s": round1(idle_cpu_per_sec),
-        "mandate_cpu_ticks": via_ticks,
         "clk_tck": ticks_per_sec,
+        "levels": levels.iter().map(Level::json).collect::<Vec<_>>(),
         "mandate_rss_mib": {
-            "after_warmup": mib(rss_warm),
-            "midpoint": mib(rss_mid),
-            "end": mib(rss_end),
+            "start": mib(rss_start_kib),
+            "end": mib(rss_end_kib),
+            "peak": mib(rss_peak_kib),
         },
-        "mandate_store_bytes_per_call": store_per_call.round(),
         "mandate_log_lines": log_lines,
-        "wall_s": round1(measure_wall.as_secs_f64()),
+        "store_bytes_per_call": store_per_call.round(),
+        "loadavg": { "start": load_start, "end": load_end },
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "wall_s": round1(wall.as_secs_f64()),
     });
     println!("{report}");
-
-    if let Err(e) = direct.cancel().await {
-        eprintln!("bench: closing the direct client: {e}");
+    if let Some(path) = &opts.json {
+        let pretty = serde_json::to_string_pretty(&report).context("cannot format the report")?;
+        std::fs::write(path, pretty + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if let Err(e) = via.cancel().await {
-        eprintln!("bench: closing the Mandate client: {e}");
+
+    if let Some(client) = stdio_direct {
+        let _ = client.cancel().await;
     }
     drop(mandate);
-    drop(ledger);
+    drop(http_ledger);
     Ok(())
 }
