@@ -311,7 +311,8 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         let routes = Arc::new(downstream::Routes::default());
         let result = async {
-            let service = downstream::connect(manifest, routes, &http, &manifest.id, None).await?;
+            let service =
+                downstream::connect(manifest, routes, &http, &manifest.id, None, None).await?;
             let tools =
                 tokio::time::timeout(Duration::from_secs(30), service.peer().list_all_tools())
                     .await

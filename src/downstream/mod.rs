@@ -93,6 +93,8 @@ pub struct Downstream {
     http: reqwest::Client,
     /// The native call path of an HTTP downstream with sessions (see [`http_lane`]).
     lane: Option<http_lane::HttpLane>,
+    /// The native call path of a stdio downstream (see [`fence`]).
+    stdio: Option<Arc<fence::StdioLane>>,
 }
 
 impl Downstream {
@@ -112,8 +114,16 @@ impl Downstream {
             }
             _ => None,
         };
+        let stdio = match &manifest.transport {
+            // A 2026-07-28 downstream needs the per-request envelope rmcp writes: rmcp serves it.
+            Transport::Stdio { protocol, .. } if protocol != "2026-07-28" => {
+                Some(Arc::new(fence::StdioLane::new(manifest.id.clone())))
+            }
+            Transport::Stdio { .. } | Transport::Http { .. } => None,
+        };
         Self {
             lane,
+            stdio,
             key,
             manifest,
             peer,
@@ -266,6 +276,7 @@ impl Downstream {
                 &self.http,
                 &label,
                 self.lane.as_ref(),
+                self.stdio.clone(),
             );
             let connected = tokio::select! {
                 c = connecting => c,
@@ -299,6 +310,9 @@ impl Downstream {
                     self.peer.send_replace(None);
                     if let Some(lane) = &self.lane {
                         lane.set_protocol(None);
+                    }
+                    if let Some(lane) = &self.stdio {
+                        lane.detach();
                     }
                     if stop {
                         ct.cancel();
@@ -342,6 +356,19 @@ pub async fn call(
                 permit.raw_arguments(),
                 permit.authorization(),
                 sink.as_ref(),
+                traceparent,
+                tool.timeout,
+                &ct,
+            )
+            .await;
+    }
+    if let Some(lane) = downstream.stdio.as_ref().filter(|l| l.ready()) {
+        return lane
+            .call(
+                &tool.tool,
+                permit.arguments().clone(),
+                sink,
+                &downstream.routes,
                 traceparent,
                 tool.timeout,
                 &ct,
@@ -484,6 +511,7 @@ pub async fn connect(
     http: &reqwest::Client,
     label: &str,
     lane: Option<&http_lane::HttpLane>,
+    stdio: Option<Arc<fence::StdioLane>>,
 ) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
     let (protocol, lifecycle) = match &manifest.transport {
         Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
@@ -519,7 +547,7 @@ pub async fn connect(
                     }
                 });
             }
-            let transport = fence::Fenced::new(transport, routes.clone());
+            let transport = fence::Fenced::new(transport, routes.clone(), stdio);
             handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
         }
         Transport::Http { url, .. } => {
@@ -533,7 +561,7 @@ pub async fn connect(
                         lane.capture(),
                         config,
                     );
-                    let transport = fence::Fenced::new(transport, routes.clone());
+                    let transport = fence::Fenced::new(transport, routes.clone(), None);
                     handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
                 }
                 None => {
@@ -541,7 +569,7 @@ pub async fn connect(
                         http.clone(),
                         config,
                     );
-                    let transport = fence::Fenced::new(transport, routes.clone());
+                    let transport = fence::Fenced::new(transport, routes.clone(), None);
                     handshake(relay.serve_with_lifecycle(transport, lifecycle)).await?
                 }
             }

@@ -122,6 +122,20 @@ impl Drop for Registration {
     }
 }
 
+/// See [`Routes::register_native`].
+pub struct NativeRegistration {
+    routes: Arc<Routes>,
+    id: RequestId,
+}
+
+impl Drop for NativeRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.routes.inflight.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
 impl Routes {
     /// Announces a call about to be sent (before its request id exists).
     pub fn sending(self: &Arc<Self>, route: CallRoute) -> Sending {
@@ -187,6 +201,35 @@ impl Routes {
                 return;
             }
         }
+    }
+
+    /// Registers a native stdio call (id `mandate-<n>`) so that server→client requests arriving
+    /// during it can be attributed; retired when the returned guard drops.
+    pub fn register_native(
+        self: &Arc<Self>,
+        id: RequestId,
+        route: CallRoute,
+    ) -> NativeRegistration {
+        if let Ok(mut m) = self.inflight.lock() {
+            m.insert(id.clone(), route);
+        }
+        NativeRegistration {
+            routes: self.clone(),
+            id,
+        }
+    }
+
+    /// The upstream sessions with calls in flight or being sent.
+    pub fn sessions(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .inflight
+            .lock()
+            .map(|m| m.values().map(|r| r.session).collect())
+            .unwrap_or_default();
+        if let Ok(m) = self.sending.lock() {
+            out.extend(m.values().map(|r| r.session));
+        }
+        out
     }
 
     fn is_sending(&self) -> bool {
