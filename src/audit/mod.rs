@@ -174,6 +174,8 @@ pub enum AuditError {
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Job>,
+    /// The writer thread, unparked when someone waits for it.
+    thread: std::thread::Thread,
 }
 
 impl Auditor {
@@ -196,13 +198,15 @@ impl Auditor {
         let writer = Writer::open(Box::new(log), key, policy)?;
         let (tx, rx) = mpsc::channel(4096);
         let (done, finished) = oneshot::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mandate-audit".into())
             .spawn(move || {
                 writer.run(rx);
                 let _ = done.send(());
             })
-            .map_err(|e| AuditError::Store(format!("cannot start the audit writer: {e}")))?;
+            .map_err(|e| AuditError::Store(format!("cannot start the audit writer: {e}")))?
+            .thread()
+            .clone();
         // The ticker holds only a weak sender, so dropping every handle still stops the writer.
         let weak = tx.downgrade();
         tokio::spawn(async move {
@@ -220,7 +224,7 @@ impl Auditor {
         let handle = tokio::spawn(async move {
             let _ = finished.await;
         });
-        Ok((Self { tx }, handle))
+        Ok((Self { tx, thread }, handle))
     }
 
     /// Appends an event; returns once it is queued (not yet durable).
@@ -296,8 +300,11 @@ impl Auditor {
         rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
+    /// Sends a job someone waits for, and wakes the writer at once (see `writer::BATCH_WINDOW`).
     async fn send(&self, job: Job) -> Result<(), AuditError> {
-        self.tx.send(job).await.map_err(|_| AuditError::Stopped)
+        let sent = self.tx.send(job).await.map_err(|_| AuditError::Stopped);
+        self.thread.unpark();
+        sent
     }
 }
 

@@ -58,6 +58,20 @@ pub(super) enum Job {
     Stop(Ack),
 }
 
+/// How long the writer lets ordinary records accumulate after a batch.
+pub(super) const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Job {
+    /// Whether someone waits for this job (it must not sit in the batch window).
+    fn is_urgent(&self) -> bool {
+        match self {
+            Job::Append { durable, ack, .. } => *durable || ack.is_some(),
+            Job::Sync(_) | Job::Checkpoint(_) | Job::Stop(_) => true,
+            Job::Tick => false,
+        }
+    }
+}
+
 struct Head {
     seq: u64,
     hash: String,
@@ -136,8 +150,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let urgent = batch.iter().any(Job::is_urgent);
             if self.process(&mut batch) {
                 return;
+            }
+            if !urgent {
+                // Let ordinary records accumulate for a moment instead of waking this thread
+                // once per record (a futex wake and a context switch each, on every tool call).
+                // Senders that wait for the writer (durable, sync, checkpoint, stop) unpark it.
+                std::thread::park_timeout(BATCH_WINDOW);
             }
         }
         if let Err(e) = self.checkpoint(|_| true).and_then(|()| self.flush()) {

@@ -166,8 +166,8 @@ impl Mission {
 /// A finished call: the downstream's result object, checked, as raw JSON.
 #[derive(Debug)]
 pub enum Completed {
-    /// A `CallToolResult` (possibly `isError: true`, a tool-level failure).
-    Result(Box<RawValue>),
+    /// A `CallToolResult`; `is_error` when the tool says it failed (`isError: true`).
+    Result { raw: Box<RawValue>, is_error: bool },
     /// A 2026-07-28 `InputRequiredResult`: the caller must retry with input responses.
     InputRequired(Box<RawValue>),
 }

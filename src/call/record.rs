@@ -91,7 +91,7 @@ impl CallRecord {
     pub fn output(&mut self, completed: &Completed) {
         if let Some(e) = &mut self.event {
             let raw = match completed {
-                Completed::Result(r) | Completed::InputRequired(r) => r,
+                Completed::Result { raw, .. } | Completed::InputRequired(raw) => raw,
             };
             e.output_digest = Some(digest_bytes(raw.get().as_bytes()));
         }
@@ -114,15 +114,8 @@ impl CallRecord {
             return;
         };
         match result {
-            Ok(Completed::Result(raw)) => {
-                event.outcome = Some(
-                    if is_error(raw.get()) {
-                        "tool_error"
-                    } else {
-                        "ok"
-                    }
-                    .into(),
-                );
+            Ok(Completed::Result { is_error, .. }) => {
+                event.outcome = Some(if *is_error { "tool_error" } else { "ok" }.into());
             }
             Ok(Completed::InputRequired(_)) => event.outcome = Some("input_required".into()),
             Err(reject) => {
@@ -139,19 +132,6 @@ impl CallRecord {
         event.latency_us = Some(self.started.elapsed().as_micros() as u64);
         self.audit.record_now(event);
     }
-}
-
-/// Whether a raw `CallToolResult` says `isError: true` (cheap scan; the output stage parsed it).
-fn is_error(raw: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Flag {
-        #[serde(default, rename = "isError")]
-        is_error: Option<bool>,
-    }
-    serde_json::from_str::<Flag>(raw)
-        .ok()
-        .and_then(|f| f.is_error)
-        .unwrap_or(false)
 }
 
 impl Drop for CallRecord {

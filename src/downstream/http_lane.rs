@@ -30,6 +30,15 @@ use tokio_util::sync::CancellationToken;
 use super::DownstreamError;
 use crate::call::{CallSink, RpcError};
 
+const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const NAME: HeaderName = HeaderName::from_static("mcp-name");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ACCEPT: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+const TOOLS_CALL: HeaderValue = HeaderValue::from_static("tools/call");
+
 /// The session rmcp established with the downstream.
 #[derive(Clone)]
 struct LaneSession {
@@ -101,10 +110,10 @@ impl HttpLane {
     fn post(&self, session: &LaneSession, body: String) -> reqwest::RequestBuilder {
         self.client
             .post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json, text/event-stream")
-            .header("mcp-session-id", session.id.clone())
-            .header("mcp-protocol-version", session.protocol.clone())
+            .header(http::header::CONTENT_TYPE, JSON)
+            .header(http::header::ACCEPT, ACCEPT)
+            .header(SESSION_ID, session.id.clone())
+            .header(PROTOCOL_VERSION, session.protocol.clone())
             .body(body)
     }
 
@@ -145,10 +154,10 @@ impl HttpLane {
         );
         let mut request = self
             .post(&session, body)
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", tool);
+            .header(METHOD, TOOLS_CALL)
+            .header(NAME, tool);
         if let Some(tp) = traceparent {
-            request = request.header("traceparent", tp);
+            request = request.header(TRACEPARENT, tp);
         }
         if let Some(auth) = authorization {
             request = request.header(http::header::AUTHORIZATION, auth.expose_secret());

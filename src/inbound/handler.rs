@@ -254,7 +254,7 @@ fn respond(result: Result<Completed, Reject>, tool: &str) -> Result<CallToolResp
         )
     };
     match result {
-        Ok(Completed::Result(raw)) => {
+        Ok(Completed::Result { raw, .. }) => {
             let mut r: CallToolResult = serde_json::from_str(raw.get()).map_err(parse_err)?;
             r.result_type.get_or_insert(ResultType::COMPLETE);
             Ok(CallToolResponse::Complete(r))

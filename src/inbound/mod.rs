@@ -257,21 +257,51 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             },
         );
     };
-    let (request, body) = match check_body(request).await {
-        Ok(r) => r,
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body).await {
+        Ok(b) => b,
         Err(response) => return response,
     };
-    let Some(body) = body else {
-        return next.run(request).await;
-    };
-    let (parts, _) = request.into_parts();
+    // The native path parses the envelope once; anything else goes to rmcp (checked first).
     match native::handle(&gate.state, &gate.core, &live, caller, body).await {
         native::Handled::Response(response) => response,
         native::Handled::PassOn(body) => {
+            if let Err(response) = parses(&body) {
+                return *response;
+            }
             next.run(Request::from_parts(parts, axum::body::Body::from(body)))
                 .await
         }
     }
+}
+
+/// Reads a request body up to [`MAX_BODY_BYTES`].
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
+            )
+        })
+}
+
+/// A JSON-RPC parse error for a body that is not JSON.
+fn parses(bytes: &[u8]) -> Result<(), Box<Response>> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| {
+            Box::new(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                -32700,
+                &format!("parse error: {e}"),
+            ))
+        })
 }
 
 /// Largest accepted request body.
@@ -284,23 +314,8 @@ async fn check_body(request: Request) -> Result<(Request, Option<axum::body::Byt
         return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(jsonrpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                -32600,
-                &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
-            ));
-        }
-    };
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        return Err(jsonrpc_error(
-            StatusCode::BAD_REQUEST,
-            -32700,
-            &format!("parse error: {e}"),
-        ));
-    }
+    let bytes = read_body(body).await?;
+    parses(&bytes).map_err(|r| *r)?;
     Ok((
         Request::from_parts(parts, axum::body::Body::from(bytes.clone())),
         Some(bytes),

@@ -322,7 +322,7 @@ async fn tools_call(
 /// The JSON-RPC response message for a call's result.
 fn answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> String {
     match result {
-        Ok(Completed::Result(raw)) | Ok(Completed::InputRequired(raw)) => {
+        Ok(Completed::Result { raw, .. }) | Ok(Completed::InputRequired(raw)) => {
             format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, raw.get())
         }
         Err(reject) => match reject.answer(tool) {

@@ -357,7 +357,7 @@ pub fn check_output(tool: &ExposedTool, raw: Box<RawValue>) -> Result<Completed,
             }
         }
     }
-    Ok(Completed::Result(raw))
+    Ok(Completed::Result { raw, is_error })
 }
 
 /// A caller admitted to a mission for pass-through requests (resources, prompts, completion),
