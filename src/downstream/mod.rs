@@ -206,7 +206,7 @@ impl Downstream {
     }
 
     /// Re-reads the served tool definitions and updates the quarantine; audits any change.
-    pub async fn check_drift(&self, peer: &Peer<RoleClient>) {
+    async fn check_drift(&self, peer: &Peer<RoleClient>) {
         let Some(lock) = &self.manifest.lock else {
             return;
         };

@@ -332,6 +332,17 @@ async fn write_calls_need_reasoning_and_are_durable_before_the_downstream() {
     assert_eq!(rec["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(rec["effect"], "irreversible");
     assert_eq!(rec["decision"], "allow");
+    // The intent and its completion are linked by the call id, unique per call.
+    let call_id = |kind: &str, tool: &str| {
+        records
+            .iter()
+            .find(|r| r["kind"] == kind && r["tool"] == tool)
+            .and_then(|r| r["call_id"].as_str())
+            .map(str::to_owned)
+    };
+    let paid = call_id("call", "pay_invoice").expect("call id on the completion");
+    assert_eq!(call_id("call_intent", "pay_invoice"), Some(paid.clone()));
+    assert_ne!(call_id("call", "approve_invoice"), Some(paid));
     // Filters work through the running server's admin API too.
     assert!(export_records(&ws, &["--tenant", "globex"]).is_empty());
     assert_eq!(
