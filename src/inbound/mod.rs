@@ -9,6 +9,7 @@
 
 pub mod handler;
 pub mod native;
+mod rebinding;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,7 @@ struct Gate {
     state: Arc<MissionState>,
     core: crate::call::Core,
     sessions: Arc<session::Sessions>,
+    allowed: rebinding::Allowed,
     issuer: Arc<Issuer>,
     audit: Auditor,
     public_url: String,
@@ -78,6 +80,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
                 audit: broker.audit.clone(),
             },
             sessions: sessions.clone(),
+            allowed: rebinding::Allowed {
+                hosts: hosts.clone(),
+                origins: settings.allowed_origins.clone(),
+            },
             issuer: broker.issuer.clone(),
             audit: broker.audit.clone(),
             public_url: settings.public_url.clone(),
@@ -259,6 +265,10 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     };
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
+    }
+    // What Mandate answers itself gets the transport's DNS-rebinding checks too.
+    if let Err(refusal) = gate.allowed.check(request.headers()) {
+        return (StatusCode::FORBIDDEN, refusal).into_response();
     }
     let (parts, body) = request.into_parts();
     let body = match read_body(body).await {

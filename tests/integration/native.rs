@@ -248,6 +248,16 @@ async fn a_call_on_a_session_is_answered_natively_as_json() {
     assert_eq!(msgs[0]["id"], 7);
     assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
     assert_eq!(msgs[0]["result"]["structuredContent"]["id"], "INV-1001");
+    // A rebound DNS name is refused on the native path as on rmcp's, token or not.
+    let rebound = alice
+        .request(reqwest::Method::POST)
+        .header("host", "evil.example")
+        .json(&json!({"jsonrpc": "2.0", "id": 70, "method": "tools/call",
+            "params": {"name": "get_invoice", "arguments": {"invoice_id": "INV-1001"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
     // Denied, invalid and unknown calls get the same answers as on the rmcp path.
     let (_, msgs) = alice
         .call(json!(8), "export_all", json!({}), json!({}))
