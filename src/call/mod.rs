@@ -42,8 +42,19 @@ pub use reject::{Answer, Reject};
 /// `_meta` key under which agents pass their reasoning.
 pub const REASONING_META: &str = "io.mandate/reasoning";
 
-/// Largest accepted tool name, in bytes.
-pub const MAX_TOOL_NAME: usize = 256;
+/// Size limits on caller-supplied data, checked before anything is stored.
+pub mod limits {
+    /// Longest tool name, in bytes.
+    pub const TOOL_NAME: usize = 256;
+    /// Largest reasoning object, in bytes of JSON.
+    pub const REASONING: usize = 16 * 1024;
+    /// Most top-level argument names.
+    pub const ARGUMENTS: usize = 256;
+    /// Longest argument name, in bytes.
+    pub const ARGUMENT_NAME: usize = 256;
+    /// Longest request id kept in a record, in bytes.
+    pub const REQUEST_ID: usize = 128;
+}
 
 /// A JSON-RPC error as a downstream or a caller returned it.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +216,13 @@ async fn stages(
     if caller.expired() {
         return Err(Reject::TokenExpired);
     }
+    if tool.len() > limits::TOOL_NAME {
+        return Err(Reject::TooLarge(format!(
+            "the tool name is {} bytes; the limit is {}",
+            tool.len(),
+            limits::TOOL_NAME
+        )));
+    }
     let reasoning = parse_reasoning(reasoning.as_deref())?;
     record.reasoning(reasoning.as_ref());
 
@@ -239,6 +257,13 @@ fn parse_reasoning(raw: Option<&RawValue>) -> Result<Option<Reasoning>, Reject> 
     let Some(raw) = raw else {
         return Ok(None);
     };
+    if raw.get().len() > limits::REASONING {
+        return Err(Reject::TooLarge(format!(
+            "`_meta[\"{REASONING_META}\"]` is {} bytes; the limit is {}",
+            raw.get().len(),
+            limits::REASONING
+        )));
+    }
     serde_json::from_str::<Reasoning>(raw.get())
         .map(Some)
         .map_err(|e| Reject::InvalidReasoning(e.to_string()))

@@ -30,6 +30,24 @@ pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A caller-supplied string as stored: itself when within `limit` bytes, else its first bytes
+/// with its size and SHA-256, so the record stays bounded and still identifies it.
+pub fn bounded(value: &str, limit: usize) -> String {
+    if value.len() <= limit {
+        return value.to_owned();
+    }
+    let mut end = limit.min(64);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes, sha256 {})",
+        &value[..end],
+        value.len(),
+        digest_bytes(value.as_bytes())
+    )
+}
+
 /// The record of one call; see the module docs.
 pub struct CallRecord {
     audit: Auditor,
@@ -48,9 +66,9 @@ impl CallRecord {
         e.agent = Some(caller.agent.clone());
         e.token_id = Some(caller.token_id.clone());
         e.mission = Some(mission.to_owned());
-        e.request_id = Some(request.request_id.clone());
+        e.request_id = Some(bounded(&request.request_id, super::limits::REQUEST_ID));
         e.trace_id = trace_id(request.traceparent.as_deref());
-        e.tool = Some(request.tool.clone());
+        e.tool = Some(bounded(&request.tool, super::limits::TOOL_NAME));
         if let Some(args) = &request.arguments {
             // Digest of the bytes as received: no re-serialisation on the hot path.
             e.arguments_digest = Some(digest_bytes(args.get().as_bytes()));

@@ -29,6 +29,9 @@ pub enum Reject {
     /// `params.arguments` is not a JSON object.
     #[error("`arguments` must be a JSON object")]
     ArgumentsNotObject,
+    /// A caller-supplied field exceeds its size limit (see [`crate::call::limits`]).
+    #[error("{0}")]
+    TooLarge(String),
     /// The arguments violate the pinned input schema.
     #[error("invalid arguments: {0}")]
     InvalidArguments(Invalid),
@@ -86,6 +89,7 @@ impl Reject {
             Reject::ArgumentsNotObject | Reject::InvalidArguments(_) => {
                 (EventKind::ValidationFailure, "invalid_arguments")
             }
+            Reject::TooLarge(_) => (EventKind::ValidationFailure, "too_large"),
             Reject::Policy(_) => (EventKind::Denial, "denied"),
             Reject::AuditUnavailable(_) => (EventKind::Call, "refused"),
             Reject::Downstream(e) => match e {
@@ -108,6 +112,7 @@ impl Reject {
             | Reject::UnknownSession
             | Reject::InvalidReasoning(_)
             | Reject::ArgumentsNotObject
+            | Reject::TooLarge(_)
             | Reject::InvalidArguments(_)
             | Reject::AuditUnavailable(_)
             | Reject::Downstream(_)
@@ -135,7 +140,10 @@ impl Reject {
                 },
             },
             Reject::Scope(_) => error(INVALID_PARAMS, format!("tool not found: {tool}")),
-            Reject::InvalidReasoning(_) | Reject::Policy(_) | Reject::ArgumentsNotObject => {
+            Reject::InvalidReasoning(_)
+            | Reject::Policy(_)
+            | Reject::ArgumentsNotObject
+            | Reject::TooLarge(_) => {
                 error(INVALID_PARAMS, self.to_string())
             }
             Reject::InvalidArguments(invalid) => error(

@@ -8,6 +8,7 @@
 //! [`Caller`] in the request.
 
 pub mod handler;
+mod ingress;
 pub mod native;
 mod rebinding;
 pub mod session;
@@ -223,10 +224,32 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     let Some(session_id) = session_id else {
         // No session yet: this may be an `initialize`, which binds the new session to this
         // caller while rmcp creates it.
-        let request = match check_body(request).await {
-            Ok((request, _)) => request,
+        if request.method() != axum::http::Method::POST {
+            return next.run(request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = match read_body(body).await {
+            Ok(b) => b,
             Err(response) => return response,
         };
+        match ingress::parse(&body) {
+            Err(refused) => return refusal(refused),
+            Ok(envelope) if envelope.method.as_deref() == Some("initialize") => {
+                if let Some(why) = gate.sessions.refuse_new(&caller) {
+                    return native::error_response(
+                        envelope.id.map_or("null", |id| id.get()),
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &crate::call::RpcError {
+                            code: crate::call::reject::INVALID_REQUEST,
+                            message: why,
+                            data: None,
+                        },
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+        let request = Request::from_parts(parts, axum::body::Body::from(body));
         let opening = session::Opening {
             caller,
             state: None,
@@ -275,17 +298,25 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         Ok(b) => b,
         Err(response) => return response,
     };
-    // The native path parses the envelope once; anything else goes to rmcp (checked first).
-    match native::handle(&gate.state, &gate.core, &live, caller, body).await {
-        native::Handled::Response(response) => response,
-        native::Handled::PassOn(body) => {
-            if let Err(response) = parses(&body) {
-                return *response;
-            }
-            next.run(Request::from_parts(parts, axum::body::Body::from(body)))
-                .await
-        }
+    // The envelope is parsed once: the native path answers what it owns, rmcp the rest.
+    let envelope = match ingress::parse(&body) {
+        Ok(e) => e,
+        Err(refused) => return refusal(refused),
+    };
+    if let Some(response) = native::handle(&gate.state, &gate.core, &live, caller, &envelope).await
+    {
+        return response;
     }
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The response for a body refused at ingress.
+fn refusal(refused: ingress::Refused) -> Response {
+    native::error_response("null", refused.status, &refused.error)
 }
 
 /// Reads a request body up to [`MAX_BODY_BYTES`].
@@ -299,37 +330,6 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response
                 &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
             )
         })
-}
-
-/// A JSON-RPC parse error for a body that is not JSON.
-fn parses(bytes: &[u8]) -> Result<(), Box<Response>> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map(|_| ())
-        .map_err(|e| {
-            Box::new(jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                -32700,
-                &format!("parse error: {e}"),
-            ))
-        })
-}
-
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-/// Turns oversize and unparseable POST bodies into JSON-RPC errors (the MCP service would answer
-/// them with plain text). Returns the request (with its body restored) and, for a POST, the body.
-async fn check_body(request: Request) -> Result<(Request, Option<axum::body::Bytes>), Response> {
-    if request.method() != axum::http::Method::POST {
-        return Ok((request, None));
-    }
-    let (parts, body) = request.into_parts();
-    let bytes = read_body(body).await?;
-    parses(&bytes).map_err(|r| *r)?;
-    Ok((
-        Request::from_parts(parts, axum::body::Body::from(bytes.clone())),
-        Some(bytes),
-    ))
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {

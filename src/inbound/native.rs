@@ -25,36 +25,12 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::handler::{MissionState, level_rank};
+use super::ingress::Envelope;
 use super::session::Session;
 use crate::authn::Caller;
 use crate::call::{
     self, Answer, Asked, CallRequest, CallSink, Completed, Reject, Relaying, RpcError,
 };
-
-/// The JSON-RPC envelope, parsed once; `params` stays raw.
-#[derive(Deserialize)]
-pub struct Envelope<'a> {
-    #[serde(borrow, default)]
-    pub id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub method: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub result: Option<&'a RawValue>,
-    #[serde(default)]
-    pub error: Option<WireError>,
-}
-
-/// A JSON-RPC error object as sent by a peer.
-#[derive(Deserialize)]
-pub struct WireError {
-    pub code: i64,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default)]
-    pub data: Option<Value>,
-}
 
 #[derive(Deserialize)]
 struct CallParams<'a> {
@@ -153,35 +129,22 @@ impl CallSink for NativeSink {
     }
 }
 
-/// What the native path did with a request.
-pub enum Handled {
-    /// Answered here.
-    Response(Response),
-    /// Not for the native path: hand the body to rmcp.
-    PassOn(Bytes),
-}
-
 /// Handles a POST on an established session if it is a `tools/call`, an answer to a native
-/// server→client request, or a cancellation of a native call.
+/// server→client request, or a cancellation of a native call; `None` when rmcp should.
 pub async fn handle(
     state: &Arc<MissionState>,
     core: &call::Core,
     session: &Arc<Session>,
     caller: Arc<Caller>,
-    body: Bytes,
-) -> Handled {
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) else {
-        return Handled::PassOn(body);
-    };
+    envelope: &Envelope<'_>,
+) -> Option<Response> {
     match (envelope.method.as_deref(), envelope.id) {
         (Some("tools/call"), Some(id)) => {
-            let Some(params) = envelope.params else {
-                return Handled::PassOn(body);
-            };
+            let params = envelope.params?;
             let params = match serde_json::from_str::<CallParams>(params.get()) {
                 Ok(p) => p,
                 Err(e) => {
-                    return Handled::Response(error_response(
+                    return Some(error_response(
                         id.get(),
                         StatusCode::OK,
                         &RpcError {
@@ -192,39 +155,34 @@ pub async fn handle(
                     ));
                 }
             };
-            Handled::Response(tools_call(state, core, session, caller, id.get(), params).await)
+            Some(tools_call(state, core, session, caller, id.get(), params).await)
         }
         (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
             let key = serde_json::from_str::<String>(id.get()).unwrap_or_default();
-            let answer = match (envelope.result, envelope.error) {
+            let answer = match (envelope.result, &envelope.error) {
                 (Some(r), _) => {
                     serde_json::from_str(r.get()).map_err(|e| call::reject::internal(e.to_string()))
                 }
                 (None, Some(e)) => Err(RpcError {
                     code: e.code,
-                    message: e.message,
-                    data: e.data,
+                    message: e.message.clone(),
+                    data: e.data.clone(),
                 }),
                 (None, None) => Err(call::reject::internal("empty answer")),
             };
-            if session.answer_ask(&key, answer) {
-                Handled::Response(StatusCode::ACCEPTED.into_response())
-            } else {
-                Handled::PassOn(body)
-            }
+            session
+                .answer_ask(&key, answer)
+                .then(|| StatusCode::ACCEPTED.into_response())
         }
         (Some("notifications/cancelled"), None) => {
             let cancelled = envelope
                 .params
-                .and_then(|p| serde_json::from_str::<CancelledParams>(p.get()).ok());
-            match cancelled {
-                Some(c) if session.cancel_call(c.request_id.get()) => {
-                    Handled::Response(StatusCode::ACCEPTED.into_response())
-                }
-                _ => Handled::PassOn(body),
-            }
+                .and_then(|p| serde_json::from_str::<CancelledParams>(p.get()).ok())?;
+            session
+                .cancel_call(cancelled.request_id.get())
+                .then(|| StatusCode::ACCEPTED.into_response())
         }
-        _ => Handled::PassOn(body),
+        _ => None,
     }
 }
 

@@ -32,8 +32,12 @@ use super::handler::SessionState;
 use crate::authn::Caller;
 use crate::call::RpcError;
 
-/// Sessions idle this long are closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Sessions idle this long are closed (clients re-initialize on the 404 that follows).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most open sessions per principal on one mission endpoint.
+pub const MAX_PER_PRINCIPAL: usize = 64;
+/// Most open sessions on one mission endpoint.
+pub const MAX_TOTAL: usize = 10_000;
 
 /// Who a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +214,23 @@ impl Sessions {
         Some(session)
     }
 
+    /// Why a new session for `caller` must be refused, if it must.
+    pub fn refuse_new(&self, caller: &Caller) -> Option<String> {
+        let map = self.map.read().ok()?;
+        if map.len() >= MAX_TOTAL {
+            return Some(format!(
+                "this mission has {MAX_TOTAL} open sessions, its limit: retry later"
+            ));
+        }
+        let mine = map.values().filter(|s| s.owner.matches(caller)).count();
+        (mine >= MAX_PER_PRINCIPAL).then(|| {
+            format!(
+                "you have {MAX_PER_PRINCIPAL} open sessions on this mission, the limit: close unused ones (HTTP DELETE with their Mcp-Session-Id) or wait for idle ones to close ({} s)",
+                IDLE_TIMEOUT.as_secs()
+            )
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }
@@ -218,9 +239,15 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// Forgets a session; its native calls in flight end with a cancellation.
     fn remove(&self, id: &str) {
-        if let Ok(mut m) = self.map.write() {
-            m.remove(id);
+        let removed = self.map.write().ok().and_then(|mut m| m.remove(id));
+        if let Some(session) = removed
+            && let Ok(inflight) = session.inflight.lock()
+        {
+            for cancel in inflight.values() {
+                cancel.cancel();
+            }
         }
     }
 }

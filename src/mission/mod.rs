@@ -300,8 +300,23 @@ pub fn validate(scoped: Scoped, raw: Option<Box<RawValue>>) -> Result<Valid, Rej
     };
     let instance: Value =
         serde_json::from_str(raw.get()).map_err(|_| Reject::ArgumentsNotObject)?;
-    if !instance.is_object() {
+    let Some(object) = instance.as_object() else {
         return Err(Reject::ArgumentsNotObject);
+    };
+    use crate::call::limits;
+    if object.len() > limits::ARGUMENTS {
+        return Err(Reject::TooLarge(format!(
+            "`arguments` has {} names; the limit is {}",
+            object.len(),
+            limits::ARGUMENTS
+        )));
+    }
+    if let Some(long) = object.keys().find(|k| k.len() > limits::ARGUMENT_NAME) {
+        return Err(Reject::TooLarge(format!(
+            "an argument name is {} bytes; the limit is {}",
+            long.len(),
+            limits::ARGUMENT_NAME
+        )));
     }
     first_error(&scoped.tool.input, &instance, "argument").map_err(Reject::InvalidArguments)?;
     let Value::Object(arguments) = instance else {

@@ -489,3 +489,171 @@ async fn a_cancelled_native_call_ends_at_once_and_is_audited() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversize_requests_get_json_rpc_errors_and_bounded_records() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let raw_post = |body: Vec<u8>| {
+        alice
+            .request(reqwest::Method::POST)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Batches, bad ids, deep nesting: JSON-RPC errors with a 4xx status, never plain text.
+    for (body, status, code) in [
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"method":"tools/list"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"x\nINFO forged","method":"tools/list"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":"{}","method":"tools/list"}}"#,
+                "i".repeat(500)
+            ),
+            400,
+            -32600,
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"get_invoice","arguments":{{"a":{}1{}}}}}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            400,
+            -32700,
+        ),
+    ] {
+        let r = raw_post(body.clone().into_bytes()).await.unwrap();
+        assert_eq!(r.status(), status, "{body:.80}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{body:.80}: {v}");
+    }
+    // Oversize fields are refused before anything is stored; the record stays small.
+    let huge_name = "t".repeat(3_900_000);
+    let (_, msgs) = alice.call(json!(3), &huge_name, json!({}), json!({})).await;
+    assert_eq!(
+        msgs[0]["error"]["code"],
+        -32602,
+        "{:.200}",
+        msgs[0].to_string()
+    );
+    let reasoning = json!({"rationale": "r".repeat(100_000)});
+    let (_, msgs) = alice
+        .call(
+            json!(4),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({"io.mandate/reasoning": reasoning}),
+        )
+        .await;
+    assert_eq!(msgs[0]["error"]["code"], -32602);
+    let many: serde_json::Map<String, Value> =
+        (0..250_000).map(|i| (format!("k{i}"), json!(1))).collect();
+    let (_, msgs) = alice
+        .call(json!(5), "get_invoice", Value::Object(many), json!({}))
+        .await;
+    assert_eq!(msgs[0]["error"]["code"], -32602);
+    assert!(
+        msgs[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+    let records = audit_records(&ws);
+    let too_large: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "too_large")
+        .collect();
+    assert_eq!(too_large.len(), 3, "{too_large:#?}");
+    for r in &too_large {
+        let size = r.to_string().len();
+        assert!(
+            size < 4096,
+            "a refused oversize call left a {size}-byte record"
+        );
+        assert!(r["reasoning"].is_null() && r["argument_keys"].is_null());
+    }
+    assert!(
+        too_large[0]["tool"]
+            .as_str()
+            .unwrap()
+            .contains("3900000 bytes, sha256 ")
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_are_capped_per_principal_and_a_delete_cancels_calls_in_flight() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let token = ws.token(Some("finance/prod/review"));
+    let mut sessions = Vec::new();
+    for _ in 0..64 {
+        sessions.push(Raw::open(&url, &token).await);
+    }
+    let refused = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let v: Value = refused.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("close unused ones"),
+        "{v}"
+    );
+    // Another principal is not affected by alice's sessions.
+    let bob = ws.token_for(
+        "bob@acme.example",
+        "acme",
+        "bot",
+        Some("finance/prod/review"),
+    );
+    let _bob = Raw::open(&url, &bob).await;
+    // Closing a session with a call in flight ends that call with a cancellation, not a 500.
+    let last = sessions.pop().unwrap();
+    let slow = last.call(json!(9), "slow_report", json!({"seconds": 5}), json!({}));
+    let delete = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = last.request(reqwest::Method::DELETE).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    };
+    let ((_, msgs), ()) = tokio::join!(slow, delete);
+    assert_eq!(msgs.last().unwrap()["error"]["code"], -32800, "{msgs:?}");
+    // The slot is free again.
+    let _again = Raw::open(&url, &token).await;
+    server.stop();
+}
