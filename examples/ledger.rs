@@ -68,6 +68,9 @@
 //!   JSON as text) that violates its `outputSchema`: `amount_cents` is a string
 //!   (`"482050"`) instead of an integer. Every other tool behaves normally.
 //!   Any other value of `LEDGER_VARIANT` (or none) is the normal variant.
+//! * `LEDGER_LOG_AFTER=1` keeps logging after answering each `tools/call`: ten
+//!   `notifications/message` (`{"event": "background", "after": <tool>}`), one
+//!   every 100 ms, related to no request (a tool with background work).
 //! * `LEDGER_DRIFT_AFTER=N` switches to the drifted definitions at run time,
 //!   after answering the N-th `tools/call`, and sends
 //!   `notifications/tools/list_changed` (a rug pull mid-session).
@@ -1331,6 +1334,21 @@ impl ServerHandler for Ledger {
         let args = request.arguments.unwrap_or_default();
         eprintln!("ledger: tools/call {} (call #{call_no})", request.name);
         let outcome = self.dispatch(&request.name, &args, &context).await;
+        if std::env::var_os("LEDGER_LOG_AFTER").is_some() {
+            let (peer, tool) = (context.peer.clone(), request.name.to_string());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    #[allow(deprecated)]
+                    let param = LoggingMessageNotificationParam::new(
+                        LoggingLevel::Info,
+                        json!({ "event": "background", "after": tool }),
+                    );
+                    #[allow(deprecated)]
+                    let _ = peer.notify_logging_message(param).await;
+                }
+            });
+        }
         if let Some(limit) = self.drift_after
             && call_no == limit
         {

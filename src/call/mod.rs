@@ -75,6 +75,8 @@ pub type Relaying<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub trait CallSink: Send + Sync {
     /// The upstream session the call belongs to (one principal).
     fn session(&self) -> u64;
+    /// The principal (tenant, subject, agent) the call belongs to, as one key.
+    fn principal(&self) -> &str;
     /// Whether the caller asked for progress (sent a progress token).
     fn wants_progress(&self) -> bool;
     /// A `notifications/progress` for this call; `params` lacks `progressToken` (the sink adds
@@ -101,6 +103,14 @@ pub struct CallRequest {
     pub traceparent: Option<String>,
     pub cancel: CancellationToken,
     pub sink: Arc<dyn CallSink>,
+}
+
+/// The key of a principal for [`CallSink::principal`].
+pub fn principal_key(caller: &Caller) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}",
+        caller.tenant, caller.subject, caller.agent
+    )
 }
 
 /// What the broker shares across calls.

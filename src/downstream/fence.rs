@@ -258,18 +258,15 @@ impl StdioLane {
                     }
                 }
                 ServerNotification::LoggingMessageNotification(l) => {
-                    let native = self.pending.lock().map(|p| p.is_empty()).unwrap_or(true);
-                    if native {
+                    let no_native = self.pending.lock().map(|p| p.is_empty()).unwrap_or(true);
+                    if no_native {
                         return Some(JsonRpcMessage::Notification(n));
                     }
-                    // Native calls are registered in `routes` too.
-                    let sessions = routes.sessions();
-                    let mut all = sessions.iter().copied();
-                    let first = all.next();
-                    if all.any(|s| Some(s) != first) {
-                        tracing::debug!(
-                            "downstream log message not attributable to one caller; not relayed"
-                        );
+                    // Native calls are registered in `routes` too; see `Routes::log_route`.
+                    if routes
+                        .log_route(&rmcp::model::Extensions::default())
+                        .is_none()
+                    {
                         return None;
                     }
                     let oldest = self

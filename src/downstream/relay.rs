@@ -28,6 +28,15 @@ pub struct CallRoute {
     pub sink: Arc<dyn CallSink>,
 }
 
+/// Which principals a connection has served calls for (see [`Routes::log_route`]).
+#[derive(Default)]
+enum Served {
+    #[default]
+    Nobody,
+    One(String),
+    Many,
+}
+
 impl CallRoute {
     pub fn new(sink: Arc<dyn CallSink>) -> Self {
         Self {
@@ -50,6 +59,9 @@ pub struct Routes {
     subscribers: Mutex<HashMap<String, HashMap<u64, Peer<RoleServer>>>>,
     /// Upstream sessions to tell about list changes.
     listeners: Mutex<HashMap<u64, Peer<RoleServer>>>,
+    /// The principals this connection has carried calls for.
+    served: Mutex<Served>,
+    dropped_logs: std::sync::atomic::AtomicU64,
     /// Signalled on `notifications/tools/list_changed` (drift re-check).
     pub tools_changed: Notify,
     /// Notifications received (in wire order) and not yet relayed: sequence → (progress token,
@@ -137,8 +149,53 @@ impl Drop for NativeRegistration {
 }
 
 impl Routes {
+    /// Notes the principal of a call on this connection.
+    fn serve(&self, route: &CallRoute) {
+        if let Ok(mut served) = self.served.lock() {
+            let principal = route.sink.principal();
+            *served = match &*served {
+                Served::Nobody => Served::One(principal.to_owned()),
+                Served::One(p) if p == principal => return,
+                Served::One(_) | Served::Many => Served::Many,
+            };
+        }
+    }
+
+    /// Where a log message goes. By the HTTP stream it came on when it says; otherwise (stdio,
+    /// or a downstream's standalone stream) the wire does not say which call caused it — it may
+    /// be a background message of a call that already returned — so it is relayed only while
+    /// this connection has only ever carried one principal's calls, to that principal's call in
+    /// flight. Otherwise it is dropped, logged and counted ([`Routes::dropped_logs`]).
+    pub fn log_route(&self, extensions: &rmcp::model::Extensions) -> Option<CallRoute> {
+        if extensions.get::<InboundStreamOrigin>().is_some() {
+            return self.attribute(extensions);
+        }
+        let one = matches!(self.served.lock().as_deref(), Ok(Served::One(_)));
+        let route = if one {
+            self.attribute(extensions)
+        } else {
+            None
+        };
+        if route.is_none() {
+            let n = self
+                .dropped_logs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                dropped = n + 1,
+                "downstream log message not attributable to one caller; not relayed"
+            );
+        }
+        route
+    }
+
+    /// How many log messages could not be attributed and were dropped.
+    pub fn dropped_logs(&self) -> u64 {
+        self.dropped_logs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Announces a call about to be sent (before its request id exists).
     pub fn sending(self: &Arc<Self>, route: CallRoute) -> Sending {
+        self.serve(&route);
         let key = self
             .next_sending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -210,6 +267,7 @@ impl Routes {
         id: RequestId,
         route: CallRoute,
     ) -> NativeRegistration {
+        self.serve(&route);
         if let Ok(mut m) = self.inflight.lock() {
             m.insert(id.clone(), route);
         }
@@ -259,6 +317,7 @@ impl Routes {
         downstream_progress: ProgressToken,
         route: CallRoute,
     ) -> Registration {
+        self.serve(&route);
         if route.sink.wants_progress()
             && let Ok(mut m) = self.progress.lock()
         {
@@ -479,17 +538,8 @@ impl ClientHandler for Relay {
         params: LoggingMessageNotificationParam,
         context: NotificationContext<RoleClient>,
     ) {
-        let route = self
-            .routes
-            .attribute_when_registered(&context.extensions)
-            .await;
-        match route {
-            None => {
-                tracing::debug!(
-                    "downstream log message not attributable to one caller; not relayed"
-                )
-            }
-            Some(route) => route.sink.log(params_object(&params)).await,
+        if let Some(route) = self.routes.log_route(&context.extensions) {
+            route.sink.log(params_object(&params)).await;
         }
         self.routes.relayed(context.extensions.get::<Seq>());
     }

@@ -108,6 +108,7 @@ pub struct MissionHandler {
 /// tagged with the upstream request id so they travel on that request's stream.
 struct PeerSink {
     session: u64,
+    principal: String,
     peer: Peer<RoleServer>,
     upstream_id: RequestId,
     progress: Option<ProgressToken>,
@@ -117,6 +118,10 @@ struct PeerSink {
 impl CallSink for PeerSink {
     fn session(&self) -> u64 {
         self.session
+    }
+
+    fn principal(&self) -> &str {
+        &self.principal
     }
 
     fn wants_progress(&self) -> bool {
@@ -311,9 +316,10 @@ impl MissionHandler {
         Ok(caller)
     }
 
-    fn sink(&self, ctx: &RequestContext<RoleServer>) -> Arc<PeerSink> {
+    fn sink(&self, ctx: &RequestContext<RoleServer>, caller: &Caller) -> Arc<PeerSink> {
         Arc::new(PeerSink {
             session: self.session.id,
+            principal: call::principal_key(caller),
             peer: ctx.peer.clone(),
             upstream_id: ctx.id.clone(),
             progress: ctx.meta.get_progress_token(),
@@ -358,6 +364,7 @@ impl MissionHandler {
             .transpose()
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
         let tool = params.name.to_string();
+        let sink = self.sink(&ctx, &caller);
         let request = CallRequest {
             caller,
             tool: tool.clone(),
@@ -366,7 +373,7 @@ impl MissionHandler {
             request_id: ctx.id.to_string(),
             traceparent: ctx.meta.get_traceparent().map(str::to_owned),
             cancel: ctx.ct.clone(),
-            sink: self.sink(&ctx),
+            sink,
         };
         respond(
             call::run(&self.core, &self.state.mission, request).await,
@@ -513,8 +520,13 @@ impl ServerHandler for MissionHandler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let admitted = self.admit(&ctx, "resources/read")?;
         let detail = format!("resources/read {}", request.uri);
-        let result =
-            passthrough::read_resource(&admitted, request, self.sink(&ctx), ctx.ct.clone()).await;
+        let result = passthrough::read_resource(
+            &admitted,
+            request,
+            self.sink(&ctx, admitted.caller()),
+            ctx.ct.clone(),
+        )
+        .await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.access_event(admitted.caller(), &ctx, detail, outcome);
         match result.map_err(downstream_error)? {
@@ -572,8 +584,13 @@ impl ServerHandler for MissionHandler {
     ) -> Result<GetPromptResponse, ErrorData> {
         let admitted = self.admit(&ctx, "prompts/get")?;
         let detail = format!("prompts/get {}", request.name);
-        let result =
-            passthrough::get_prompt(&admitted, request, self.sink(&ctx), ctx.ct.clone()).await;
+        let result = passthrough::get_prompt(
+            &admitted,
+            request,
+            self.sink(&ctx, admitted.caller()),
+            ctx.ct.clone(),
+        )
+        .await;
         if result.is_ok() {
             self.access_event(admitted.caller(), &ctx, detail, "ok");
         }

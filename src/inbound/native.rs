@@ -63,6 +63,7 @@ type Frame = String;
 /// The sink of a native call: frames into the call's channel.
 struct NativeSink {
     session: Arc<Session>,
+    principal: String,
     progress: Option<Box<RawValue>>,
     log_level: Option<rmcp::model::LoggingLevel>,
     frames: mpsc::UnboundedSender<Frame>,
@@ -76,6 +77,10 @@ fn notification(method: &str, params: &serde_json::Map<String, Value>) -> Frame 
 impl CallSink for NativeSink {
     fn session(&self) -> u64 {
         self.session.state.id
+    }
+
+    fn principal(&self) -> &str {
+        &self.principal
     }
 
     fn wants_progress(&self) -> bool {
@@ -215,6 +220,7 @@ async fn tools_call(
         None => (None, None, None),
     };
     let tool = params.name.into_owned();
+    let principal = call::principal_key(&caller);
     let request = CallRequest {
         caller,
         tool: tool.clone(),
@@ -225,6 +231,7 @@ async fn tools_call(
         cancel: inflight.cancel.clone(),
         sink: Arc::new(NativeSink {
             session: session.clone(),
+            principal,
             progress,
             log_level: session.state.log_level(),
             frames,

@@ -522,6 +522,79 @@ async fn progress_reaches_only_the_caller_that_asked() {
     server.stop();
 }
 
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<Value>>>);
+
+impl ClientHandler for Logs {
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.data);
+    }
+}
+
+/// A stdio tool that keeps logging after it answered: those lines belong to no call in flight
+/// and must never reach another user's stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_logs_of_one_user_never_reach_another() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let ws = ledger_ws(
+        &[("LEDGER_LOG_AFTER", "1")],
+        r#""finance/ledger/slow_report", "finance/ledger/get_invoice""#,
+        "",
+    );
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let connect = |sub: &str| {
+        let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
+        let url = url.clone();
+        async move {
+            let logs = Logs::default();
+            let config =
+                StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token);
+            let client = logs
+                .clone()
+                .serve(StreamableHttpClientTransport::from_config(config))
+                .await
+                .unwrap();
+            (client, logs)
+        }
+    };
+    let (alice, _alice_logs) = connect("alice@acme.example").await;
+    let (bob, bob_logs) = connect("bob@acme.example").await;
+    // Alice's call returns at once; the ledger keeps logging about it for a second, while
+    // bob's call is the only one in flight.
+    let r = alice
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    let r = bob
+        .call_tool(call("slow_report", json!({"seconds": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    let leaked: Vec<Value> = bob_logs
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["event"] == "background" && l["after"] == "get_invoice")
+        .cloned()
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "alice's background logs reached bob: {leaked:?}"
+    );
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_under_load_leaves_a_chain_that_verifies() {
     let ws = ledger_ws(
