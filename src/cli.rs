@@ -276,6 +276,10 @@ fn check(dir: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Warnings alone leave the exit code 0: the configuration loads and serves as checked.
+    for w in &config.warnings {
+        eprintln!("{w}");
+    }
     if let Err(errors) = MissionRuntime::build_all(&config) {
         for e in &errors {
             eprintln!("error: {e}");
@@ -722,6 +726,12 @@ async fn serve(
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    // Printed (for whoever started the server) and logged (for whoever reads its logs): a
+    // control that looks enforced but is not must not go unnoticed.
+    for w in &config.warnings {
+        eprintln!("{w}");
+        tracing::warn!(file = %w.file.display(), "{}", w.message);
+    }
     if let Some(id) = &mission {
         if !config.missions.contains_key(id) {
             bail!(
@@ -769,6 +779,13 @@ async fn serve(
             .join(", "),
         config.manifests.len()
     ));
+    if !config.warnings.is_empty()
+        && let Some(detail) = &mut event.detail
+    {
+        // The audit trail shows that the policy files were there and had no effect.
+        let files: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        detail.push_str(&format!("; {}", files.join("; ")));
+    }
     audit.record_durable(event).await?;
 
     let config = Arc::new(config);
