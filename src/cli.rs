@@ -391,6 +391,7 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// `mandate token` as sent to the admin API (the server computes the audience).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminTokenRequest {
     pub subject: String,
     pub tenant: String,
@@ -813,7 +814,7 @@ async fn serve(
             let local = listener.local_addr()?;
             let admin_token = crate::authn::random_id() + &crate::authn::random_id();
             let cred = AdminCredential {
-                url: format!("http://127.0.0.1:{}", local.port()),
+                url: admin_url(local),
                 token: admin_token.clone(),
                 pid: std::process::id(),
             };
@@ -856,6 +857,19 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     let _ = store.flush();
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// The URL the CLI dials to reach the admin API of a server listening on `local`: the address
+/// itself, or for a wildcard (`0.0.0.0`, `[::]`) the loopback of the same family. The admin API
+/// answers loopback peers only, so that is also where it can be reached.
+fn admin_url(local: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
 }
 
 async fn serve_stdio(
