@@ -408,12 +408,16 @@ async fn admin_token(
                 .into_response();
         }
     };
-    let request = match request.resolve(&broker.config, &broker.config.settings.public_url) {
+    let resolved = match request.resolve(&broker.config, &broker.config.settings.public_url) {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    match mint(&broker.issuer, &broker.audit, &request).await {
-        Ok(minted) => Json(minted).into_response(),
+    match mint(&broker.issuer, &broker.audit, &resolved.request).await {
+        Ok(minted) => Json(crate::cli::AdminTokenResponse {
+            minted,
+            missions: resolved.missions,
+        })
+        .into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }

@@ -1,5 +1,6 @@
-//! The loopback admin API: the credential is checked before anything about the request is
-//! revealed, and the CLI reaches the server whichever address family it listens on.
+//! The loopback admin API and `mandate token`: the credential is checked before anything about
+//! the request is revealed, the CLI reaches the server whichever address family it listens on,
+//! and a broker-wide token is only minted when some mission would accept it.
 
 use crate::common::*;
 
@@ -155,4 +156,75 @@ async fn ipv4_mapped_loopback_peer_is_loopback_on_a_dual_stack_listener() {
 #[test]
 fn cli_reaches_the_admin_api_on_ipv4_any() {
     cli_works_through_admin_api_on("0.0.0.0:0", "http://127.0.0.1:");
+}
+
+fn token_args<'a>(tenant: &'a str, agent: &'a str) -> Vec<&'a str> {
+    vec![
+        "token",
+        "--sub",
+        "alice@acme.example",
+        "--tenant",
+        tenant,
+        "--agent",
+        agent,
+    ]
+}
+
+/// `mandate token` without `--mission`, with or without a running server.
+fn broker_wide_tokens_need_an_accepting_mission(ws: &Workspace) {
+    // An agent no mission of the tenant lists: refused, naming the tenant's missions.
+    let out = ws.mandate(&token_args("acme", "rogue-bot"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no mission accepts agent `rogue-bot` of tenant `acme`")
+            && stderr.contains("finance/prod/review (agents: bot)")
+            && !stderr.contains("hr/prod/other"),
+        "{stderr}"
+    );
+    // A tenant without missions: refused, saying so.
+    let out = ws.mandate(&token_args("initech", "bot"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no mission has tenant `initech`"),
+        "{stderr}"
+    );
+    // Accepted: stdout is the bare token; stderr says what it grants.
+    let out = ws.mandate(&token_args("acme", "bot"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("grants agent `bot` of tenant `acme` the mission(s): finance/prod/review")
+            && !stderr.contains("hr/prod/other"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn broker_wide_token_needs_a_mission_that_accepts_it() {
+    let ws = two_missions();
+    broker_wide_tokens_need_an_accepting_mission(&ws);
+    // Refusals issue nothing.
+    let issued = audit_records(&ws)
+        .iter()
+        .filter(|r| r["kind"] == "token_issued")
+        .count();
+    assert_eq!(issued, 1);
+}
+
+#[test]
+fn broker_wide_token_needs_a_mission_that_accepts_it_through_the_server() {
+    let ws = two_missions();
+    let server = ws.serve();
+    broker_wide_tokens_need_an_accepting_mission(&ws);
+    server.stop();
 }
