@@ -81,7 +81,8 @@ enum Command {
         /// Only this tool manifest, e.g. finance/ledger.
         manifest: Option<String>,
     },
-    /// Mint an access token from the embedded issuer (development and tests). Prints only the token.
+    /// Mint an access token from the embedded issuer (development and tests). Prints only the
+    /// token on stdout.
     Token {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
@@ -95,7 +96,9 @@ enum Command {
         /// The registered agent id (the token's azp).
         #[arg(long)]
         agent: String,
-        /// Bind the token to one mission's resource URL (default: the whole broker).
+        /// Bind the token to one mission's resource URL. Without it the token is broker-wide:
+        /// refused unless a mission of the tenant lists the agent, and stderr names the missions
+        /// it opens.
         #[arg(long)]
         mission: Option<String>,
         /// A role of the user (repeatable).
@@ -276,6 +279,10 @@ fn check(dir: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Warnings alone leave the exit code 0: the configuration loads and serves as checked.
+    for w in &config.warnings {
+        eprintln!("{w}");
+    }
     if let Err(errors) = MissionRuntime::build_all(&config) {
         for e in &errors {
             eprintln!("error: {e}");
@@ -387,6 +394,7 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// `mandate token` as sent to the admin API (the server computes the audience).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminTokenRequest {
     pub subject: String,
     pub tenant: String,
@@ -397,11 +405,32 @@ pub struct AdminTokenRequest {
     pub ttl_secs: u64,
 }
 
+/// The admin API's answer to a token request: the token, and the missions it opens.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminTokenResponse {
+    #[serde(flatten)]
+    pub minted: crate::authn::MintedToken,
+    /// Ids of the missions that accept the token now.
+    #[serde(default)]
+    pub missions: Vec<String>,
+}
+
+/// A checked token request and the missions the token will open.
+pub struct ResolvedToken {
+    pub request: TokenRequest,
+    /// Ids of the missions that accept the token now (one with `--mission`).
+    pub missions: Vec<String>,
+}
+
 impl AdminTokenRequest {
     /// Checks the request against the configuration and builds the issuer's request.
-    pub fn resolve(&self, config: &Config, public_url: &str) -> anyhow::Result<TokenRequest> {
-        let audience = match &self.mission {
-            None => public_url.to_owned(),
+    ///
+    /// Without a mission the token's audience is the whole broker, so it is refused unless some
+    /// live mission has the tenant and lists the agent: a token that opens nothing is a mistake,
+    /// and minting it would hide the mistake until the agent is refused.
+    pub fn resolve(&self, config: &Config, public_url: &str) -> anyhow::Result<ResolvedToken> {
+        let (audience, missions) = match &self.mission {
+            None => (public_url.to_owned(), self.broker_wide_missions(config)?),
             Some(id) => {
                 let Some(m) = config.missions.get(id) else {
                     bail!(
@@ -423,17 +452,71 @@ impl AdminTokenRequest {
                         m.agents.join(", ")
                     );
                 }
-                format!("{public_url}{}", m.http_path())
+                (format!("{public_url}{}", m.http_path()), vec![id.clone()])
             }
         };
-        Ok(TokenRequest {
-            subject: self.subject.clone(),
-            tenant: self.tenant.clone(),
-            agent: self.agent.clone(),
-            audience,
-            roles: self.roles.clone(),
-            ttl: Duration::from_secs(self.ttl_secs),
+        Ok(ResolvedToken {
+            request: TokenRequest {
+                subject: self.subject.clone(),
+                tenant: self.tenant.clone(),
+                agent: self.agent.clone(),
+                audience,
+                roles: self.roles.clone(),
+                ttl: Duration::from_secs(self.ttl_secs),
+            },
+            missions,
         })
+    }
+
+    /// The live missions a broker-wide token of this tenant and agent opens; an error naming
+    /// the tenant's missions when there is none.
+    fn broker_wide_missions(&self, config: &Config) -> anyhow::Result<Vec<String>> {
+        let now = crate::authn::unix_now();
+        let tenants: Vec<&config::Mission> = config
+            .missions
+            .values()
+            .filter(|m| m.tenant == self.tenant)
+            .collect();
+        if tenants.is_empty() {
+            let mut names: Vec<&str> = config
+                .missions
+                .values()
+                .map(|m| m.tenant.as_str())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            bail!(
+                "no mission has tenant `{}`{}, so a broker-wide token would open nothing: check `--tenant`",
+                self.tenant,
+                config::diag::suggestion(&self.tenant, names.into_iter())
+            );
+        }
+        let accepting: Vec<String> = tenants
+            .iter()
+            .filter(|m| m.agents.contains(&self.agent) && now <= m.expires_at)
+            .map(|m| m.id.clone())
+            .collect();
+        if accepting.is_empty() {
+            let listed: Vec<String> = tenants
+                .iter()
+                .map(|m| {
+                    let expired = if now > m.expires_at {
+                        format!("; expired {}", m.expires)
+                    } else {
+                        String::new()
+                    };
+                    format!("{} (agents: {}{expired})", m.id, m.agents.join(", "))
+                })
+                .collect();
+            bail!(
+                "no mission accepts agent `{}` of tenant `{}`, so a broker-wide token would open nothing (missions of `{}`: {}): check `--agent`, or add the agent to a mission",
+                self.agent,
+                self.tenant,
+                self.tenant,
+                listed.join(", ")
+            );
+        }
+        Ok(accepting)
     }
 }
 
@@ -502,13 +585,16 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
     let token = match backend(&config)? {
         Backend::Direct(store) => {
             let public_url = config.settings.public_url.clone();
-            let issuer_request = request.resolve(&config, &public_url)?;
+            let resolved = request.resolve(&config, &public_url)?;
             let (audit, writer) = Auditor::start(&store)?;
             let issuer = Issuer::load_or_create(&store, &public_url)?;
-            let minted = inbound::mint(&issuer, &audit, &issuer_request).await?;
+            let minted = inbound::mint(&issuer, &audit, &resolved.request).await?;
             drop(audit);
             let _ = writer.await;
-            minted.token
+            AdminTokenResponse {
+                minted,
+                missions: resolved.missions,
+            }
         }
         Backend::Admin(cred) => {
             let response = reqwest::Client::new()
@@ -523,11 +609,20 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
             if !status.is_success() {
                 bail!("{}", body.trim());
             }
-            let minted: crate::authn::MintedToken = serde_json::from_str(&body)?;
-            minted.token
+            serde_json::from_str::<AdminTokenResponse>(&body)
+                .context("the running server answered the token request with something else")?
         }
     };
-    println!("{token}");
+    if request.mission.is_none() {
+        // stdout stays the bare token (scripts read it); what it opens goes to stderr.
+        eprintln!(
+            "note: this broker-wide token grants agent `{}` of tenant `{}` the mission(s): {}",
+            request.agent,
+            request.tenant,
+            token.missions.join(", ")
+        );
+    }
+    println!("{}", token.minted.token);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -722,6 +817,12 @@ async fn serve(
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    // Printed (for whoever started the server) and logged (for whoever reads its logs): a
+    // control that looks enforced but is not must not go unnoticed.
+    for w in &config.warnings {
+        eprintln!("{w}");
+        tracing::warn!(file = %w.file.display(), "{}", w.message);
+    }
     if let Some(id) = &mission {
         if !config.missions.contains_key(id) {
             bail!(
@@ -769,6 +870,13 @@ async fn serve(
             .join(", "),
         config.manifests.len()
     ));
+    if !config.warnings.is_empty()
+        && let Some(detail) = &mut event.detail
+    {
+        // The audit trail shows that the policy files were there and had no effect.
+        let files: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        detail.push_str(&format!("; {}", files.join("; ")));
+    }
     audit.record_durable(event).await?;
 
     let config = Arc::new(config);
@@ -796,7 +904,7 @@ async fn serve(
             let local = listener.local_addr()?;
             let admin_token = crate::authn::random_id() + &crate::authn::random_id();
             let cred = AdminCredential {
-                url: format!("http://127.0.0.1:{}", local.port()),
+                url: admin_url(local),
                 token: admin_token.clone(),
                 pid: std::process::id(),
             };
@@ -839,6 +947,19 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     let _ = store.flush();
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// The URL the CLI dials to reach the admin API of a server listening on `local`: the address
+/// itself, or for a wildcard (`0.0.0.0`, `[::]`) the loopback of the same family. The admin API
+/// answers loopback peers only, so that is also where it can be reached.
+fn admin_url(local: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
 }
 
 async fn serve_stdio(

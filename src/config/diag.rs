@@ -25,6 +25,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Something in the configuration directory that loads but that the user should know about,
+/// e.g. a file Mandate reads nothing from yet. Printed as `path: warning: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: {}", self.file.display(), self.message)
+    }
+}
+
 /// A source file being validated: turns byte offsets into line and column.
 pub struct Source<'a> {
     pub path: &'a Path,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use diag::Diagnostic;
+pub use diag::{Diagnostic, Warning};
 use diag::{Source, suggestion};
 use raw::*;
 
@@ -32,6 +32,8 @@ pub struct Config {
     pub settings: Settings,
     pub manifests: BTreeMap<String, ToolManifest>,
     pub missions: BTreeMap<String, Mission>,
+    /// What loaded but has no effect (e.g. Cedar policy files): `check` and `serve` print these.
+    pub warnings: Vec<Warning>,
 }
 
 /// Broker settings.
@@ -182,6 +184,7 @@ pub struct Sources {
     pub settings: Option<(PathBuf, String)>,
     pub manifests: Vec<(PathBuf, String, Result<Option<LockFile>, String>)>,
     pub missions: Vec<(PathBuf, String)>,
+    pub warnings: Vec<Warning>,
 }
 
 fn io_diag(path: &Path, e: impl std::fmt::Display) -> Diagnostic {
@@ -205,8 +208,9 @@ pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
             None
         }
     };
+    let mut warnings = Vec::new();
     let mut manifests = Vec::new();
-    for path in toml_files(&root.join("tool-manifests"), &mut diags) {
+    for path in toml_files(&root.join("tool-manifests"), &mut diags, &mut warnings) {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let lock = LockFile::read(&lock_path(&path));
@@ -216,7 +220,7 @@ pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
         }
     }
     let mut missions = Vec::new();
-    for path in toml_files(&root.join("missions"), &mut diags) {
+    for path in toml_files(&root.join("missions"), &mut diags, &mut warnings) {
         match std::fs::read_to_string(&path) {
             Ok(text) => missions.push((path, text)),
             Err(e) => diags.push(io_diag(&path, e)),
@@ -227,13 +231,22 @@ pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
             settings,
             manifests,
             missions,
+            warnings,
         })
     } else {
         Err(diags)
     }
 }
 
-fn toml_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+/// The `.toml` files under `dir`, sorted. Symbolic links to files are read like files; symbolic
+/// links to directories are reported and not followed: following them can loop forever (a link
+/// to `..`) or load files from outside the configuration directory. `dir` itself may be a link.
+/// Cedar policy files (`.cedar`) are reported as warnings: nothing reads them yet.
+fn toml_files(
+    dir: &Path,
+    diags: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -247,14 +260,38 @@ fn toml_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            let Ok(kind) = entry.file_type() else {
+                diags.push(io_diag(&path, "cannot tell its file type"));
+                continue;
+            };
+            if kind.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "toml") {
-                out.push(path);
+                continue;
+            }
+            if kind.is_symlink() && path.is_dir() {
+                diags.push(Diagnostic {
+                    file: path,
+                    line: 1,
+                    col: 1,
+                    message: "a symbolic link to a directory, which Mandate does not follow: \
+                              replace it with a directory (links to files are fine)"
+                        .to_owned(),
+                });
+                continue;
+            }
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("toml") => out.push(path),
+                Some("cedar") => warnings.push(Warning {
+                    file: path,
+                    message: "Cedar policies are not enforced yet; this file has no effect"
+                        .to_owned(),
+                }),
+                _ => {}
             }
         }
     }
     out.sort();
+    warnings.sort();
     out
 }
 
@@ -384,6 +421,7 @@ pub fn build(
             settings,
             manifests,
             missions,
+            warnings: sources.warnings.clone(),
         })
     } else {
         diags.sort();

@@ -365,9 +365,14 @@ fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
         .into_response()
 }
 
+/// Whether an admin request comes from this machine's loopback with the admin credential.
+///
+/// Every admin handler asks this before it looks at the request's body or query, so a caller
+/// without the credential learns nothing about what the API expects.
 fn admin_authorized(broker: &Broker, peer: SocketAddr, headers: &axum::http::HeaderMap) -> bool {
     // The admin API serves the local CLI only, even when the MCP endpoints listen more widely.
-    if !peer.ip().is_loopback() {
+    // On a dual-stack `[::]` listener an IPv4 loopback peer arrives as `::ffff:127.0.0.1`.
+    if !peer.ip().to_canonical().is_loopback() {
         return false;
     }
     let Ok(token) = crate::authn::bearer(headers.get(header::AUTHORIZATION)) else {
@@ -388,17 +393,31 @@ async fn admin_token(
     State(broker): State<Arc<Broker>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
-    Json(request): Json<crate::cli::AdminTokenRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
-    let request = match request.resolve(&broker.config, &broker.config.settings.public_url) {
+    let request: crate::cli::AdminTokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid token request: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let resolved = match request.resolve(&broker.config, &broker.config.settings.public_url) {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    match mint(&broker.issuer, &broker.audit, &request).await {
-        Ok(minted) => Json(minted).into_response(),
+    match mint(&broker.issuer, &broker.audit, &resolved.request).await {
+        Ok(minted) => Json(crate::cli::AdminTokenResponse {
+            minted,
+            missions: resolved.missions,
+        })
+        .into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
@@ -433,11 +452,21 @@ async fn admin_export(
     State(broker): State<Arc<Broker>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
-    Query(q): Query<ExportQuery>,
+    uri: axum::http::Uri,
 ) -> Response {
     if !admin_authorized(&broker, peer, &headers) {
         return forbidden_admin();
     }
+    let q = match Query::<ExportQuery>::try_from_uri(&uri) {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid export query: {}\n", e.body_text()),
+            )
+                .into_response();
+        }
+    };
     // Sign the current heads so the export ends at signed records.
     if let Err(e) = broker.audit.checkpoint().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();

@@ -198,6 +198,11 @@ async fn tokens_are_required_and_checked() {
         "missions/hr/prod/other.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
     );
+    // A mission for `rogue-bot`, so that a broker-wide token can be minted for it.
+    ws.write(
+        "missions/finance/prod/rogue.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"rogue-bot\"]\ntools = []\n",
+    );
     ws.ledger(&[]); // manifest must allow env prod: it does
     let server = ws.serve();
     let url = server.mission_url("finance/prod/review");

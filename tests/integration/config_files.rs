@@ -335,3 +335,106 @@ fn client_config_snippets_are_valid_json_for_each_client() {
         }
     }
 }
+
+/// Runs `mandate check` in `ws`, failing the test if it has not finished within 20 s.
+fn check_within_20s(ws: &Workspace) -> std::process::Output {
+    let mut child = std::process::Command::new(mandate_bin())
+        .arg("check")
+        .current_dir(ws.path())
+        .env("MANDATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`mandate check` did not finish within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinked_directories_are_not_followed() {
+    let ws = base();
+    for name in ["a", "b", "c"] {
+        std::os::unix::fs::symlink("..", ws.path().join("missions").join(name)).unwrap();
+    }
+    // A symlinked manifest directory too; a symlinked file is read like any file.
+    std::os::unix::fs::symlink(
+        ws.path().join("tool-manifests/finance"),
+        ws.path().join("tool-manifests/money"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        ws.path().join("missions/finance/prod/review.toml"),
+        ws.path().join("missions/finance/prod/linked.toml"),
+    )
+    .unwrap();
+    let out = check_within_20s(&ws);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for link in [
+        "missions/a",
+        "missions/b",
+        "missions/c",
+        "tool-manifests/money",
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "{link}:1:1: a symbolic link to a directory, which Mandate does not follow"
+            )),
+            "{link}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("linked.toml"), "{stderr}");
+    assert!(stderr.contains("error: 4 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn cedar_files_are_reported_as_not_enforced() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.cedar",
+        "forbid (principal, action, resource);\n",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "missions/finance/prod/review.cedar: warning: Cedar policies are not enforced yet; this file has no effect"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok: 1 mission(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // `serve` says so at startup too.
+    let ws = Workspace::new();
+    ws.mission("finance/prod/review", "", "");
+    ws.write(
+        "missions/finance/prod/review.cedar",
+        "forbid (principal, action, resource);\n",
+    );
+    let server = ws.serve();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log().contains(
+        "review.cedar: warning: Cedar policies are not enforced yet; this file has no effect",
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning in: {}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.stop();
+}

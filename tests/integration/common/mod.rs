@@ -164,8 +164,13 @@ tools = [{tools}]
     }
 
     pub fn serve(&self) -> Server {
+        self.serve_on("127.0.0.1:0")
+    }
+
+    /// `mandate serve --listen <addr>` (e.g. `[::1]:0`).
+    pub fn serve_on(&self, listen: &str) -> Server {
         let mut child = Command::new(mandate_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .current_dir(self.path())
             .env("MANDATE_LOG", "info,rmcp=warn")
             .stdout(Stdio::piped())
