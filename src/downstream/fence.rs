@@ -263,12 +263,7 @@ impl StdioLane {
                         return Some(JsonRpcMessage::Notification(n));
                     }
                     // Native calls are registered in `routes` too; see `Routes::log_route`.
-                    if routes
-                        .log_route(&rmcp::model::Extensions::default())
-                        .is_none()
-                    {
-                        return None;
-                    }
+                    routes.log_route(&rmcp::model::Extensions::default())?;
                     let oldest = self
                         .pending
                         .lock()
