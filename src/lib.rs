@@ -33,3 +33,6 @@ pub mod mission;
 pub mod policy;
 pub mod store;
 pub mod tools;
+
+#[cfg(test)]
+mod fuzz_tests;

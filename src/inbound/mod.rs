@@ -8,7 +8,7 @@
 //! [`Caller`] in the request.
 
 pub mod handler;
-mod ingress;
+pub(crate) mod ingress;
 pub mod native;
 mod rebinding;
 pub mod session;
