@@ -232,23 +232,26 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             Ok(b) => b,
             Err(response) => return response,
         };
-        match ingress::parse(&body) {
+        let _reservation = match ingress::parse(&body) {
             Err(refused) => return refusal(refused),
             Ok(envelope) if envelope.method.as_deref() == Some("initialize") => {
-                if let Some(why) = gate.sessions.refuse_new(&caller) {
-                    return native::error_response(
-                        envelope.id.map_or("null", |id| id.get()),
-                        StatusCode::TOO_MANY_REQUESTS,
-                        &crate::call::RpcError {
-                            code: crate::call::reject::INVALID_REQUEST,
-                            message: why,
-                            data: None,
-                        },
-                    );
+                match gate.sessions.reserve(&caller) {
+                    Ok(reservation) => Some(reservation),
+                    Err(why) => {
+                        return native::error_response(
+                            envelope.id.map_or("null", |id| id.get()),
+                            StatusCode::TOO_MANY_REQUESTS,
+                            &crate::call::RpcError {
+                                code: crate::call::reject::INVALID_REQUEST,
+                                message: why,
+                                data: None,
+                            },
+                        );
+                    }
                 }
             }
-            Ok(_) => {}
-        }
+            Ok(_) => None,
+        };
         let request = Request::from_parts(parts, axum::body::Body::from(body));
         let opening = session::Opening {
             caller,

@@ -178,10 +178,31 @@ impl Drop for InFlight {
     }
 }
 
+/// Room for one session being opened (see [`Sessions::reserve`]); released when dropped.
+pub struct Reservation {
+    sessions: Arc<Sessions>,
+    key: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut opening) = self.sessions.opening.lock()
+            && let Some(n) = opening.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                opening.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The registry; see the module docs.
 pub struct Sessions {
     inner: LocalSessionManager,
     map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    /// `initialize` requests in progress, per principal.
+    opening: Mutex<HashMap<String, usize>>,
     epoch: Instant,
 }
 
@@ -197,6 +218,7 @@ impl Sessions {
         let sessions = Arc::new(Self {
             inner,
             map: RwLock::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         });
         tokio::spawn(reap(Arc::downgrade(&sessions)));
@@ -214,20 +236,42 @@ impl Sessions {
         Some(session)
     }
 
-    /// Why a new session for `caller` must be refused, if it must.
-    pub fn refuse_new(&self, caller: &Caller) -> Option<String> {
-        let map = self.map.read().ok()?;
-        if map.len() >= MAX_TOTAL {
-            return Some(format!(
+    /// Reserves room for a new session of `caller` while its `initialize` runs, or says why
+    /// there is none. Sessions being opened count against the caps too, so concurrent
+    /// `initialize` requests cannot overshoot them.
+    pub fn reserve(self: &Arc<Self>, caller: &Caller) -> Result<Reservation, String> {
+        let key = crate::call::principal_key(caller);
+        let mut opening = self
+            .opening
+            .lock()
+            .map_err(|_| "session registry unavailable: retry".to_owned())?;
+        let (total, mine) = {
+            let map = self
+                .map
+                .read()
+                .map_err(|_| "session registry unavailable: retry".to_owned())?;
+            (
+                map.len(),
+                map.values().filter(|s| s.owner.matches(caller)).count(),
+            )
+        };
+        let pending_mine = opening.get(&key).copied().unwrap_or(0);
+        let pending_all: usize = opening.values().sum();
+        if total + pending_all >= MAX_TOTAL {
+            return Err(format!(
                 "this mission has {MAX_TOTAL} open sessions, its limit: retry later"
             ));
         }
-        let mine = map.values().filter(|s| s.owner.matches(caller)).count();
-        (mine >= MAX_PER_PRINCIPAL).then(|| {
-            format!(
+        if mine + pending_mine >= MAX_PER_PRINCIPAL {
+            return Err(format!(
                 "you have {MAX_PER_PRINCIPAL} open sessions on this mission, the limit: close unused ones (HTTP DELETE with their Mcp-Session-Id) or wait for idle ones to close ({} s)",
                 IDLE_TIMEOUT.as_secs()
-            )
+            ));
+        }
+        *opening.entry(key.clone()).or_default() += 1;
+        Ok(Reservation {
+            sessions: self.clone(),
+            key,
         })
     }
 
