@@ -232,25 +232,39 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             Ok(b) => b,
             Err(response) => return response,
         };
-        let _reservation = match ingress::parse(&body) {
+        let envelope = match ingress::parse(&body) {
             Err(refused) => return refusal(refused),
-            Ok(envelope) if envelope.method.as_deref() == Some("initialize") => {
-                match gate.sessions.reserve(&caller) {
-                    Ok(reservation) => Some(reservation),
-                    Err(why) => {
-                        return native::error_response(
-                            envelope.id.map_or("null", |id| id.get()),
-                            StatusCode::TOO_MANY_REQUESTS,
-                            &crate::call::RpcError {
-                                code: crate::call::reject::INVALID_REQUEST,
-                                message: why,
-                                data: None,
-                            },
-                        );
-                    }
+            Ok(envelope) => envelope,
+        };
+        if gate.allowed.check(&parts.headers).is_ok()
+            && let Some(response) = native::stateless(
+                &gate.state,
+                &gate.core,
+                caller.clone(),
+                &envelope,
+                &parts.headers,
+            )
+            .await
+        {
+            return response;
+        }
+        let _reservation = if envelope.method.as_deref() == Some("initialize") {
+            match gate.sessions.reserve(&caller) {
+                Ok(reservation) => Some(reservation),
+                Err(why) => {
+                    return native::error_response(
+                        envelope.id.map_or("null", |id| id.get()),
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &crate::call::RpcError {
+                            code: crate::call::reject::INVALID_REQUEST,
+                            message: why,
+                            data: None,
+                        },
+                    );
                 }
             }
-            Ok(_) => None,
+        } else {
+            None
         };
         let request = Request::from_parts(parts, axum::body::Body::from(body));
         let opening = session::Opening {

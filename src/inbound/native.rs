@@ -43,6 +43,12 @@ struct CallParams<'a> {
 
 #[derive(Deserialize)]
 struct Meta {
+    #[serde(default, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<String>,
+    #[serde(default, rename = "io.modelcontextprotocol/clientCapabilities")]
+    client_capabilities: Option<Box<RawValue>>,
+    #[serde(default, rename = "io.modelcontextprotocol/logLevel")]
+    log_level: Option<rmcp::model::LoggingLevel>,
     #[serde(default, rename = "progressToken")]
     progress_token: Option<Box<RawValue>>,
     #[serde(default)]
@@ -62,9 +68,15 @@ type Frame = String;
 
 /// The sink of a native call: frames into the call's channel.
 struct NativeSink {
-    session: Arc<Session>,
+    session_id: u64,
+    /// The caller's session; `None` for a stateless 2026-07-28 request (no server→client
+    /// requests there: the client must be asked with an `InputRequiredResult` instead).
+    session: Option<Arc<Session>>,
     principal: String,
     progress: Option<Box<RawValue>>,
+    /// Whether log messages go to the caller at all (a 2026-07-28 request opts in with
+    /// `_meta["io.modelcontextprotocol/logLevel"]`), and from which level.
+    logs: bool,
     log_level: Option<rmcp::model::LoggingLevel>,
     frames: mpsc::UnboundedSender<Frame>,
 }
@@ -76,7 +88,7 @@ fn notification(method: &str, params: &serde_json::Map<String, Value>) -> Frame 
 
 impl CallSink for NativeSink {
     fn session(&self) -> u64 {
-        self.session.state.id
+        self.session_id
     }
 
     fn principal(&self) -> &str {
@@ -100,6 +112,9 @@ impl CallSink for NativeSink {
     }
 
     fn log(&self, params: serde_json::Map<String, Value>) -> Relaying<'_> {
+        if !self.logs {
+            return Box::pin(std::future::ready(()));
+        }
         let below = params
             .get("level")
             .and_then(|l| serde_json::from_value::<rmcp::model::LoggingLevel>(l.clone()).ok())
@@ -114,14 +129,26 @@ impl CallSink for NativeSink {
     }
 
     fn ask(&self, method: &str, params: Option<Value>) -> Asked {
-        let (id, answer) = self.session.open_ask();
+        let Some(session) = &self.session else {
+            let method = method.to_owned();
+            return Box::pin(async move {
+                Err(RpcError {
+                    code: -32601,
+                    message: format!(
+                        "`{method}` cannot reach a 2026-07-28 caller mid-call (no back-channel on a stateless request)"
+                    ),
+                    data: None,
+                })
+            });
+        };
+        let (id, answer) = session.open_ask();
         let params = params
             .map(|p| serde_json::to_string(&p).unwrap_or_else(|_| "null".into()))
             .map(|p| format!(r#","params":{p}"#))
             .unwrap_or_default();
         let frame = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"{method}"{params}}}"#);
         let sent = self.frames.send(frame).is_ok();
-        let session = self.session.clone();
+        let session = session.clone();
         Box::pin(async move {
             if !sent {
                 session.forget_ask(&id);
@@ -160,7 +187,7 @@ pub async fn handle(
                     ));
                 }
             };
-            Some(tools_call(state, core, session, caller, id.get(), params).await)
+            Some(tools_call(state, core, Some(session), caller, id.get(), params).await)
         }
         (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
             let key = serde_json::from_str::<String>(id.get()).unwrap_or_default();
@@ -191,17 +218,52 @@ pub async fn handle(
     }
 }
 
+/// Handles a stateless 2026-07-28 `tools/call` (no session) natively when it carries the
+/// per-request envelope the revision requires; `None` leaves anything else (and every error
+/// the SDK words itself: a missing envelope, mismatched standard headers) to rmcp.
+pub async fn stateless(
+    state: &Arc<MissionState>,
+    core: &call::Core,
+    caller: Arc<Caller>,
+    envelope: &Envelope<'_>,
+    headers: &axum::http::HeaderMap,
+) -> Option<Response> {
+    const MODERN: &str = "2026-07-28";
+    if envelope.method.as_deref() != Some("tools/call")
+        || headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok())
+            != Some(MODERN)
+    {
+        return None;
+    }
+    let id = envelope.id?;
+    let params = serde_json::from_str::<CallParams>(envelope.params?.get()).ok()?;
+    let meta = params.meta.as_ref()?;
+    if meta.protocol_version.as_deref() != Some(MODERN) || meta.client_capabilities.is_none() {
+        return None;
+    }
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if header("mcp-method").is_some_and(|m| m != "tools/call")
+        || header("mcp-name").is_some_and(|n| n != params.name)
+    {
+        return None;
+    }
+    Some(tools_call(state, core, None, caller, id.get(), params).await)
+}
+
 async fn tools_call(
     state: &Arc<MissionState>,
     core: &call::Core,
-    session: &Arc<Session>,
+    session: Option<&Arc<Session>>,
     caller: Arc<Caller>,
     id: &str,
     params: CallParams<'_>,
 ) -> Response {
-    let inflight = match session.start_call(id) {
-        Ok(f) => f,
-        Err(_) => {
+    let inflight = match session.map(|s| s.start_call(id)) {
+        Some(Ok(f)) => Some(f),
+        None => None,
+        Some(Err(_)) => {
             return error_response(
                 id,
                 StatusCode::OK,
@@ -213,11 +275,20 @@ async fn tools_call(
             );
         }
     };
+    let stateless = session.is_none();
+    let cancel = inflight
+        .as_ref()
+        .map(|f| f.cancel.clone())
+        .unwrap_or_default();
     let (frames, mut rx) = mpsc::unbounded_channel();
     let meta = params.meta;
-    let (progress, traceparent, reasoning) = match meta {
-        Some(m) => (m.progress_token, m.traceparent, m.reasoning),
-        None => (None, None, None),
+    let (progress, traceparent, reasoning, requested_level) = match meta {
+        Some(m) => (m.progress_token, m.traceparent, m.reasoning, m.log_level),
+        None => (None, None, None, None),
+    };
+    let (logs, log_level) = match session {
+        Some(s) => (true, s.state.log_level()),
+        None => (requested_level.is_some(), requested_level),
     };
     let tool = params.name.into_owned();
     let principal = call::principal_key(&caller);
@@ -228,12 +299,15 @@ async fn tools_call(
         reasoning,
         request_id: id.to_owned(),
         traceparent,
-        cancel: inflight.cancel.clone(),
+        cancel,
         sink: Arc::new(NativeSink {
-            session: session.clone(),
+            session_id: session
+                .map_or_else(|| super::handler::SessionState::new().id, |s| s.state.id),
+            session: session.cloned(),
             principal,
             progress,
-            log_level: session.state.log_level(),
+            logs,
+            log_level,
             frames,
         }),
     };
@@ -252,20 +326,20 @@ async fn tools_call(
             // Frames sent before the result are streamed first, in order.
             let mut batch: Vec<Frame> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
             if batch.is_empty() {
-                return json_answer(&id, &tool, result);
+                return json_answer(&id, &tool, result, stateless);
             }
-            batch.push(answer(&id, &tool, result));
+            batch.push(answer(&id, &tool, result, stateless));
             return sse(futures::stream::once(std::future::ready(Ok(batch))));
         }
     };
     let Some(first) = first else {
         // The sink is gone but the call still runs: wait for its result.
-        return json_answer(&id, &tool, run.await);
+        return json_answer(&id, &tool, run.await, stateless);
     };
     // Streaming: the response body drives the call from here, inline on the connection's task.
     let stream = futures::stream::unfold(
         (Some(vec![first]), Some(run), rx, id, tool),
-        |(pending, run, mut rx, id, tool)| async move {
+        move |(pending, run, mut rx, id, tool)| async move {
             if let Some(batch) = pending {
                 return Some((Ok::<_, Infallible>(batch), (None, run, rx, id, tool)));
             }
@@ -275,7 +349,7 @@ async fn tools_call(
                 Some(frame) = rx.recv() => Some((Ok(vec![frame]), (None, Some(run), rx, id, tool))),
                 result = &mut run => {
                     let mut batch: Vec<Frame> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-                    batch.push(answer(&id, &tool, result));
+                    batch.push(answer(&id, &tool, result, stateless));
                     Some((Ok(batch), (None, None, rx, id, tool)))
                 }
             }
@@ -285,16 +359,25 @@ async fn tools_call(
 }
 
 /// The JSON-RPC response message for a call's result.
-fn answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> String {
+fn answer(id: &str, tool: &str, result: Result<Completed, Reject>, modern: bool) -> String {
     match result {
+        Ok(Completed::Result { raw, .. }) if modern => format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#,
+            with_result_type(raw.get())
+        ),
         Ok(Completed::Result { raw, .. }) | Ok(Completed::InputRequired(raw)) => {
             format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, raw.get())
         }
         Err(reject) => match reject.answer(tool) {
             Answer::ToolError(text) => {
                 let text = serde_json::to_string(&text).unwrap_or_else(|_| "\"\"".into());
+                let result_type = if modern {
+                    r#","resultType":"complete""#
+                } else {
+                    ""
+                };
                 format!(
-                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":{text}}}],"isError":true}}}}"#
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":{text}}}],"isError":true{result_type}}}}}"#
                 )
             }
             Answer::Error { error, .. } => error_message(id, &error),
@@ -302,7 +385,26 @@ fn answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> String {
     }
 }
 
-fn json_answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> Response {
+/// A complete result for a 2026-07-28 caller must say so (`resultType`); legacy downstreams
+/// do not write it. Spliced into the raw object without re-serialising it.
+fn with_result_type(raw: &str) -> Cow<'_, str> {
+    let trimmed = raw.trim_end();
+    if raw.contains("\"resultType\"") || !trimmed.ends_with('}') {
+        return Cow::Borrowed(raw);
+    }
+    let body = &trimmed[..trimmed.len() - 1];
+    let empty = body
+        .trim_start()
+        .strip_prefix('{')
+        .is_some_and(|b| b.trim().is_empty());
+    Cow::Owned(if empty {
+        r#"{"resultType":"complete"}"#.to_owned()
+    } else {
+        format!(r#"{body},"resultType":"complete"}}"#)
+    })
+}
+
+fn json_answer(id: &str, tool: &str, result: Result<Completed, Reject>, modern: bool) -> Response {
     let status = match &result {
         Err(reject) => match reject.answer(tool) {
             Answer::Error { status, .. } => StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -310,7 +412,7 @@ fn json_answer(id: &str, tool: &str, result: Result<Completed, Reject>) -> Respo
         },
         Ok(_) => StatusCode::OK,
     };
-    json(status, answer(id, tool, result))
+    json(status, answer(id, tool, result, modern))
 }
 
 fn error_message(id: &str, error: &RpcError) -> String {

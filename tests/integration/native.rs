@@ -797,3 +797,52 @@ async fn a_flood_of_initialize_requests_keeps_memory_bounded() {
     assert!(grown_mib <= 150, "RSS grew {grown_mib} MiB");
     server.stop();
 }
+
+/// A stateless 2026-07-28 `tools/call` (no session) is answered natively too, with the
+/// revision's `resultType`; one without the per-request envelope gets the SDK's error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateless_2026_call_is_answered_natively() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let token = ws.token(Some("finance/prod/review"));
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .json(&body)
+            .send()
+    };
+    let envelope = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "get_invoice", "arguments": {"invoice_id": "INV-1001"}, "_meta": envelope}}),
+    )
+    .await
+    .unwrap();
+    let (kind, msgs) = messages(r).await;
+    assert_eq!(kind, "application/json", "{msgs:?}");
+    assert_eq!(msgs[0]["result"]["resultType"], "complete", "{msgs:?}");
+    assert_eq!(msgs[0]["result"]["structuredContent"]["id"], "INV-1001");
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "export_all", "arguments": {}, "_meta": envelope}}),
+    )
+    .await
+    .unwrap();
+    let (_, msgs) = messages(r).await;
+    assert_eq!(msgs[0]["error"]["message"], "tool not found: export_all");
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "get_invoice", "arguments": {"invoice_id": "INV-1001"}}}),
+    )
+    .await
+    .unwrap();
+    let (_, msgs) = messages(r).await;
+    assert_eq!(msgs[0]["error"]["code"], -32602, "{msgs:?}");
+    server.stop();
+}
