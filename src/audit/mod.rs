@@ -11,6 +11,7 @@
 //! write and irreversible tool calls use it before their downstream is called, and are refused if
 //! it fails. Storage goes through [`crate::store::AuditLog`] and [`crate::store::KeyStore`].
 
+pub mod aggregate;
 pub mod chain;
 pub mod checkpoint;
 pub mod export;

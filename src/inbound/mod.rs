@@ -49,18 +49,19 @@ pub struct Broker {
 
 struct Gate {
     runtime: Arc<MissionRuntime>,
+    /// Repeated failures and session openings, recorded first in full and then counted.
+    aggregate: crate::audit::aggregate::Aggregator,
     state: Arc<MissionState>,
     core: crate::call::Core,
     sessions: Arc<session::Sessions>,
     allowed: rebinding::Allowed,
     issuer: Arc<Issuer>,
-    audit: Auditor,
     public_url: String,
     metadata_url: String,
 }
 
 /// Builds the router for a broker.
-pub fn router(broker: Arc<Broker>) -> Router {
+pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregator) -> Router {
     let settings = &broker.config.settings;
     let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Ok(url) = reqwest::Url::parse(&settings.public_url)
@@ -75,6 +76,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         let path = state.runtime.mission.http_path();
         let sessions = session::Sessions::new();
         let gate = Arc::new(Gate {
+            aggregate: aggregate.clone(),
             runtime: state.runtime.clone(),
             state: state.clone(),
             core: crate::call::Core {
@@ -86,7 +88,6 @@ pub fn router(broker: Arc<Broker>) -> Router {
                 origins: settings.allowed_origins.clone(),
             },
             issuer: broker.issuer.clone(),
-            audit: broker.audit.clone(),
             public_url: settings.public_url.clone(),
             metadata_url: format!(
                 "{}/.well-known/oauth-protected-resource{}",
@@ -177,6 +178,11 @@ fn protected_resource(broker: &Broker, mission: &str) -> Response {
 
 /// The authentication layer in front of a mission.
 async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown peer".into());
     let audiences = [gate.public_url.as_str(), gate.runtime.resource_url.as_str()];
     let verified = crate::authn::bearer(request.headers().get(header::AUTHORIZATION))
         .and_then(|token| gate.issuer.verify(token, &audiences));
@@ -186,8 +192,9 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             let mut event = Event::new(EventKind::AuthFailure);
             event.mission = Some(gate.runtime.mission.id.clone());
             event.outcome = Some("unauthenticated".into());
-            event.detail = Some(e.to_string());
-            gate.audit.record_now(event);
+            event.detail = Some(format!("{e} (from {peer})"));
+            gate.aggregate
+                .record(&format!("unauthenticated: {e}"), &peer, event);
             return unauthorized(&gate, &e);
         }
     };
@@ -200,7 +207,11 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         event.token_id = Some(caller.token_id.clone());
         event.outcome = Some("forbidden".into());
         event.detail = Some(denied.to_string());
-        gate.audit.record_now(event);
+        gate.aggregate.record(
+            &format!("forbidden: {denied}"),
+            &crate::call::principal_key(&caller),
+            event,
+        );
         let challenge = format!(
             "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
             gate.metadata_url
@@ -268,12 +279,29 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         };
         let request = Request::from_parts(parts, axum::body::Body::from(body));
         let opening = session::Opening {
-            caller,
+            caller: caller.clone(),
             state: None,
         };
-        return session::OPENING
+        let response = session::OPENING
             .scope(std::cell::RefCell::new(Some(opening)), next.run(request))
             .await;
+        if _reservation.is_some() && response.headers().contains_key("mcp-session-id") {
+            // Session creation is audited, aggregated per principal like failures.
+            let mut event = Event::new(EventKind::Access);
+            event.mission = Some(gate.runtime.mission.id.clone());
+            event.tenant = Some(caller.tenant.clone());
+            event.subject = Some(caller.subject.clone());
+            event.agent = Some(caller.agent.clone());
+            event.token_id = Some(caller.token_id.clone());
+            event.outcome = Some("session_opened".into());
+            event.detail = Some("MCP session opened".into());
+            gate.aggregate.record(
+                "session opened",
+                &crate::call::principal_key(&caller),
+                event,
+            );
+        }
+        return response;
     };
     // Every method on a session (POST, GET, DELETE) must come from the session's principal; a
     // stranger is told the session does not exist.
@@ -292,7 +320,11 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             "{} on a session that is unknown or belongs to another principal",
             request.method()
         ));
-        gate.audit.record_now(event);
+        gate.aggregate.record(
+            &format!("unknown session: {}", request.method()),
+            &crate::call::principal_key(&caller),
+            event,
+        );
         return native::error_response(
             "null",
             StatusCode::NOT_FOUND,
@@ -541,14 +573,18 @@ pub async fn serve_http(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let app = router(broker);
+    let aggregate = crate::audit::aggregate::Aggregator::start(broker.audit.clone());
+    let app = router(broker, aggregate.clone());
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    .await;
+    // Counts gathered since the last window are written before the audit log closes.
+    aggregate.flush();
+    served
 }

@@ -846,3 +846,49 @@ async fn a_stateless_2026_call_is_answered_natively() {
     assert_eq!(msgs[0]["error"]["code"], -32602, "{msgs:?}");
     server.stop();
 }
+
+/// Unauthenticated traffic cannot flood the audit log: the first failure of each kind from each
+/// source is recorded in full, the rest are counted in one record.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_failures_and_session_openings_are_aggregated() {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let token = ws.token(Some("finance/prod/review"));
+    let http = reqwest::Client::new();
+    for i in 0..600 {
+        let mut r = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+        if i % 2 == 0 {
+            r = r.bearer_auth("garbage");
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401);
+    }
+    for _ in 0..20 {
+        let _ = Raw::open(&url, &token).await;
+    }
+    server.stop();
+    let records = audit_records(&ws);
+    let failures: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "auth_failure")
+        .collect();
+    assert_eq!(failures.len(), 4, "{failures:#?}");
+    assert!(
+        failures.iter().any(|r| r["outcome"] == "aggregated"
+            && r["detail"].as_str().unwrap().starts_with("299 more")),
+        "{failures:#?}"
+    );
+    let opened: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["outcome"] == "session_opened"
+                || (r["outcome"] == "aggregated" && r["kind"] == "access")
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:#?}");
+    assert!(opened[1]["detail"].as_str().unwrap().starts_with("19 more"));
+}
