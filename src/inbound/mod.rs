@@ -356,8 +356,41 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     {
         return response;
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
-        .await
+    // A request rmcp answers holds its id on the session until its response is finished, so a
+    // second request reusing an id in flight is refused on this path as on the native one.
+    let inflight = match (envelope.id, envelope.method.is_some()) {
+        (Some(id), true) => match live.start_call(id.get(), false) {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                return native::error_response(
+                    id.get(),
+                    StatusCode::OK,
+                    &crate::call::RpcError {
+                        code: crate::call::reject::INVALID_REQUEST,
+                        message: "a request with this id is already in flight on this session"
+                            .into(),
+                        data: None,
+                    },
+                );
+            }
+        },
+        _ => None,
+    };
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await;
+    match inflight {
+        None => response,
+        Some(guard) => {
+            use futures::StreamExt;
+            let (parts, body) = response.into_parts();
+            let body = body.into_data_stream().map(move |chunk| {
+                let _held = &guard;
+                chunk
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(body))
+        }
+    }
 }
 
 /// Largest accepted request body.

@@ -260,7 +260,7 @@ async fn tools_call(
     id: &str,
     params: CallParams<'_>,
 ) -> Response {
-    let inflight = match session.map(|s| s.start_call(id)) {
+    let inflight = match session.map(|s| s.start_call(id, true)) {
         Some(Ok(f)) => Some(f),
         None => None,
         Some(Err(_)) => {

@@ -94,8 +94,9 @@ pub struct Session {
     pub state: Arc<SessionState>,
     /// Milliseconds since the registry's epoch at the last request.
     last_active: AtomicU64,
-    /// Native calls in flight, by the caller's request id (its JSON text): their cancellation.
-    inflight: Mutex<HashMap<String, CancellationToken>>,
+    /// Requests in flight, by the caller's request id (its JSON text): the cancellation of a
+    /// native call, `None` for a request rmcp answers (rmcp cancels those itself).
+    inflight: Mutex<HashMap<String, Option<CancellationToken>>>,
     /// Server→client requests sent on native streams, awaiting the caller's response.
     asks: Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
     next_ask: AtomicU64,
@@ -106,14 +107,15 @@ pub struct Session {
 pub struct DuplicateId;
 
 impl Session {
-    /// Registers a native call; a request id already in flight on this session is refused.
-    pub fn start_call(self: &Arc<Self>, id: &str) -> Result<InFlight, DuplicateId> {
+    /// Registers a request (`native`: a call Mandate runs itself); a request id already in
+    /// flight on this session is refused.
+    pub fn start_call(self: &Arc<Self>, id: &str, native: bool) -> Result<InFlight, DuplicateId> {
         let mut inflight = self.inflight.lock().map_err(|_| DuplicateId)?;
         if inflight.contains_key(id) {
             return Err(DuplicateId);
         }
         let cancel = CancellationToken::new();
-        inflight.insert(id.to_owned(), cancel.clone());
+        inflight.insert(id.to_owned(), native.then(|| cancel.clone()));
         Ok(InFlight {
             session: self.clone(),
             id: id.to_owned(),
@@ -123,7 +125,12 @@ impl Session {
 
     /// Cancels a native call (`notifications/cancelled`); false if none has that id.
     pub fn cancel_call(&self, id: &str) -> bool {
-        match self.inflight.lock().ok().and_then(|m| m.get(id).cloned()) {
+        match self
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).cloned().flatten())
+        {
             Some(ct) => {
                 ct.cancel();
                 true
@@ -289,7 +296,7 @@ impl Sessions {
         if let Some(session) = removed
             && let Ok(inflight) = session.inflight.lock()
         {
-            for cancel in inflight.values() {
+            for cancel in inflight.values().flatten() {
                 cancel.cancel();
             }
         }
