@@ -350,7 +350,7 @@ pub async fn call(
     let downstream = permit.downstream().clone();
     let tool = permit.tool().clone();
     if let Some(lane) = downstream.lane.as_ref().filter(|l| l.ready()) {
-        return lane
+        let result = lane
             .call(
                 &tool.tool,
                 permit.raw_arguments(),
@@ -361,6 +361,11 @@ pub async fn call(
                 &ct,
             )
             .await;
+        // The downstream forgot its session (restarted, or expired it): the lane stepped
+        // back, and rmcp re-initializes on the call below; anything else is the answer.
+        if !matches!(result, Err(DownstreamError::Unavailable(..))) || lane.ready() {
+            return result;
+        }
     }
     if let Some(lane) = downstream.stdio.as_ref().filter(|l| l.ready()) {
         return lane

@@ -335,6 +335,12 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             },
         );
     };
+    if request.method() == axum::http::Method::GET {
+        // An open standalone stream keeps its session from being closed as idle.
+        let guard = live.hold_open();
+        let response = next.run(request).await;
+        return hold_until_finished(response, guard);
+    }
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
@@ -381,16 +387,19 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         .await;
     match inflight {
         None => response,
-        Some(guard) => {
-            use futures::StreamExt;
-            let (parts, body) = response.into_parts();
-            let body = body.into_data_stream().map(move |chunk| {
-                let _held = &guard;
-                chunk
-            });
-            Response::from_parts(parts, axum::body::Body::from_stream(body))
-        }
+        Some(guard) => hold_until_finished(response, guard),
     }
+}
+
+/// Keeps `guard` alive until the response body is finished or dropped.
+fn hold_until_finished<G: Send + Sync + 'static>(response: Response, guard: G) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &guard;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// Largest accepted request body.

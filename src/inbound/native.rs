@@ -148,16 +148,32 @@ impl CallSink for NativeSink {
             .unwrap_or_default();
         let frame = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"{method}"{params}}}"#);
         let sent = self.frames.send(frame).is_ok();
-        let session = session.clone();
+        // Forgotten however the wait ends (answered, call timed out, caller gone).
+        let pending = PendingAsk {
+            session: session.clone(),
+            id,
+        };
         Box::pin(async move {
+            let _pending = pending;
             if !sent {
-                session.forget_ask(&id);
                 return Err(call::reject::internal("the caller's stream is closed"));
             }
             answer
                 .await
                 .unwrap_or_else(|_| Err(call::reject::internal("the caller did not answer")))
         })
+    }
+}
+
+/// A server→client request awaiting the caller's answer; forgotten when dropped.
+struct PendingAsk {
+    session: Arc<Session>,
+    id: String,
+}
+
+impl Drop for PendingAsk {
+    fn drop(&mut self) {
+        self.session.forget_ask(&self.id);
     }
 }
 

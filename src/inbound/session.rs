@@ -123,6 +123,13 @@ impl Session {
         })
     }
 
+    /// Marks the session busy while a standalone stream (GET) is open.
+    pub fn hold_open(self: &Arc<Self>) -> Option<InFlight> {
+        let n = self.next_ask.fetch_add(1, Ordering::Relaxed);
+        // Not a JSON value, so it can never collide with a request id.
+        self.start_call(&format!("GET stream {n}"), false).ok()
+    }
+
     /// Cancels a native call (`notifications/cancelled`); false if none has that id.
     pub fn cancel_call(&self, id: &str) -> bool {
         match self

@@ -18,8 +18,12 @@ struct HttpLedger {
 
 impl HttpLedger {
     fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(addr: &str) -> Self {
         let mut child = Command::new(ledger_bin())
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", addr])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -891,4 +895,50 @@ async fn repeated_failures_and_session_openings_are_aggregated() {
         .collect();
     assert_eq!(opened.len(), 2, "{opened:#?}");
     assert!(opened[1]["detail"].as_str().unwrap().starts_with("19 more"));
+}
+
+/// A downstream that restarts forgets its sessions: the next call is not lost, Mandate
+/// re-initializes and answers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_http_downstream_is_reconnected_without_failing_a_call() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ledger = HttpLedger::start_on(&format!("127.0.0.1:{port}"));
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let (_, msgs) = alice
+        .call(
+            json!(1),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
+    drop(ledger);
+    let _ledger = HttpLedger::start_on(&format!("127.0.0.1:{port}"));
+    let (_, msgs) = alice
+        .call(
+            json!(2),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
+    let (_, msgs) = alice
+        .call(
+            json!(3),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
+    server.stop();
 }
