@@ -81,6 +81,26 @@ pub async fn list_prompts(admitted: &Admitted) -> Result<Vec<Prompt>, Downstream
     Ok(all)
 }
 
+/// Sends `request()` to each downstream in turn; the first answer wins, else the last error
+/// (or `none` when there is no downstream to ask).
+async fn first_answer(
+    downstreams: &[Arc<super::Downstream>],
+    request: impl Fn() -> ClientRequest,
+    sink: Arc<dyn CallSink>,
+    ct: CancellationToken,
+    none: crate::call::RpcError,
+) -> Result<ServerResult, DownstreamError> {
+    let mut last = None;
+    for d in downstreams {
+        let route = Some(CallRoute::new(sink.clone()));
+        match d.forward(request(), route, TIMEOUT, ct.clone()).await {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(DownstreamError::Mcp(none)))
+}
+
 /// Reads a resource from the first resource downstream that has it.
 pub async fn read_resource(
     admitted: &Admitted,
@@ -88,22 +108,13 @@ pub async fn read_resource(
     sink: Arc<dyn CallSink>,
     ct: CancellationToken,
 ) -> Result<ServerResult, DownstreamError> {
-    let mut last = None;
-    for d in admitted.resources() {
-        let req = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params.clone()));
-        match d
-            .forward(req, Some(CallRoute::new(sink.clone())), TIMEOUT, ct.clone())
-            .await
-        {
-            Ok(r) => return Ok(r),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(DownstreamError::Mcp(crate::call::RpcError {
+    let none = crate::call::RpcError {
         code: -32002,
         message: format!("resource not found: {}", params.uri),
         data: None,
-    })))
+    };
+    let request = || ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params.clone()));
+    first_answer(admitted.resources(), request, sink, ct, none).await
 }
 
 /// Gets a prompt from the first prompt downstream that has it.
@@ -113,22 +124,13 @@ pub async fn get_prompt(
     sink: Arc<dyn CallSink>,
     ct: CancellationToken,
 ) -> Result<ServerResult, DownstreamError> {
-    let mut last = None;
-    for d in admitted.prompts() {
-        let req = ClientRequest::GetPromptRequest(GetPromptRequest::new(params.clone()));
-        match d
-            .forward(req, Some(CallRoute::new(sink.clone())), TIMEOUT, ct.clone())
-            .await
-        {
-            Ok(r) => return Ok(r),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(DownstreamError::Mcp(crate::call::RpcError {
+    let none = crate::call::RpcError {
         code: -32602,
         message: format!("prompt not found: {}", params.name),
         data: None,
-    })))
+    };
+    let request = || ClientRequest::GetPromptRequest(GetPromptRequest::new(params.clone()));
+    first_answer(admitted.prompts(), request, sink, ct, none).await
 }
 
 /// Completion from the first prompt or resource downstream that answers.

@@ -176,6 +176,19 @@ fn protected_resource(broker: &Broker, mission: &str) -> Response {
     }
 }
 
+impl Gate {
+    /// An audit event about `caller` on this mission.
+    fn caller_event(&self, kind: EventKind, caller: &Caller) -> Event {
+        let mut event = Event::new(kind);
+        event.mission = Some(self.runtime.mission.id.clone());
+        event.tenant = Some(caller.tenant.clone());
+        event.subject = Some(caller.subject.clone());
+        event.agent = Some(caller.agent.clone());
+        event.token_id = Some(caller.token_id.clone());
+        event
+    }
+}
+
 /// The authentication layer in front of a mission.
 async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
     let peer = request
@@ -199,12 +212,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         }
     };
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
-        let mut event = Event::new(EventKind::AuthFailure);
-        event.mission = Some(gate.runtime.mission.id.clone());
-        event.tenant = Some(caller.tenant.clone());
-        event.subject = Some(caller.subject.clone());
-        event.agent = Some(caller.agent.clone());
-        event.token_id = Some(caller.token_id.clone());
+        let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
         event.outcome = Some("forbidden".into());
         event.detail = Some(denied.to_string());
         gate.aggregate.record(
@@ -287,12 +295,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             .await;
         if _reservation.is_some() && response.headers().contains_key("mcp-session-id") {
             // Session creation is audited, aggregated per principal like failures.
-            let mut event = Event::new(EventKind::Access);
-            event.mission = Some(gate.runtime.mission.id.clone());
-            event.tenant = Some(caller.tenant.clone());
-            event.subject = Some(caller.subject.clone());
-            event.agent = Some(caller.agent.clone());
-            event.token_id = Some(caller.token_id.clone());
+            let mut event = gate.caller_event(EventKind::Access, &caller);
             event.outcome = Some("session_opened".into());
             event.detail = Some("MCP session opened".into());
             gate.aggregate.record(
@@ -309,12 +312,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     let Some(live) = live.filter(|s| s.owner.matches(&caller)) else {
         let reject = crate::call::Reject::UnknownSession;
         let (kind, outcome) = reject.audit();
-        let mut event = Event::new(kind);
-        event.mission = Some(gate.runtime.mission.id.clone());
-        event.tenant = Some(caller.tenant.clone());
-        event.subject = Some(caller.subject.clone());
-        event.agent = Some(caller.agent.clone());
-        event.token_id = Some(caller.token_id.clone());
+        let mut event = gate.caller_event(kind, &caller);
         event.outcome = Some(outcome.into());
         event.detail = Some(format!(
             "{} on a session that is unknown or belongs to another principal",

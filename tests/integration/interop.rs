@@ -8,6 +8,31 @@ use crate::common::*;
 
 /// The conformance fixture (examples/conformance_fixture.py) behind a Mandate mission, as a
 /// stdio child, or (with `http`) as a streamable HTTP server started here.
+/// The Python conformance fixture serving streamable HTTP on a free port, once it answers.
+async fn start_http_fixture() -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fixture = tokio::process::Command::new(peers().join("venv/bin/python"))
+        .arg(repo().join("examples/conformance_fixture.py"))
+        .args(["--http", &port.to_string()])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let probe = reqwest::Client::new();
+    for _ in 0..100 {
+        if probe.get(&url).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (fixture, url)
+}
+
 fn conformance_workspace(http: Option<&str>) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
@@ -66,26 +91,7 @@ async fn conformance_suite_passes_through_mandate_to_a_stdio_downstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_suite_passes_through_mandate_to_an_http_downstream() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut fixture = tokio::process::Command::new(peers().join("venv/bin/python"))
-        .arg(repo().join("examples/conformance_fixture.py"))
-        .args(["--http", &port.to_string()])
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let probe = reqwest::Client::new();
-    for _ in 0..100 {
-        if probe.get(&url).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (mut fixture, url) = start_http_fixture().await;
     run_conformance(Some(&url)).await;
     let _ = fixture.kill().await;
 }
@@ -401,26 +407,7 @@ async fn roots_requests_reach_only_the_calling_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_reaches_only_the_calling_session_under_parallel_load() {
     use crate::native::Raw;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut fixture = tokio::process::Command::new(peers().join("venv/bin/python"))
-        .arg(repo().join("examples/conformance_fixture.py"))
-        .args(["--http", &port.to_string()])
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let fixture_url = format!("http://127.0.0.1:{port}/mcp");
-    let probe = reqwest::Client::new();
-    for _ in 0..100 {
-        if probe.get(&fixture_url).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (mut fixture, fixture_url) = start_http_fixture().await;
     let ws = conformance_workspace(Some(&fixture_url));
     let server = ws.serve();
     let url = server.mission_url("conformance/dev/suite");

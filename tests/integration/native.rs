@@ -82,6 +82,15 @@ effect = "read"
     ws
 }
 
+/// The HTTP ledger, a workspace fronting it, the running broker and the mission URL.
+fn live() -> (HttpLedger, Workspace, Server, String) {
+    let ledger = HttpLedger::start();
+    let ws = http_ws(&ledger);
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    (ledger, ws, server, url)
+}
+
 /// A raw MCP session over HTTP, as a client that opens no GET stream sees it.
 pub struct Raw {
     http: reqwest::Client,
@@ -233,10 +242,7 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_on_a_session_is_answered_natively_as_json() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
     let (kind, msgs) = alice
         .call(
@@ -305,10 +311,7 @@ async fn a_call_on_a_session_is_answered_natively_as_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_and_logs_reach_only_the_calling_session_under_parallel_load() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice_token = ws.token_for(
         "alice@acme.example",
         "acme",
@@ -382,10 +385,7 @@ async fn progress_and_logs_reach_only_the_calling_session_under_parallel_load() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_answers_only_its_principal_and_refuses_reused_ids() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
     let bob_token = ws.token_for(
         "bob@acme.example",
@@ -464,10 +464,7 @@ async fn a_session_answers_only_its_principal_and_refuses_reused_ids() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_native_call_ends_at_once_and_is_audited() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
     let started = std::time::Instant::now();
     let slow = alice.call(json!(41), "slow_report", json!({"seconds": 8}), json!({}));
@@ -496,10 +493,7 @@ async fn a_cancelled_native_call_ends_at_once_and_is_audited() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_oversize_requests_get_json_rpc_errors_and_bounded_records() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
     let raw_post = |body: Vec<u8>| {
         alice
@@ -609,10 +603,7 @@ async fn malformed_and_oversize_requests_get_json_rpc_errors_and_bounded_records
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_are_capped_per_principal_and_a_delete_cancels_calls_in_flight() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let token = ws.token(Some("finance/prod/review"));
     let mut sessions = Vec::new();
     for _ in 0..64 {
@@ -675,10 +666,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// session and without one never get a 5xx or hang, and the audit chain verifies afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn fuzzed_requests_never_get_a_5xx_or_hang_and_the_chain_stays_intact() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
     let seeds = [
         CALL_SEED.to_owned(),
@@ -762,10 +750,7 @@ const CALL_SEED: &str = r#"{"jsonrpc":"2.0","id":"c-1","method":"tools/call","pa
 /// One token opening 10,000 sessions: all but the first 64 are refused, memory stays bounded.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_initialize_requests_keeps_memory_bounded() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let token = ws.token(Some("finance/prod/review"));
     let pid = server.child.id();
     let _warm = Raw::open(&url, &token).await;
@@ -806,10 +791,7 @@ async fn a_flood_of_initialize_requests_keeps_memory_bounded() {
 /// revision's `resultType`; one without the per-request envelope gets the SDK's error.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stateless_2026_call_is_answered_natively() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let token = ws.token(Some("finance/prod/review"));
     let http = reqwest::Client::new();
     let post = |body: Value| {
@@ -855,10 +837,7 @@ async fn a_stateless_2026_call_is_answered_natively() {
 /// source is recorded in full, the rest are counted in one record.
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_failures_and_session_openings_are_aggregated() {
-    let ledger = HttpLedger::start();
-    let ws = http_ws(&ledger);
-    let server = ws.serve();
-    let url = server.mission_url("finance/prod/review");
+    let (_ledger, ws, server, url) = live();
     let token = ws.token(Some("finance/prod/review"));
     let http = reqwest::Client::new();
     for i in 0..600 {
