@@ -208,6 +208,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             event.detail = Some(format!("{e} (from {peer})"));
             gate.aggregate
                 .record(&format!("unauthenticated: {e}"), &peer, event);
+            drain(request).await;
             return unauthorized(&gate, &e);
         }
     };
@@ -220,6 +221,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             &crate::call::principal_key(&caller),
             event,
         );
+        drain(request).await;
         let challenge = format!(
             "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
             gate.metadata_url
@@ -398,6 +400,15 @@ fn hold_until_finished<G: Send + Sync + 'static>(response: Response, guard: G) -
         chunk
     });
     Response::from_parts(parts, axum::body::Body::from_stream(body))
+}
+
+/// Largest request body read (and discarded) before a refusal: reading it lets the connection
+/// stay open for the next request instead of being closed under a client still sending.
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and discards a refused request's body (bounded by [`DRAIN_BYTES`]).
+async fn drain(request: Request) {
+    let _ = axum::body::to_bytes(request.into_body(), DRAIN_BYTES).await;
 }
 
 /// Largest accepted request body.

@@ -921,3 +921,64 @@ async fn a_restarted_http_downstream_is_reconnected_without_failing_a_call() {
     assert_eq!(msgs[0]["result"]["isError"], false, "{msgs:?}");
     server.stop();
 }
+
+/// A refusal never drops a kept-alive connection: thousands of 401s on one raw connection
+/// (no client-side retry to hide a close) each get their answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_keep_the_connection_alive() {
+    use std::io::{Read, Write};
+    let (_ledger, _ws, server, url) = live();
+    let address = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "/{}",
+        url.trim_start_matches("http://").split_once('/').unwrap().1
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket.set_nodelay(true).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_invoice","arguments":{"invoice_id":"INV-1001"}}}"#;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer not-a-token\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut buffer = Vec::new();
+        for i in 0..3000 {
+            socket.write_all(request.as_bytes()).unwrap();
+            // Read one response: headers, then Content-Length bytes.
+            let (head_end, length) = loop {
+                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    assert!(head.starts_with("http/1.1 401"), "request {i}: {head}");
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                        .unwrap_or(0);
+                    break (end + 4, length);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = socket.read(&mut chunk).unwrap();
+                assert!(n > 0, "request {i}: the connection was closed without a response");
+                buffer.extend_from_slice(&chunk[..n]);
+            };
+            while buffer.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                let n = socket.read(&mut chunk).unwrap();
+                assert!(n > 0, "request {i}: the connection was closed mid-response");
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            buffer.drain(..head_end + length);
+        }
+    })
+    .await
+    .unwrap();
+    server.stop();
+}
