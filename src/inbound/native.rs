@@ -66,6 +66,9 @@ struct CancelledParams {
 /// One message for the caller's SSE stream, serialised.
 type Frame = String;
 
+/// Messages a native call may have waiting for the caller before the downstream is slowed down.
+const FRAMES: usize = 256;
+
 /// The sink of a native call: frames into the call's channel.
 struct NativeSink {
     session_id: u64,
@@ -78,7 +81,9 @@ struct NativeSink {
     /// `_meta["io.modelcontextprotocol/logLevel"]`), and from which level.
     logs: bool,
     log_level: Option<rmcp::model::LoggingLevel>,
-    frames: mpsc::UnboundedSender<Frame>,
+    /// Bounded: a downstream that streams faster than the caller reads is slowed down (back
+    /// pressure to the downstream), never buffered without limit.
+    frames: mpsc::Sender<Frame>,
 }
 
 fn notification(method: &str, params: &serde_json::Map<String, Value>) -> Frame {
@@ -104,9 +109,10 @@ impl CallSink for NativeSink {
             && let Ok(token) = serde_json::from_str::<Value>(token.get())
         {
             params.insert("progressToken".into(), token);
-            let _ = self
-                .frames
-                .send(notification("notifications/progress", &params));
+            let frame = notification("notifications/progress", &params);
+            return Box::pin(async move {
+                let _ = self.frames.send(frame).await;
+            });
         }
         Box::pin(std::future::ready(()))
     }
@@ -120,12 +126,13 @@ impl CallSink for NativeSink {
             .and_then(|l| serde_json::from_value::<rmcp::model::LoggingLevel>(l.clone()).ok())
             .zip(self.log_level)
             .is_some_and(|(level, min)| level_rank(level) < level_rank(min));
-        if !below {
-            let _ = self
-                .frames
-                .send(notification("notifications/message", &params));
+        if below {
+            return Box::pin(std::future::ready(()));
         }
-        Box::pin(std::future::ready(()))
+        let frame = notification("notifications/message", &params);
+        Box::pin(async move {
+            let _ = self.frames.send(frame).await;
+        })
     }
 
     fn ask(&self, method: &str, params: Option<Value>) -> Asked {
@@ -147,7 +154,7 @@ impl CallSink for NativeSink {
             .map(|p| format!(r#","params":{p}"#))
             .unwrap_or_default();
         let frame = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"{method}"{params}}}"#);
-        let sent = self.frames.send(frame).is_ok();
+        let frames = self.frames.clone();
         // Forgotten however the wait ends (answered, call timed out, caller gone).
         let pending = PendingAsk {
             session: session.clone(),
@@ -155,7 +162,7 @@ impl CallSink for NativeSink {
         };
         Box::pin(async move {
             let _pending = pending;
-            if !sent {
+            if frames.send(frame).await.is_err() {
                 return Err(call::reject::internal("the caller's stream is closed"));
             }
             answer
@@ -296,7 +303,7 @@ async fn tools_call(
         .as_ref()
         .map(|f| f.cancel.clone())
         .unwrap_or_default();
-    let (frames, mut rx) = mpsc::unbounded_channel();
+    let (frames, mut rx) = mpsc::channel(FRAMES);
     let meta = params.meta;
     let (progress, traceparent, reasoning, requested_level) = match meta {
         Some(m) => (m.progress_token, m.traceparent, m.reasoning, m.log_level),
