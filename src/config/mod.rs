@@ -198,6 +198,7 @@ fn io_diag(path: &Path, e: impl std::fmt::Display) -> Diagnostic {
 
 /// Reads every configuration file (the only I/O of loading).
 pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
+    check_root(root)?;
     let mut diags = Vec::new();
     let settings_path = root.join("mandate.toml");
     let settings = match std::fs::read_to_string(&settings_path) {
@@ -235,6 +236,38 @@ pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
         })
     } else {
         Err(diags)
+    }
+}
+
+/// Refuses a path that is not a configuration directory: a mistyped `--config` must not pass
+/// `check` as an empty configuration, nor make `serve` create a store in a new directory.
+fn check_root(root: &Path) -> Result<(), Vec<Diagnostic>> {
+    let whole = |message: String| {
+        Err(vec![Diagnostic {
+            file: root.to_owned(),
+            line: 0,
+            col: 0,
+            message,
+        }])
+    };
+    match std::fs::metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => whole(
+            "the configuration directory does not exist: pass the directory that holds \
+             `missions/` and `tool-manifests/` with `--config`"
+                .to_owned(),
+        ),
+        Err(e) => whole(format!("cannot read the configuration directory: {e}")),
+        Ok(m) if !m.is_dir() => whole(
+            "not a directory: pass the directory that holds `missions/` and `tool-manifests/` \
+             with `--config`"
+                .to_owned(),
+        ),
+        Ok(_) if !root.join("missions").exists() && !root.join("tool-manifests").exists() => whole(
+            "not a configuration directory: it has neither `missions/` nor \
+                 `tool-manifests/` (pass the right directory with `--config`, or create them)"
+                .to_owned(),
+        ),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -438,3 +438,73 @@ fn cedar_files_are_reported_as_not_enforced() {
     }
     server.stop();
 }
+
+/// Runs `mandate` with `args` outside any configuration directory, failing the test if it has
+/// not finished within 20 s.
+fn mandate_within_20s(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut child = std::process::Command::new(mandate_bin())
+        .args(args)
+        .env("MANDATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`mandate {args:?}` did not finish within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_wrong_configuration_path_is_an_error() {
+    let ws = Workspace::new();
+    let missing = ws.path().join("missing");
+    let out = mandate_within_20s(&["check".as_ref(), "--config".as_ref(), missing.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}: the configuration directory does not exist",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    // A directory with neither `missions/` nor `tool-manifests/` is not a configuration.
+    let out = mandate_within_20s(&["check".as_ref(), "--config".as_ref(), ws.path().as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has neither `missions/` nor `tool-manifests/`"),
+        "{stderr}"
+    );
+    // `serve` refuses too, and creates nothing.
+    let out = mandate_within_20s(&[
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        missing.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists());
+    let out = mandate_within_20s(&[
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        ws.path().as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(ws.path()).unwrap().count(), 0);
+}
