@@ -452,6 +452,13 @@ impl AdminTokenRequest {
                         m.agents.join(", ")
                     );
                 }
+                if crate::authn::unix_now() > m.expires_at {
+                    bail!(
+                        "mission `{id}` expired on {}: it accepts no token (move `expires` forward in `{}` to use it again)",
+                        m.expires,
+                        m.path.display()
+                    );
+                }
                 (format!("{public_url}{}", m.http_path()), vec![id.clone()])
             }
         };

@@ -176,7 +176,29 @@ pub struct MissionTool {
 /// a lock file listing each of its tools (everything but `mandate pin`).
 pub fn load(root: &Path, require_locks: bool) -> Result<Config, Vec<Diagnostic>> {
     let sources = read_sources(root)?;
-    build(root, &sources, require_locks)
+    let mut config = build(root, &sources, require_locks)?;
+    config
+        .warnings
+        .extend(expiry_warnings(&config, crate::authn::unix_now()));
+    config.warnings.sort();
+    Ok(config)
+}
+
+/// A warning for each mission whose last day is before `now` (unix seconds): it still loads,
+/// so that `token` and `serve` can say why it is refused, but it serves no caller.
+pub fn expiry_warnings(config: &Config, now: u64) -> Vec<Warning> {
+    config
+        .missions
+        .values()
+        .filter(|m| now > m.expires_at)
+        .map(|m| Warning {
+            file: m.path.clone(),
+            message: format!(
+                "mission `{}` expired on {}: it serves no caller (move `expires` forward to serve it again)",
+                m.id, m.expires
+            ),
+        })
+        .collect()
 }
 
 /// The files of a configuration directory, read into memory.

@@ -508,3 +508,37 @@ fn a_wrong_configuration_path_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read_dir(ws.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn expired_missions_are_visible() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2020-01-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("review.toml: warning: mission `finance/prod/review` expired on 2020-01-31: it serves no caller (move `expires` forward to serve it again)"),
+        "{stderr}"
+    );
+    let out = ws.mandate(&[
+        "token",
+        "--sub",
+        "alice",
+        "--tenant",
+        "acme",
+        "--agent",
+        "bot",
+        "--mission",
+        "finance/prod/review",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("mission `finance/prod/review` expired on 2020-01-31"),
+        "{stderr}"
+    );
+}
