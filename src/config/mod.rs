@@ -444,10 +444,18 @@ pub fn build(
     }
 
     let mut missions = BTreeMap::new();
+    let mut warnings = sources.warnings.clone();
     let missions_dir = root.join("missions");
     for (path, text) in &sources.missions {
         let src = Source { path, text };
         if let Some(m) = build_mission(&missions_dir, &src, &manifests, &broken, &mut diags) {
+            if m.calls_per_minute.is_some() {
+                warnings.push(Warning {
+                    file: m.path.clone(),
+                    message: "`[limits]` is not enforced yet: `calls_per_minute` has no effect"
+                        .to_owned(),
+                });
+            }
             missions.insert(m.id.clone(), m);
         }
     }
@@ -476,7 +484,7 @@ pub fn build(
             settings,
             manifests,
             missions,
-            warnings: sources.warnings.clone(),
+            warnings,
         })
     } else {
         diags.sort();

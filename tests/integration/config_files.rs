@@ -542,3 +542,22 @@ fn expired_missions_are_visible() {
         "{stderr}"
     );
 }
+
+#[test]
+fn limits_that_are_not_enforced_are_a_warning() {
+    let ws = base();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice""#,
+        "[limits]\ncalls_per_minute = 10",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "review.toml: warning: `[limits]` is not enforced yet: `calls_per_minute` has no effect"
+        ),
+        "{stderr}"
+    );
+}
