@@ -356,8 +356,16 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
                     }
                     None => "new".to_owned(),
                 };
-                lock.write(&path)
-                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+                // Rewriting an unchanged lock would only move `pinned_at`: churn in git.
+                let unchanged = manifest.lock.as_ref().is_some_and(|old| {
+                    old.manifest == lock.manifest
+                        && old.server == lock.server
+                        && old.tools == lock.tools
+                });
+                if !unchanged {
+                    lock.write(&path)
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                }
                 let missing: Vec<&str> = manifest
                     .tools
                     .keys()

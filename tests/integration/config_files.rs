@@ -561,3 +561,29 @@ fn limits_that_are_not_enforced_are_a_warning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pin_leaves_an_unchanged_lock_file_untouched() {
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
+    ws.pin();
+    let lock = ws.path().join("tool-manifests/finance/ledger.lock.json");
+    let first = std::fs::read_to_string(&lock).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = ws.mandate(&["pin"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        std::fs::read_to_string(&lock).unwrap() == first,
+        "an unchanged pin rewrote the lock file"
+    );
+}
