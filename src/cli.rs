@@ -118,8 +118,10 @@ enum Command {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
+        /// The mission to register, e.g. finance/prod/invoice-review.
         #[arg(long)]
         mission: String,
+        /// The agent client whose configuration format to print.
         #[arg(long, value_enum)]
         client: ClientKind,
         /// Launch Mandate over stdio instead of connecting over HTTP.

@@ -587,3 +587,17 @@ fn pin_leaves_an_unchanged_lock_file_untouched() {
         "an unchanged pin rewrote the lock file"
     );
 }
+
+#[test]
+fn client_config_mission_has_help_text() {
+    let out = std::process::Command::new(mandate_bin())
+        .args(["client-config", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("--mission <MISSION>"))
+        .unwrap_or_default();
+    assert!(line.contains("e.g. finance/prod/invoice-review"), "{help}");
+}
