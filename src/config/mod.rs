@@ -1,11 +1,12 @@
-//! Configuration: raw TOML types ([`raw`]) → one pure validation pass that reports every problem
-//! as `path:line:col: message` → [`Config`].
+//! Configuration: field names checked ([`fields`]) → raw TOML types ([`raw`]) → one pure
+//! validation pass that reports every problem as `path:line:col: message` → [`Config`].
 //!
 //! Layout of a configuration directory (the repository root is one):
 //! `mandate.toml` (optional), `missions/<domain>/<env>/<name>.toml`,
 //! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
 
 pub mod diag;
+pub mod fields;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -462,7 +463,8 @@ pub fn build(
     // Handoffs name missions, which are only all known now.
     for (path, text) in &sources.missions {
         let src = Source { path, text };
-        if let Ok(raw) = toml::from_str::<RawMission>(text) {
+        // Problems of the file itself were reported by `build_mission`.
+        if let Some(raw) = fields::parse::<RawMission>(&src, fields::MISSION, &mut Vec::new()) {
             for h in &raw.handoffs {
                 if !missions.contains_key(h.get_ref()) {
                     diags.push(src.at(
@@ -500,13 +502,11 @@ fn build_settings(
 ) -> Settings {
     let (raw, src_path, text) = match source {
         None => (RawSettings::default(), PathBuf::from("mandate.toml"), ""),
-        Some((path, text)) => match toml::from_str::<RawSettings>(text) {
-            Ok(raw) => (raw, path.clone(), text.as_str()),
-            Err(e) => {
-                diags.push(Source { path, text }.toml_error(&e));
-                (RawSettings::default(), path.clone(), text.as_str())
-            }
-        },
+        Some((path, text)) => {
+            let src = Source { path, text };
+            let raw = fields::parse::<RawSettings>(&src, fields::SETTINGS, diags);
+            (raw.unwrap_or_default(), path.clone(), text.as_str())
+        }
     };
     let src = Source {
         path: &src_path,
@@ -581,13 +581,7 @@ fn build_manifest(
     require_locks: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ToolManifest> {
-    let raw: RawManifest = match toml::from_str(src.text) {
-        Ok(r) => r,
-        Err(e) => {
-            diags.push(src.toml_error(&e));
-            return None;
-        }
-    };
+    let raw: RawManifest = fields::parse(src, fields::MANIFEST, diags)?;
     let segments = relative_id(dir, src.path).unwrap_or_default();
     if segments.len() != 2 || !segments.iter().all(|s| valid_segment(s)) {
         diags.push(src.file(
@@ -833,13 +827,7 @@ fn build_mission(
     broken: &BTreeSet<String>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Mission> {
-    let raw: RawMission = match toml::from_str(src.text) {
-        Ok(r) => r,
-        Err(e) => {
-            diags.push(src.toml_error(&e));
-            return None;
-        }
-    };
+    let raw: RawMission = fields::parse(src, fields::MISSION, diags)?;
     let segments = relative_id(dir, src.path).unwrap_or_default();
     if segments.len() != 3 || !segments.iter().all(|s| valid_segment(s)) {
         diags.push(src.file(
@@ -874,6 +862,8 @@ fn build_mission(
     let manifest_names = || manifests.keys().map(String::as_str);
     let mut tools: Vec<MissionTool> = Vec::new();
     let mut exposed_at: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    // Manifests this mission may not use: reported at their first reference only.
+    let mut refused: BTreeSet<&str> = BTreeSet::new();
     for entry in &raw.tools {
         let offset = entry.span().start;
         let (reference, rename) = match entry.get_ref() {
@@ -905,7 +895,11 @@ fn build_mission(
             ));
             continue;
         };
+        if refused.contains(manifest_id) {
+            continue;
+        }
         if !manifest.environments.contains(&env) {
+            refused.insert(manifest_id);
             diags.push(src.at(
                 offset,
                 format!(
@@ -916,6 +910,7 @@ fn build_mission(
             continue;
         }
         if !raw.regions.is_empty() && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region) {
+            refused.insert(manifest_id);
             diags.push(src.at(
                 offset,
                 format!(

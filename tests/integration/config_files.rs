@@ -114,7 +114,7 @@ fn misspelt_mission_field_names_file_line_and_column() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert!(
         d[0].starts_with(
-            "missions/finance/prod/review.toml:6:1: unknown field `toolz`, expected one of"
+            "missions/finance/prod/review.toml:6:1: unknown field `toolz` (did you mean `tools`?)"
         ),
         "{d:?}"
     );
@@ -155,7 +155,7 @@ fn misspelt_transport_and_settings_fields_are_located() {
     );
     assert!(
         d.iter()
-            .any(|l| l.starts_with("tool-manifests/hr/people.toml:4:1:") && l.contains("headerz")),
+            .any(|l| l.starts_with("tool-manifests/hr/people.toml:7:1:") && l.contains("headerz")),
         "{d:?}"
     );
 }
@@ -507,6 +507,67 @@ fn a_wrong_configuration_path_is_an_error() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read_dir(ws.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_misspelt_field_does_not_hide_the_problems_below_it() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        "description = \"x\"\ntenant = \"acme\"\nownr = \"a\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoce\", { tool = \"finance/ledger/pay_invoice\", az = \"pay\" }]\n[limits]\ncals_per_minute = 3\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "missions/finance/prod/review.toml:3:1: unknown field `ownr` (did you mean `owner`?)",
+            "missions/finance/prod/review.toml:6:10: unknown tool `finance/ledger/get_invoce` in `tools` (did you mean `finance/ledger/get_invoice`?)",
+            "missions/finance/prod/review.toml:6:78: unknown field `az` in a `tools` entry (did you mean `as`?)",
+            "missions/finance/prod/review.toml:8:1: unknown field `cals_per_minute` in `[limits]` (did you mean `calls_per_minute`?)",
+        ]
+    );
+    // Manifests too.
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        "description = \"ledger\"\nenvironments = [\"prod\"]\nregion = \"eu-west-1\"\n[transport]\nkind = \"stdio\"\ncommand = \"x\"\nurl = \"http://x\"\n[[tools]]\nname = \"get_invoice\"\neffct = \"read\"\n[[tools]]\nname = \"pay_invoice\"\neffect = \"irreversable\"\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "tool-manifests/finance/ledger.toml:7:1: unknown field `url` in `[transport]` (expected one of `kind`, `command`, `args`, `env`, `protocol`)",
+            "tool-manifests/finance/ledger.toml:10:1: unknown field `effct` in `[[tools]]` (did you mean `effect`?)",
+            "tool-manifests/finance/ledger.toml:13:10: unknown effect `irreversable` (expected one of read, write, irreversible) (did you mean `irreversible`?)",
+        ]
+    );
+    // Settings too.
+    let ws = base();
+    ws.write(
+        "mandate.toml",
+        "[servr]\nlisten = \"x\"\n[server]\nlisten = \"nowhere\"\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "mandate.toml:1:2: unknown field `servr` (did you mean `server`?)",
+            "mandate.toml:4:10: `listen` must be an address like `127.0.0.1:8080`, not `nowhere`",
+        ]
+    );
+}
+
+#[test]
+fn a_region_mismatch_is_reported_once() {
+    let ws = base();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice", "finance/ledger/pay_invoice", "finance/ledger/*""#,
+        "regions = [\"us-east-1\"]",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "missions/finance/prod/review.toml:6:10: tool manifest `finance/ledger` keeps data in region `eu-west-1`, which is not in this mission's `regions`"
+        ]
+    );
 }
 
 #[test]
