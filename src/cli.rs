@@ -118,8 +118,10 @@ enum Command {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
+        /// The mission to register, e.g. finance/prod/invoice-review.
         #[arg(long)]
         mission: String,
+        /// The agent client whose configuration format to print.
         #[arg(long, value_enum)]
         client: ClientKind,
         /// Launch Mandate over stdio instead of connecting over HTTP.
@@ -356,8 +358,16 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
                     }
                     None => "new".to_owned(),
                 };
-                lock.write(&path)
-                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+                // Rewriting an unchanged lock would only move `pinned_at`: churn in git.
+                let unchanged = manifest.lock.as_ref().is_some_and(|old| {
+                    old.manifest == lock.manifest
+                        && old.server == lock.server
+                        && old.tools == lock.tools
+                });
+                if !unchanged {
+                    lock.write(&path)
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                }
                 let missing: Vec<&str> = manifest
                     .tools
                     .keys()
@@ -450,6 +460,13 @@ impl AdminTokenRequest {
                         "agent `{}` is not allowed on mission `{id}` (its agents: {})",
                         self.agent,
                         m.agents.join(", ")
+                    );
+                }
+                if crate::authn::unix_now() > m.expires_at {
+                    bail!(
+                        "mission `{id}` expired on {}: it accepts no token (move `expires` forward in `{}` to use it again)",
+                        m.expires,
+                        m.path.display()
                     );
                 }
                 (format!("{public_url}{}", m.http_path()), vec![id.clone()])

@@ -1,11 +1,12 @@
-//! Configuration: raw TOML types ([`raw`]) → one pure validation pass that reports every problem
-//! as `path:line:col: message` → [`Config`].
+//! Configuration: field names checked ([`fields`]) → raw TOML types ([`raw`]) → one pure
+//! validation pass that reports every problem as `path:line:col: message` → [`Config`].
 //!
 //! Layout of a configuration directory (the repository root is one):
 //! `mandate.toml` (optional), `missions/<domain>/<env>/<name>.toml`,
 //! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
 
 pub mod diag;
+pub mod fields;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,7 +177,29 @@ pub struct MissionTool {
 /// a lock file listing each of its tools (everything but `mandate pin`).
 pub fn load(root: &Path, require_locks: bool) -> Result<Config, Vec<Diagnostic>> {
     let sources = read_sources(root)?;
-    build(root, &sources, require_locks)
+    let mut config = build(root, &sources, require_locks)?;
+    config
+        .warnings
+        .extend(expiry_warnings(&config, crate::authn::unix_now()));
+    config.warnings.sort();
+    Ok(config)
+}
+
+/// A warning for each mission whose last day is before `now` (unix seconds): it still loads,
+/// so that `token` and `serve` can say why it is refused, but it serves no caller.
+pub fn expiry_warnings(config: &Config, now: u64) -> Vec<Warning> {
+    config
+        .missions
+        .values()
+        .filter(|m| now > m.expires_at)
+        .map(|m| Warning {
+            file: m.path.clone(),
+            message: format!(
+                "mission `{}` expired on {}: it serves no caller (move `expires` forward to serve it again)",
+                m.id, m.expires
+            ),
+        })
+        .collect()
 }
 
 /// The files of a configuration directory, read into memory.
@@ -198,6 +221,7 @@ fn io_diag(path: &Path, e: impl std::fmt::Display) -> Diagnostic {
 
 /// Reads every configuration file (the only I/O of loading).
 pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
+    check_root(root)?;
     let mut diags = Vec::new();
     let settings_path = root.join("mandate.toml");
     let settings = match std::fs::read_to_string(&settings_path) {
@@ -235,6 +259,38 @@ pub fn read_sources(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
         })
     } else {
         Err(diags)
+    }
+}
+
+/// Refuses a path that is not a configuration directory: a mistyped `--config` must not pass
+/// `check` as an empty configuration, nor make `serve` create a store in a new directory.
+fn check_root(root: &Path) -> Result<(), Vec<Diagnostic>> {
+    let whole = |message: String| {
+        Err(vec![Diagnostic {
+            file: root.to_owned(),
+            line: 0,
+            col: 0,
+            message,
+        }])
+    };
+    match std::fs::metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => whole(
+            "the configuration directory does not exist: pass the directory that holds \
+             `missions/` and `tool-manifests/` with `--config`"
+                .to_owned(),
+        ),
+        Err(e) => whole(format!("cannot read the configuration directory: {e}")),
+        Ok(m) if !m.is_dir() => whole(
+            "not a directory: pass the directory that holds `missions/` and `tool-manifests/` \
+             with `--config`"
+                .to_owned(),
+        ),
+        Ok(_) if !root.join("missions").exists() && !root.join("tool-manifests").exists() => whole(
+            "not a configuration directory: it has neither `missions/` nor \
+                 `tool-manifests/` (pass the right directory with `--config`, or create them)"
+                .to_owned(),
+        ),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -389,17 +445,26 @@ pub fn build(
     }
 
     let mut missions = BTreeMap::new();
+    let mut warnings = sources.warnings.clone();
     let missions_dir = root.join("missions");
     for (path, text) in &sources.missions {
         let src = Source { path, text };
         if let Some(m) = build_mission(&missions_dir, &src, &manifests, &broken, &mut diags) {
+            if m.calls_per_minute.is_some() {
+                warnings.push(Warning {
+                    file: m.path.clone(),
+                    message: "`[limits]` is not enforced yet: `calls_per_minute` has no effect"
+                        .to_owned(),
+                });
+            }
             missions.insert(m.id.clone(), m);
         }
     }
     // Handoffs name missions, which are only all known now.
     for (path, text) in &sources.missions {
         let src = Source { path, text };
-        if let Ok(raw) = toml::from_str::<RawMission>(text) {
+        // Problems of the file itself were reported by `build_mission`.
+        if let Some(raw) = fields::parse::<RawMission>(&src, fields::MISSION, &mut Vec::new()) {
             for h in &raw.handoffs {
                 if !missions.contains_key(h.get_ref()) {
                     diags.push(src.at(
@@ -421,7 +486,7 @@ pub fn build(
             settings,
             manifests,
             missions,
-            warnings: sources.warnings.clone(),
+            warnings,
         })
     } else {
         diags.sort();
@@ -437,13 +502,11 @@ fn build_settings(
 ) -> Settings {
     let (raw, src_path, text) = match source {
         None => (RawSettings::default(), PathBuf::from("mandate.toml"), ""),
-        Some((path, text)) => match toml::from_str::<RawSettings>(text) {
-            Ok(raw) => (raw, path.clone(), text.as_str()),
-            Err(e) => {
-                diags.push(Source { path, text }.toml_error(&e));
-                (RawSettings::default(), path.clone(), text.as_str())
-            }
-        },
+        Some((path, text)) => {
+            let src = Source { path, text };
+            let raw = fields::parse::<RawSettings>(&src, fields::SETTINGS, diags);
+            (raw.unwrap_or_default(), path.clone(), text.as_str())
+        }
     };
     let src = Source {
         path: &src_path,
@@ -518,13 +581,7 @@ fn build_manifest(
     require_locks: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ToolManifest> {
-    let raw: RawManifest = match toml::from_str(src.text) {
-        Ok(r) => r,
-        Err(e) => {
-            diags.push(src.toml_error(&e));
-            return None;
-        }
-    };
+    let raw: RawManifest = fields::parse(src, fields::MANIFEST, diags)?;
     let segments = relative_id(dir, src.path).unwrap_or_default();
     if segments.len() != 2 || !segments.iter().all(|s| valid_segment(s)) {
         diags.push(src.file(
@@ -770,13 +827,7 @@ fn build_mission(
     broken: &BTreeSet<String>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Mission> {
-    let raw: RawMission = match toml::from_str(src.text) {
-        Ok(r) => r,
-        Err(e) => {
-            diags.push(src.toml_error(&e));
-            return None;
-        }
-    };
+    let raw: RawMission = fields::parse(src, fields::MISSION, diags)?;
     let segments = relative_id(dir, src.path).unwrap_or_default();
     if segments.len() != 3 || !segments.iter().all(|s| valid_segment(s)) {
         diags.push(src.file(
@@ -811,6 +862,8 @@ fn build_mission(
     let manifest_names = || manifests.keys().map(String::as_str);
     let mut tools: Vec<MissionTool> = Vec::new();
     let mut exposed_at: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    // Manifests this mission may not use: reported at their first reference only.
+    let mut refused: BTreeSet<&str> = BTreeSet::new();
     for entry in &raw.tools {
         let offset = entry.span().start;
         let (reference, rename) = match entry.get_ref() {
@@ -842,7 +895,11 @@ fn build_mission(
             ));
             continue;
         };
+        if refused.contains(manifest_id) {
+            continue;
+        }
         if !manifest.environments.contains(&env) {
+            refused.insert(manifest_id);
             diags.push(src.at(
                 offset,
                 format!(
@@ -853,6 +910,7 @@ fn build_mission(
             continue;
         }
         if !raw.regions.is_empty() && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region) {
+            refused.insert(manifest_id);
             diags.push(src.at(
                 offset,
                 format!(

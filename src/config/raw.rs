@@ -1,4 +1,5 @@
-//! Raw configuration types: exactly what the TOML files may contain. Unknown fields are errors.
+//! Raw configuration types: exactly what the TOML files may contain. Unknown fields are errors
+//! (reported all at once, with a did-you-mean, by [`super::fields`] before these are read).
 //! Every field's doc comment is user documentation.
 
 use std::collections::BTreeMap;
@@ -96,7 +97,8 @@ pub struct RawManifest {
 }
 
 /// `[transport]`. (Values inside an internally tagged enum cannot carry spans; diagnostics
-/// point at the `[transport]` table.)
+/// about its values point at the `[transport]` table. Unknown fields are located exactly, by
+/// [`super::fields`].)
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RawTransport {

@@ -114,7 +114,7 @@ fn misspelt_mission_field_names_file_line_and_column() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert!(
         d[0].starts_with(
-            "missions/finance/prod/review.toml:6:1: unknown field `toolz`, expected one of"
+            "missions/finance/prod/review.toml:6:1: unknown field `toolz` (did you mean `tools`?)"
         ),
         "{d:?}"
     );
@@ -155,7 +155,7 @@ fn misspelt_transport_and_settings_fields_are_located() {
     );
     assert!(
         d.iter()
-            .any(|l| l.starts_with("tool-manifests/hr/people.toml:4:1:") && l.contains("headerz")),
+            .any(|l| l.starts_with("tool-manifests/hr/people.toml:7:1:") && l.contains("headerz")),
         "{d:?}"
     );
 }
@@ -437,4 +437,228 @@ fn cedar_files_are_reported_as_not_enforced() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     server.stop();
+}
+
+/// Runs `mandate` with `args` outside any configuration directory, failing the test if it has
+/// not finished within 20 s.
+fn mandate_within_20s(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut child = std::process::Command::new(mandate_bin())
+        .args(args)
+        .env("MANDATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`mandate {args:?}` did not finish within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_wrong_configuration_path_is_an_error() {
+    let ws = Workspace::new();
+    let missing = ws.path().join("missing");
+    let out = mandate_within_20s(&["check".as_ref(), "--config".as_ref(), missing.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}: the configuration directory does not exist",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    // A directory with neither `missions/` nor `tool-manifests/` is not a configuration.
+    let out = mandate_within_20s(&["check".as_ref(), "--config".as_ref(), ws.path().as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has neither `missions/` nor `tool-manifests/`"),
+        "{stderr}"
+    );
+    // `serve` refuses too, and creates nothing.
+    let out = mandate_within_20s(&[
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        missing.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists());
+    let out = mandate_within_20s(&[
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--config".as_ref(),
+        ws.path().as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(ws.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_misspelt_field_does_not_hide_the_problems_below_it() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        "description = \"x\"\ntenant = \"acme\"\nownr = \"a\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoce\", { tool = \"finance/ledger/pay_invoice\", az = \"pay\" }]\n[limits]\ncals_per_minute = 3\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "missions/finance/prod/review.toml:3:1: unknown field `ownr` (did you mean `owner`?)",
+            "missions/finance/prod/review.toml:6:10: unknown tool `finance/ledger/get_invoce` in `tools` (did you mean `finance/ledger/get_invoice`?)",
+            "missions/finance/prod/review.toml:6:78: unknown field `az` in a `tools` entry (did you mean `as`?)",
+            "missions/finance/prod/review.toml:8:1: unknown field `cals_per_minute` in `[limits]` (did you mean `calls_per_minute`?)",
+        ]
+    );
+    // Manifests too.
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        "description = \"ledger\"\nenvironments = [\"prod\"]\nregion = \"eu-west-1\"\n[transport]\nkind = \"stdio\"\ncommand = \"x\"\nurl = \"http://x\"\n[[tools]]\nname = \"get_invoice\"\neffct = \"read\"\n[[tools]]\nname = \"pay_invoice\"\neffect = \"irreversable\"\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "tool-manifests/finance/ledger.toml:7:1: unknown field `url` in `[transport]` (expected one of `kind`, `command`, `args`, `env`, `protocol`)",
+            "tool-manifests/finance/ledger.toml:10:1: unknown field `effct` in `[[tools]]` (did you mean `effect`?)",
+            "tool-manifests/finance/ledger.toml:13:10: unknown effect `irreversable` (expected one of read, write, irreversible) (did you mean `irreversible`?)",
+        ]
+    );
+    // Settings too.
+    let ws = base();
+    ws.write(
+        "mandate.toml",
+        "[servr]\nlisten = \"x\"\n[server]\nlisten = \"nowhere\"\n",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "mandate.toml:1:2: unknown field `servr` (did you mean `server`?)",
+            "mandate.toml:4:10: `listen` must be an address like `127.0.0.1:8080`, not `nowhere`",
+        ]
+    );
+}
+
+#[test]
+fn a_region_mismatch_is_reported_once() {
+    let ws = base();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice", "finance/ledger/pay_invoice", "finance/ledger/*""#,
+        "regions = [\"us-east-1\"]",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "missions/finance/prod/review.toml:6:10: tool manifest `finance/ledger` keeps data in region `eu-west-1`, which is not in this mission's `regions`"
+        ]
+    );
+}
+
+#[test]
+fn expired_missions_are_visible() {
+    let ws = base();
+    ws.write(
+        "missions/finance/prod/review.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2020-01-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("review.toml: warning: mission `finance/prod/review` expired on 2020-01-31: it serves no caller (move `expires` forward to serve it again)"),
+        "{stderr}"
+    );
+    let out = ws.mandate(&[
+        "token",
+        "--sub",
+        "alice",
+        "--tenant",
+        "acme",
+        "--agent",
+        "bot",
+        "--mission",
+        "finance/prod/review",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("mission `finance/prod/review` expired on 2020-01-31"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn limits_that_are_not_enforced_are_a_warning() {
+    let ws = base();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice""#,
+        "[limits]\ncalls_per_minute = 10",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "review.toml: warning: `[limits]` is not enforced yet: `calls_per_minute` has no effect"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pin_leaves_an_unchanged_lock_file_untouched() {
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
+    ws.pin();
+    let lock = ws.path().join("tool-manifests/finance/ledger.lock.json");
+    let first = std::fs::read_to_string(&lock).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = ws.mandate(&["pin"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        std::fs::read_to_string(&lock).unwrap() == first,
+        "an unchanged pin rewrote the lock file"
+    );
+}
+
+#[test]
+fn client_config_mission_has_help_text() {
+    let out = std::process::Command::new(mandate_bin())
+        .args(["client-config", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("--mission <MISSION>"))
+        .unwrap_or_default();
+    assert!(line.contains("e.g. finance/prod/invoice-review"), "{help}");
 }
