@@ -899,7 +899,12 @@ async fn serve(
     let config = Arc::new(config);
     let pool = Pool::start(&config, &audit);
     let mut states = BTreeMap::new();
+    let now = crate::authn::unix_now();
     for (id, runtime) in &missions {
+        // An expired mission is not served at all (its endpoint answers like any unknown one).
+        if now > runtime.mission.expires_at {
+            continue;
+        }
         let state = MissionState::new(runtime.clone(), &pool).map_err(anyhow::Error::msg)?;
         states.insert(id.clone(), Arc::new(state));
     }
@@ -944,7 +949,14 @@ async fn serve(
             }
             println!("mandate listening on {}", config.settings.public_url);
             for m in missions.values() {
-                println!("  mission {} at {}", m.mission.id, m.resource_url);
+                if states.contains_key(&m.mission.id) {
+                    println!("  mission {} at {}", m.mission.id, m.resource_url);
+                } else {
+                    println!(
+                        "  mission {} expired on {}: not served",
+                        m.mission.id, m.mission.expires
+                    );
+                }
             }
             tracing::info!(addr = %local, "serving");
             let r = server.await;
@@ -988,8 +1000,18 @@ async fn serve_stdio(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
-    let Some(state) = mission.and_then(|m| states.get(m)) else {
+    let Some(id) = mission else {
         bail!("`--stdio` needs `--mission <id>`");
+    };
+    let Some(state) = states.get(id) else {
+        match config.missions.get(id) {
+            Some(m) => bail!(
+                "mission `{id}` expired on {}: it is not served (move `expires` forward in `{}` to serve it again)",
+                m.expires,
+                m.path.display()
+            ),
+            None => bail!("unknown mission `{id}`: run `mandate check` to list the missions"),
+        }
     };
     let token = std::env::var("MANDATE_TOKEN").map_err(|_| {
         anyhow::anyhow!(

@@ -662,3 +662,41 @@ fn client_config_mission_has_help_text() {
         .unwrap_or_default();
     assert!(line.contains("e.g. finance/prod/invoice-review"), "{help}");
 }
+
+#[test]
+fn serve_lists_an_expired_mission_and_does_not_serve_it() {
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission("finance/prod/live", r#""finance/ledger/get_invoice""#, "");
+    ws.pin();
+    ws.write(
+        "missions/finance/prod/old.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2020-01-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",
+    );
+    let mut child = std::process::Command::new(mandate_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(ws.path())
+        .env("MANDATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let listing: Vec<String> = (0..3)
+        .filter_map(|_| lines.next().and_then(Result::ok))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        listing
+            .iter()
+            .any(|l| l.contains("mission finance/prod/old expired on 2020-01-31: not served")),
+        "{listing:?}"
+    );
+    assert!(
+        listing
+            .iter()
+            .any(|l| l.contains("mission finance/prod/live at")),
+        "{listing:?}"
+    );
+}
