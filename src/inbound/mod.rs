@@ -71,6 +71,31 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     }
     hosts.extend(settings.allowed_hosts.iter().cloned());
 
+    // Origin is always checked (the MCP transport's MUST against DNS rebinding): by default
+    // only the broker's own origin may send a browser request; requests without Origin (every
+    // non-browser client) pass.
+    let origins: Vec<String> = if settings.allowed_origins.is_empty() {
+        let mut own = Vec::new();
+        if let Ok(url) = reqwest::Url::parse(&settings.public_url) {
+            own.push(url.origin().ascii_serialization());
+            // A broker on loopback also takes pages served from loopback (local tools and
+            // inspectors): they are not a rebinding of a foreign name.
+            let loopback = url.host_str().is_some_and(|h| {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if loopback {
+                for host in ["localhost", "127.0.0.1", "[::1]"] {
+                    own.push(format!("http://{host}:*"));
+                }
+            }
+        }
+        own
+    } else {
+        settings.allowed_origins.clone()
+    };
     let mut app = Router::new();
     for (id, state) in &broker.missions {
         let path = state.runtime.mission.http_path();
@@ -85,7 +110,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             sessions: sessions.clone(),
             allowed: rebinding::Allowed {
                 hosts: hosts.clone(),
-                origins: settings.allowed_origins.clone(),
+                origins: origins.clone(),
             },
             issuer: broker.issuer.clone(),
             public_url: settings.public_url.clone(),
@@ -97,9 +122,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
         let mut config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(hosts.clone())
             .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
-        if !settings.allowed_origins.is_empty() {
-            config = config.with_allowed_origins(settings.allowed_origins.clone());
-        }
+        config = config.with_allowed_origins(origins.clone());
         let (state, audit) = (state.clone(), broker.audit.clone());
         let service = StreamableHttpService::new(
             move || {

@@ -982,3 +982,47 @@ async fn refusals_keep_the_connection_alive() {
     .unwrap();
     server.stop();
 }
+
+/// Origin is validated by default (the broker's own origin only), with a valid token too, on
+/// the native path and on rmcp's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_origin_is_refused_by_default() {
+    let (_ledger, ws, server, url) = live();
+    let token = ws.token(Some("finance/prod/review"));
+    let alice = Raw::open(&url, &token).await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_invoice", "arguments": {"invoice_id": "INV-1001"}}});
+    let r = alice
+        .request(reqwest::Method::POST)
+        .header("origin", "http://evil.example")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("origin", "http://evil.example")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The broker's own origin is fine.
+    let own = server.url.clone();
+    let r = alice
+        .request(reqwest::Method::POST)
+        .header("origin", own.as_str())
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+}
