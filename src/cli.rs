@@ -944,8 +944,9 @@ async fn serve(
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected, or after 60 s.
             let server = tokio::spawn(inbound::serve_http(broker, listener, shutdown.clone()));
-            for key in pool.wait_ready(Duration::from_secs(60)).await {
-                tracing::warn!(downstream = %key, "downstream not connected yet; its tools will fail until it is");
+            let pending = pool.wait_ready(Duration::from_secs(60)).await;
+            for key in &pending {
+                tracing::warn!(downstream = %key, "downstream not connected yet; its tools will fail until it is (see /readyz)");
             }
             println!("mandate listening on {}", config.settings.public_url);
             for m in missions.values() {
@@ -957,6 +958,13 @@ async fn serve(
                         m.mission.id, m.mission.expires
                     );
                 }
+            }
+            if pool.readiness().0 {
+                println!("ready");
+            } else {
+                tracing::warn!(
+                    "not ready: some downstream is not connected with verified pins (see /readyz)"
+                );
             }
             tracing::info!(addr = %local, "serving");
             let r = server.await;

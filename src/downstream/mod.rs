@@ -89,6 +89,8 @@ pub struct Downstream {
     pub routes: Arc<Routes>,
     quarantine: RwLock<BTreeSet<String>>,
     last_drift: Mutex<Option<Drift>>,
+    /// What `/readyz` reports: the connection's phase and its last error.
+    state: Mutex<(&'static str, Option<String>)>,
     audit: Auditor,
     http: reqwest::Client,
     /// The native call path of an HTTP downstream with sessions (see [`http_lane`]).
@@ -130,6 +132,7 @@ impl Downstream {
             routes: Arc::new(Routes::default()),
             quarantine: RwLock::new(BTreeSet::new()),
             last_drift: Mutex::new(None),
+            state: Mutex::new(("starting", None)),
             audit,
             http,
         }
@@ -143,9 +146,60 @@ impl Downstream {
             .unwrap_or(true)
     }
 
+    fn set_state(&self, phase: &'static str, error: Option<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = (phase, error);
+        }
+    }
+
+    /// Connected, with every pinned tool verified (nothing quarantined).
+    pub fn ready(&self) -> bool {
+        let connected = self
+            .state
+            .lock()
+            .map(|s| s.0 == "connected")
+            .unwrap_or(false);
+        connected
+            && self
+                .quarantine
+                .read()
+                .map(|q| q.is_empty())
+                .unwrap_or(false)
+    }
+
+    /// The connection's state for `/readyz`.
+    pub fn status(&self) -> serde_json::Value {
+        let (phase, error) = self
+            .state
+            .lock()
+            .map(|s| (s.0, s.1.clone()))
+            .unwrap_or(("unknown", None));
+        let quarantined: Vec<String> = self
+            .quarantine
+            .read()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
+        serde_json::json!({
+            "downstream": self.manifest.id,
+            "tenant": self.key.tenant,
+            "environment": self.key.env,
+            "state": phase,
+            "error": error,
+            "quarantined": quarantined,
+            "ready": self.ready(),
+        })
+    }
+
     /// The connected peer, waiting up to [`CONNECT_WAIT`] for a (re)connect. Private: nothing
-    /// outside this module reaches a downstream without a permit.
+    /// outside this module reaches a downstream without a permit. A downstream that cannot
+    /// start fails at once, saying why.
     async fn peer(&self) -> Result<Peer<RoleClient>, DownstreamError> {
+        if let Ok(s) = self.state.lock()
+            && s.0 == "failed"
+            && let Some(error) = &s.1
+        {
+            return Err(self.unavailable(error));
+        }
         let mut rx = self.peer.subscribe();
         let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()));
         match tokio::time::timeout(CONNECT_WAIT, wait).await {
@@ -291,6 +345,7 @@ impl Downstream {
                         let version = peer.peer_info().map(|i| i.protocol_version.to_string());
                         lane.set_protocol(version.as_deref());
                     }
+                    self.set_state("connected", None);
                     self.peer.send_replace(Some(peer.clone()));
                     tracing::info!(downstream = %self.key, "downstream connected");
                     let ct = service.cancellation_token();
@@ -308,6 +363,7 @@ impl Downstream {
                         }
                     };
                     self.peer.send_replace(None);
+                    self.set_state("restarting", Some("the downstream exited".into()));
                     if let Some(lane) = &self.lane {
                         lane.set_protocol(None);
                     }
@@ -326,6 +382,7 @@ impl Downstream {
                 }
                 Err(e) => {
                     tracing::error!(downstream = %self.key, error = %e, retry_in = ?backoff, "cannot start downstream");
+                    self.set_state("failed", Some(format!("cannot start: {e}")));
                 }
             }
             tokio::select! {
@@ -472,13 +529,32 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + limit;
         let mut pending = Vec::new();
         for d in self.downstreams.values() {
-            let mut rx = d.peer.subscribe();
-            let ready = tokio::time::timeout_at(deadline, rx.wait_for(|p| p.is_some())).await;
-            if !matches!(ready, Ok(Ok(_))) {
+            // Until it connects, or fails to start (no point waiting: it says why).
+            let settled = async {
+                loop {
+                    if d.peer.borrow().is_some()
+                        || d.state.lock().map(|s| s.0 == "failed").unwrap_or(false)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, settled).await;
+            if d.peer.borrow().is_none() {
                 pending.push(d.key.clone());
             }
         }
         pending
+    }
+
+    /// Whether every downstream is connected with verified pins, and each one's state.
+    pub fn readiness(&self) -> (bool, Vec<serde_json::Value>) {
+        let ready = self.downstreams.values().all(|d| d.ready());
+        (
+            ready,
+            self.downstreams.values().map(|d| d.status()).collect(),
+        )
     }
 
     pub fn get(&self, key: &GroupKey) -> Option<Arc<Downstream>> {
@@ -544,7 +620,12 @@ pub async fn connect(
             let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot start `{command}`: {e}"))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        anyhow::anyhow!("command `{command}` not found on PATH")
+                    }
+                    _ => anyhow::anyhow!("`{command}` could not be started: {e}"),
+                })?;
             if let Some(stderr) = stderr {
                 let label = label.to_owned();
                 tokio::spawn(async move {

@@ -179,6 +179,24 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
         }),
     )
     .route("/healthz", get(|| async { "ok\n" }))
+    .route(
+        "/readyz",
+        get({
+            let b = broker.clone();
+            move || async move {
+                let (ready, downstreams) = b.pool.readiness();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (
+                    status,
+                    Json(serde_json::json!({ "ready": ready, "downstreams": downstreams })),
+                )
+            }
+        }),
+    )
     .route("/admin/token", post(admin_token))
     .route("/admin/audit/export", get(admin_export))
     .route("/admin/audit/verify", get(admin_verify))

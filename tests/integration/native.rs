@@ -1026,3 +1026,70 @@ async fn a_foreign_origin_is_refused_by_default() {
     assert_eq!(r.status(), 200);
     server.stop();
 }
+
+/// `/readyz` says whether every downstream is connected with verified pins; a downstream that
+/// cannot start says why, at once, to callers and to `/readyz`.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_a_downstream_that_cannot_start() {
+    let (_ledger, ws, server, url) = live();
+    let ready = reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let v: Value = ready.json().await.unwrap();
+    assert_eq!(v["downstreams"][0]["state"], "connected", "{v}");
+    server.stop();
+    drop(url);
+
+    // The same mission, its downstream now a command that does not exist.
+    ws.write(
+        "tool-manifests/finance/ledger.toml",
+        r#"description = "ledger that cannot start"
+environments = ["prod"]
+region = "eu-west-1"
+
+[transport]
+kind = "stdio"
+command = "no-such-ledger-command"
+
+[[tools]]
+name = "get_invoice"
+effect = "read"
+
+[[tools]]
+name = "slow_report"
+effect = "read"
+"#,
+    );
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let ready = reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let v: Value = ready.json().await.unwrap();
+    let error = v["downstreams"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("command `no-such-ledger-command` not found on PATH"),
+        "{v}"
+    );
+    let alice = Raw::open(&url, &ws.token(Some("finance/prod/review"))).await;
+    let started = std::time::Instant::now();
+    let (_, msgs) = alice
+        .call(
+            json!(1),
+            "get_invoice",
+            json!({"invoice_id": "INV-1001"}),
+            json!({}),
+        )
+        .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let text = msgs[0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("not found on PATH"), "{msgs:?}");
+    server.stop();
+}
