@@ -282,6 +282,16 @@ fn first_error(
         None => Ok(()),
         Some(e) => {
             let path = e.instance_path.to_string();
+            // A missing property is named as the field itself, not as its parent object.
+            if let jsonschema::error::ValidationErrorKind::Required { property } = &e.kind
+                && let Some(name) = property.as_str()
+            {
+                return Err(Invalid {
+                    what,
+                    path: format!("{path}/{name}"),
+                    message: "is required".into(),
+                });
+            }
             Err(Invalid {
                 what,
                 path: if path.is_empty() { "/".into() } else { path },

@@ -154,7 +154,8 @@ async fn invalid_arguments_never_reach_the_downstream() {
     let (server, client) = review(&ws).await;
     let cases = [
         (json!({"invoice_id": "INV-12"}), "/invoice_id"),
-        (json!({}), "/"),
+        // A missing property is named itself (`/invoice_id` is required), not its parent.
+        (json!({}), "/invoice_id"),
         (json!({"invoice_id": "INV-1001", "extra": 1}), "/"),
     ];
     for (arguments, field) in cases {
