@@ -942,9 +942,9 @@ async fn serve(
                 admin_token,
             });
             // Accept connections (and admin requests) at once; announce readiness once the
-            // downstreams (which may be building or starting) have connected, or after 60 s.
+            // downstreams (which may be building or starting) have connected (or failed to start), at most the handshake timeout.
             let server = tokio::spawn(inbound::serve_http(broker, listener, shutdown.clone()));
-            let pending = pool.wait_ready(Duration::from_secs(60)).await;
+            let pending = pool.wait_ready(crate::downstream::HANDSHAKE_TIMEOUT).await;
             for key in &pending {
                 tracing::warn!(downstream = %key, "downstream not connected yet; its tools will fail until it is (see /readyz)");
             }
