@@ -942,7 +942,8 @@ async fn serve(
                 admin_token,
             });
             // Accept connections (and admin requests) at once; announce readiness once the
-            // downstreams (which may be building or starting) have connected (or failed to start), at most the handshake timeout.
+            // downstreams (which may be building or starting) have connected or failed to
+            // start, waiting at most as long as a handshake may take.
             let server = tokio::spawn(inbound::serve_http(broker, listener, shutdown.clone()));
             let pending = pool.wait_ready(crate::downstream::HANDSHAKE_TIMEOUT).await;
             for key in &pending {
