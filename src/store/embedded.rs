@@ -10,6 +10,11 @@
 //! - `audit_chains`: key = chain name, value = empty; written before a chain's first entry
 //! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key
 //!
+//! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
+//! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
+//! be owner-only too), creates the folder 0700, and tightens whatever an older version left open
+//! (folders to 0700, files to 0600), logging what it changed.
+//!
 //! A chain key is the chain name's length (u16 big-endian) followed by the name, so one chain's
 //! keys are never a prefix of another's (`tenant:a` vs `tenant:ab`) and a prefix scan is exact.
 
@@ -37,6 +42,13 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("cannot open store `{path}`: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "cannot make `{path}` private to its owner ({source}): run mandate as the user that owns the store, or fix its permissions (`chmod -R go= {path}`)"
+    )]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The opened store.
@@ -49,11 +61,21 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_new_files();
         if let Err(source) = std::fs::create_dir_all(path) {
             return Err(StoreError::Open {
                 path: path.to_owned(),
                 source: sled::Error::Io(source),
             });
+        }
+        let tightened = tighten(path)?;
+        if !tightened.is_empty() {
+            let listed: Vec<String> = tightened.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                store.path = %path.display(),
+                tightened = %listed.join(", "),
+                "tightened permissions of the store: other users could read it (folders are now 0700, files 0600); if they could, consider rotating the signing keys"
+            );
         }
         let db = sled::Config::new()
             .path(path.join("db"))
@@ -104,6 +126,54 @@ impl Store {
             tree: self.tree(KEYS_TREE).map_err(StorageError::new)?,
         })
     }
+}
+
+/// Adds `077` to the process's umask: files and folders created from now on are owner-only.
+fn restrict_new_files() {
+    #[cfg(unix)]
+    {
+        use nix::sys::stat::{Mode, umask};
+        let previous = umask(Mode::from_bits_truncate(0o077));
+        umask(previous | Mode::from_bits_truncate(0o077));
+    }
+}
+
+/// Makes `root` and everything in it owner-only (folders 0700, files 0600); returns the paths
+/// whose permissions it changed. Symbolic links are not followed.
+fn tighten(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut changed = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Permissions { path, source }
+        };
+        let mut pending = vec![root.to_owned()];
+        while let Some(path) = pending.pop() {
+            let meta = if path == root {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            }
+            .map_err(failed(&path))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(failed(&path))?;
+                changed.push(path.clone());
+            }
+            if meta.is_dir() {
+                for entry in std::fs::read_dir(&path).map_err(failed(&path))? {
+                    pending.push(entry.map_err(failed(&path))?.path());
+                }
+            }
+        }
+    }
+    Ok(changed)
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
