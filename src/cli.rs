@@ -108,6 +108,11 @@ enum Command {
         #[arg(long, default_value = "15m")]
         ttl: String,
     },
+    /// Manage the embedded issuer's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Read and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -125,6 +130,18 @@ enum Command {
         /// Launch Mandate over stdio instead of connecting over HTTP.
         #[arg(long)]
         stdio: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Sign new tokens with a new key. The old key's private part is deleted; its public part
+    /// stays in the JWKS, and tokens it signed stay valid, until they have expired (at most 24h).
+    /// Run it while `mandate serve` is stopped: the server loads the keys at start.
+    Rotate {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
     },
 }
 
@@ -232,6 +249,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             token(&config, request).await
         }
+        Command::Keys {
+            command: KeysCommand::Rotate { config },
+        } => keys_rotate(&config),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,
@@ -575,6 +595,32 @@ async fn admin_get(
     query: &[(&str, &str)],
 ) -> anyhow::Result<String> {
     Ok(admin_request(cred, path, query).await?.text().await?)
+}
+
+/// `mandate keys rotate`: only without a running server, which holds the keys in memory (the
+/// admin API has no rotation endpoint yet).
+fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = match backend(&config)? {
+        Backend::Direct(store) => store,
+        Backend::Admin(cred) => bail!(
+            "`mandate serve` (pid {}) is running and holds the signing keys: stop `mandate serve`, run `mandate keys rotate`, then start it again",
+            cred.pid
+        ),
+    };
+    let rotation = Issuer::rotate(&store)?;
+    store.flush()?;
+    let until = std::time::UNIX_EPOCH + Duration::from_secs(rotation.published_until);
+    println!(
+        "new signing key `{}`; the old key `{}` stays published in the JWKS until {} (when the last token it signed has expired)",
+        rotation.current,
+        rotation.retired,
+        humantime::format_rfc3339_seconds(until)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCode> {

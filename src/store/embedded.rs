@@ -8,7 +8,9 @@
 //! - `audit_checkpoints`: signed checkpoints, same key layout as `audit_v2`; the legacy v1 chain's
 //!   checkpoints are under chain `legacy-v1`
 //! - `audit_chains`: key = chain name, value = empty; written before a chain's first entry
-//! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key
+//! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key;
+//!   `issuer/es256/retired/<kid>`: a rotated-out issuer key's public part (JSON, no private key),
+//!   published until the tokens it signed have expired
 //!
 //! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
 //! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
@@ -33,7 +35,9 @@ pub const CHAINS_TREE: &str = "audit_chains";
 /// Tree holding signing keys.
 pub const KEYS_TREE: &str = "keys";
 /// Key of the embedded issuer's private key in [`KEYS_TREE`].
-pub const ISSUER_KEY: &[u8] = b"issuer/es256";
+pub const ISSUER_KEY: &str = "issuer/es256";
+/// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
+pub const ISSUER_RETIRED_PREFIX: &str = "issuer/es256/retired/";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -347,6 +351,44 @@ impl KeyStore for SledKeyStore {
             Err(current) => Ok(current.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
     }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (name, value) = item.map_err(StorageError::new)?;
+                Ok((String::from_utf8_lossy(&name).into_owned(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn replace(
+        &self,
+        name: &str,
+        expected: &[u8],
+        new: &[u8],
+        also: (&str, &[u8]),
+    ) -> Result<bool, StorageError> {
+        let result: sled::transaction::TransactionResult<bool, ()> = self.tree.transaction(|tx| {
+            if tx.get(name.as_bytes())?.as_deref() != Some(expected) {
+                return Ok(false);
+            }
+            tx.insert(name.as_bytes(), new)?;
+            tx.insert(also.0.as_bytes(), also.1)?;
+            Ok(true)
+        });
+        let replaced = result.map_err(|e| StorageError(format!("{e:?}")))?;
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(replaced)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StorageError> {
+        self.tree
+            .remove(name.as_bytes())
+            .map_err(StorageError::new)?;
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -384,5 +426,29 @@ mod tests {
         assert_eq!(keys.put_if_absent("k", b"one").unwrap(), b"one");
         assert_eq!(keys.put_if_absent("k", b"two").unwrap(), b"one");
         assert_eq!(keys.get("k").unwrap(), Some(b"one".to_vec()));
+    }
+
+    #[test]
+    fn replace_swaps_only_the_expected_value_and_stores_both_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Store::open(dir.path()).unwrap().keys().unwrap();
+        keys.put_if_absent("k", b"one").unwrap();
+        assert!(
+            !keys
+                .replace("k", b"stale", b"two", ("k/old/x", b"x"))
+                .unwrap()
+        );
+        assert_eq!(keys.list("k/old/").unwrap(), vec![]);
+        assert!(
+            keys.replace("k", b"one", b"two", ("k/old/1", b"1"))
+                .unwrap()
+        );
+        assert_eq!(keys.get("k").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(
+            keys.list("k/old/").unwrap(),
+            vec![("k/old/1".to_owned(), b"1".to_vec())]
+        );
+        keys.remove("k/old/1").unwrap();
+        assert_eq!(keys.list("k/old/").unwrap(), vec![]);
     }
 }
