@@ -69,6 +69,9 @@ impl Caller {
 }
 
 /// Why a token was refused. Always maps to HTTP 401.
+///
+/// The texts are what the caller sees: a fixed set that says what to do, never the token
+/// library's internals (which would describe the token's bytes and help nobody fix it).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AuthnError {
     #[error(
@@ -77,8 +80,22 @@ pub enum AuthnError {
     Missing,
     #[error("malformed `Authorization` header: expected `Bearer <token>`")]
     Malformed,
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    #[error("malformed bearer token: send the token `mandate token` printed, unchanged")]
+    MalformedToken,
+    #[error("token is not an ES256 `at+jwt` access token: mint one with `mandate token`")]
+    NotAccepted,
+    #[error(
+        "token signature is invalid: it was not signed by this broker's issuer, or was changed (mint one with `mandate token`)"
+    )]
+    BadSignature,
+    #[error("token issuer is not trusted: mint one with this broker's `mandate token`")]
+    UntrustedIssuer,
+    #[error(
+        "token audience is not this resource: mint one for this mission (`mandate token --mission <id>`)"
+    )]
+    WrongAudience,
+    #[error("token is not valid yet: check the clocks of this machine and the issuer's")]
+    NotYetValid,
     #[error("token expired: mint a new one with `mandate token`")]
     Expired,
 }
@@ -283,9 +300,7 @@ impl Issuer {
                 return Err(AuthnError::Expired);
             }
             if !audiences.contains(&caller.audience.as_str()) {
-                return Err(AuthnError::Invalid(
-                    "token audience is not this resource".into(),
-                ));
+                return Err(AuthnError::WrongAudience);
             }
             return Ok(caller.clone());
         }
@@ -300,25 +315,16 @@ impl Issuer {
     }
 
     fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, AuthnError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthnError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::ES256 {
-            return Err(AuthnError::Invalid(format!(
-                "algorithm `{:?}` is not allowed",
-                header.alg
-            )));
-        }
-        if header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(AuthnError::Invalid(format!(
-                "token type must be `{TOKEN_TYPE}`"
-            )));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::MalformedToken)?;
+        if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(AuthnError::NotAccepted);
         }
         let Some(decoding) = header
             .kid
             .as_deref()
             .and_then(|kid| self.verifying.get(kid))
         else {
-            return Err(AuthnError::Invalid("unknown signing key".into()));
+            return Err(AuthnError::BadSignature);
         };
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = LEEWAY_SECS;
@@ -326,22 +332,8 @@ impl Issuer {
         validation.set_issuer(&[self.issuer.as_str()]);
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
-        let data =
-            jsonwebtoken::decode::<Claims>(token, decoding, &validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthnError::Expired,
-                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                        AuthnError::Invalid("token audience is not this resource".into())
-                    }
-                    jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                        AuthnError::Invalid("token issuer is not trusted".into())
-                    }
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                        AuthnError::Invalid("bad signature".into())
-                    }
-                    _ => AuthnError::Invalid(e.to_string()),
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, decoding, &validation)
+            .map_err(|e| refusal(e.kind()))?;
         let c = data.claims;
         Ok(Caller {
             subject: c.sub,
@@ -352,6 +344,21 @@ impl Issuer {
             audience: c.aud,
             expires_at: c.exp,
         })
+    }
+}
+
+/// What the caller is told about a token the library refused.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> AuthnError {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => AuthnError::Expired,
+        ErrorKind::ImmatureSignature => AuthnError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthnError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthnError::UntrustedIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthnError::NotAccepted,
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => AuthnError::BadSignature,
+        // Undecodable parts, missing or mistyped claims, and whatever else the library adds.
+        _ => AuthnError::MalformedToken,
     }
 }
 
@@ -479,18 +486,27 @@ mod tests {
             .mint(&request("http://127.0.0.1:8080"))
             .map(|m| m.token)
             .unwrap_or_default();
-        assert!(
+        assert_eq!(
             iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"])
-                .is_err()
+                .map(|_| ()),
+            Err(AuthnError::WrongAudience)
         );
-        assert!(other.verify(&t, &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            other.verify(&t, &["http://127.0.0.1:8080"]).map(|_| ()),
+            Err(AuthnError::BadSignature)
+        );
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
-        assert!(
+        assert_eq!(
             iss.verify(&parts.join("."), &["http://127.0.0.1:8080"])
-                .is_err()
+                .map(|_| ()),
+            Err(AuthnError::BadSignature)
         );
-        assert!(iss.verify("not-a-jwt", &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            iss.verify("not-a-jwt", &["http://127.0.0.1:8080"])
+                .map(|_| ()),
+            Err(AuthnError::MalformedToken)
+        );
     }
 
     #[test]
@@ -511,7 +527,10 @@ mod tests {
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap_or_default();
-        assert!(iss.verify(&hs, &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            iss.verify(&hs, &["http://127.0.0.1:8080"]).map(|_| ()),
+            Err(AuthnError::NotAccepted)
+        );
     }
 
     #[test]

@@ -136,3 +136,152 @@ async fn rotated_key_signs_new_tokens_and_the_old_one_stays_published_until_its_
     assert!(err.contains("stop `mandate serve`"), "{err}");
     server.stop();
 }
+
+/// Two missions without tools (no downstream): `finance/prod/review` (acme) and `hr/prod/other`
+/// (globex), both for agent `bot`.
+fn two_missions() -> Workspace {
+    let ws = Workspace::new();
+    ws.mission("finance/prod/review", "", "");
+    ws.write(
+        "missions/hr/prod/other.toml",
+        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
+    );
+    ws
+}
+
+/// Status, `WWW-Authenticate` and body of an MCP `initialize` POST to `url`.
+async fn initialize(url: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&serde_json::json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.unwrap();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), challenge, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_tokens_are_answered_with_fixed_texts_that_say_what_to_do() {
+    let ws = two_missions();
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let good = ws.token(Some("finance/prod/review"));
+    let mut forged: Vec<&str> = good.split('.').collect();
+    // Another valid signature encoding: one character in the middle changed.
+    let mut signature = forged[2].to_owned();
+    let flipped = if &signature[10..11] == "A" { "B" } else { "A" };
+    signature.replace_range(10..11, flipped);
+    forged[2] = &signature;
+    let other = ws.token_for("bob@globex.example", "globex", "bot", Some("hr/prod/other"));
+    // The issue's example: `Base64 error: Invalid last symbol 101, offset 6` reached the caller.
+    let bad_base64 = format!("{}.{}.e", forged[0], forged[1]);
+    let cases = [
+        ("garbage", "malformed bearer token"),
+        (
+            "eyJhbGciOiJFUzI1NiJ9.e30.e",
+            "token is not an ES256 `at+jwt` access token",
+        ),
+        (&bad_base64, "malformed bearer token"),
+        ("a.b.c", "malformed bearer token"),
+        (&forged.join("."), "token signature is invalid"),
+        (&other, "token audience is not this resource"),
+    ];
+    for (token, expected) in cases {
+        let (status, challenge, body) = initialize(&url, Some(token)).await;
+        assert_eq!(status, 401, "{token}");
+        assert!(body.starts_with(expected), "{token}: {body}");
+        assert!(
+            challenge.contains(&format!("error_description=\"{}", body.trim_end())),
+            "{token}: {challenge}"
+        );
+        for internal in [
+            "Base64",
+            "base64",
+            "Json",
+            "offset",
+            "symbol",
+            "InvalidToken",
+        ] {
+            assert!(!body.contains(internal), "{token}: {body}");
+        }
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_mission_answers_like_a_known_one() {
+    let ws = two_missions();
+    let server = ws.serve();
+    let globex = ws.token_for("bob@globex.example", "globex", "bot", None);
+    let known = "/mcp/finance/prod/review";
+    let answer = |path: &str, (status, challenge, body): (u16, String, String)| {
+        // The path is the only difference.
+        let metadata = format!("{}/.well-known/oauth-protected-resource{path}", server.url);
+        (status, challenge.replace(&metadata, "<metadata>"), body)
+    };
+    let expected_none = answer(
+        known,
+        initialize(&format!("{}{known}", server.url), None).await,
+    );
+    let expected_garbage = answer(
+        known,
+        initialize(&format!("{}{known}", server.url), Some("garbage")).await,
+    );
+    let expected_other_tenant = answer(
+        known,
+        initialize(&format!("{}{known}", server.url), Some(&globex)).await,
+    );
+    assert_eq!(expected_none.0, 401);
+    assert_eq!(expected_none.1, "Bearer resource_metadata=\"<metadata>\"");
+    assert_eq!(expected_other_tenant.0, 403);
+    for path in [
+        "/mcp/finance/prod/nope",
+        "/mcp/x",
+        "/mcp/finance/prod/review/extra",
+    ] {
+        let url = format!("{}{path}", server.url);
+        assert_eq!(
+            answer(path, initialize(&url, None).await),
+            expected_none,
+            "{path}"
+        );
+        assert_eq!(
+            answer(path, initialize(&url, Some("garbage")).await),
+            expected_garbage,
+            "{path}"
+        );
+        assert_eq!(
+            answer(path, initialize(&url, Some(&globex)).await),
+            expected_other_tenant,
+            "{path}"
+        );
+    }
+    // The metadata document answers for any mission path alike.
+    let metadata = |path: &str| {
+        let url = format!("{}/.well-known/oauth-protected-resource{path}", server.url);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let known_doc = metadata(known).await;
+    let unknown_doc = metadata("/mcp/finance/prod/nope").await;
+    assert_eq!(known_doc["resource"], format!("{}{known}", server.url));
+    assert_eq!(
+        unknown_doc["resource"],
+        format!("{}/mcp/finance/prod/nope", server.url)
+    );
+    assert_eq!(
+        known_doc.as_object().unwrap().keys().collect::<Vec<_>>(),
+        unknown_doc.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+    server.stop();
+}
