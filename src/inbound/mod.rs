@@ -12,6 +12,7 @@ pub(crate) mod ingress;
 pub mod native;
 mod rebinding;
 pub mod session;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -681,24 +682,35 @@ async fn admin_verify(
     }
 }
 
-/// Serves HTTP on a pre-bound listener until `shutdown`.
+/// Serves HTTP on a pre-bound listener until `shutdown`; HTTPS with `tls`.
 pub async fn serve_http(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let aggregate = crate::audit::aggregate::Aggregator::start(broker.audit.clone());
-    let app = router(broker, aggregate.clone());
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
+    let app = router(broker, aggregate.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move { shutdown.cancelled().await };
+    let served = match tls {
+        Some(acceptor) => {
+            // `tap_io` (a no-op here) is what gives axum's `ConnectInfo<SocketAddr>` for a listener
+            // of our own.
+            let listener = tls::Listener::new(listener, acceptor)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     // Counts gathered since the last window are written before the audit log closes.
     aggregate.flush();
     served

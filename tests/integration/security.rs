@@ -285,3 +285,122 @@ async fn an_unknown_mission_answers_like_a_known_one() {
     );
     server.stop();
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` at `cert.pem`, `key.pem`.
+fn certificate(ws: &Workspace) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(ws.path().join("cert.pem")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_serves_https_and_the_cli_still_reaches_the_server() {
+    let ws = two_missions();
+    let cert = certificate(&ws);
+    ws.write(
+        "mandate.toml",
+        "[server]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+    let server = ws.serve();
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    // The CLI reaches the running server (admin API) and the token names the https issuer.
+    let token = ws.token(Some("finance/prod/review"));
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .build()
+        .unwrap();
+    let r = https
+        .post(server.mission_url("finance/prod/review"))
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = server.url.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+    server.stop();
+}
+
+#[test]
+fn exposed_listeners_without_tls_or_a_public_url_are_refused_with_the_setting_to_add() {
+    let ws = two_missions();
+    // `mandate serve` must exit at once; one that serves is killed and fails the test.
+    let serve = |ws: &Workspace| {
+        let mut child = std::process::Command::new(mandate_bin())
+            .args(["serve", "--listen", "0.0.0.0:0"])
+            .current_dir(ws.path())
+            .env("MANDATE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&ws);
+    assert!(err.contains("add `[server] tls"), "{err}");
+    certificate(&ws);
+    ws.write(
+        "mandate.toml",
+        "[server]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+    let err = serve(&ws);
+    assert!(err.contains("set `[server] public_url`"), "{err}");
+    ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"http://mandate.example.com\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+    let err = serve(&ws);
+    assert!(err.contains("https://"), "{err}");
+    ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"https://127.0.0.1:8443\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+    let err = serve(&ws);
+    assert!(err.contains("set `[server] public_url`"), "{err}");
+}
