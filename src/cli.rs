@@ -1,6 +1,7 @@
 //! The `mandate` command line. `mandate --help` is the manual.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -108,6 +109,11 @@ enum Command {
         #[arg(long, default_value = "15m")]
         ttl: String,
     },
+    /// Manage the embedded issuer's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Read and verify the audit log.
     Audit {
         #[command(subcommand)]
@@ -127,6 +133,18 @@ enum Command {
         /// Launch Mandate over stdio instead of connecting over HTTP.
         #[arg(long)]
         stdio: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Sign new tokens with a new key. The old key's private part is deleted; its public part
+    /// stays in the JWKS, and tokens it signed stay valid, until they have expired (at most 24h).
+    /// Run it while `mandate serve` is stopped: the server loads the keys at start.
+    Rotate {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
     },
 }
 
@@ -234,6 +252,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             token(&config, request).await
         }
+        Command::Keys {
+            command: KeysCommand::Rotate { config },
+        } => keys_rotate(&config),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,
@@ -594,6 +615,32 @@ async fn admin_get(
     Ok(admin_request(cred, path, query).await?.text().await?)
 }
 
+/// `mandate keys rotate`: only without a running server, which holds the keys in memory (the
+/// admin API has no rotation endpoint yet).
+fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = match backend(&config)? {
+        Backend::Direct(store) => store,
+        Backend::Admin(cred) => bail!(
+            "`mandate serve` (pid {}) is running and holds the signing keys: stop `mandate serve`, run `mandate keys rotate`, then start it again",
+            cred.pid
+        ),
+    };
+    let rotation = Issuer::rotate(&store)?;
+    store.flush()?;
+    let until = std::time::UNIX_EPOCH + Duration::from_secs(rotation.published_until);
+    println!(
+        "new signing key `{}`; the old key `{}` stays published in the JWKS until {} (when the last token it signed has expired)",
+        rotation.current,
+        rotation.retired,
+        humantime::format_rfc3339_seconds(until)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
@@ -860,9 +907,22 @@ async fn serve(
             .with_context(|| format!("cannot listen on `{addr}`"))?;
         let local = listener.local_addr()?;
         if !config.settings.public_url_explicit {
-            config.settings.public_url = format!("http://{local}");
+            let scheme = if config.settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            config.settings.public_url = format!("{scheme}://{local}");
         }
+        check_exposure(&config.settings, local)?;
         Some(listener)
+    };
+    // Read the certificate before anything starts, so a bad one stops the start.
+    let tls = match &config.settings.tls {
+        Some((cert, key)) if !stdio => {
+            Some(inbound::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
     };
     let missions = MissionRuntime::build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     let store = match Store::open(&config.settings.store_path) {
@@ -924,9 +984,28 @@ async fn serve(
         }
         Some(listener) => {
             let local = listener.local_addr()?;
+            // With TLS the CLI reaches the admin API on a plain-HTTP loopback port of its own
+            // (it would not trust the certificate for a loopback address); the admin API
+            // answers loopback peers only either way.
+            let plain = match &tls {
+                Some(_) => {
+                    let loopback = admin_url(SocketAddr::new(unspecified(local), 0));
+                    let bind = loopback.trim_start_matches("http://").to_owned();
+                    Some(
+                        tokio::net::TcpListener::bind(&bind)
+                            .await
+                            .with_context(|| format!("cannot listen on `{bind}` for the CLI"))?,
+                    )
+                }
+                None => None,
+            };
+            let admin_addr = match &plain {
+                Some(l) => l.local_addr()?,
+                None => local,
+            };
             let admin_token = crate::authn::random_id() + &crate::authn::random_id();
             let cred = AdminCredential {
-                url: admin_url(local),
+                url: admin_url(admin_addr),
                 token: admin_token.clone(),
                 pid: std::process::id(),
             };
@@ -944,7 +1023,15 @@ async fn serve(
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected or failed to
             // start, waiting at most as long as a handshake may take.
-            let server = tokio::spawn(inbound::serve_http(broker, listener, shutdown.clone()));
+            if let Some(plain) = plain {
+                tokio::spawn(inbound::serve_http(
+                    broker.clone(),
+                    plain,
+                    None,
+                    shutdown.clone(),
+                ));
+            }
+            let server = tokio::spawn(inbound::serve_http(broker, listener, tls, shutdown.clone()));
             let pending = pool.wait_ready(crate::downstream::HANDSHAKE_TIMEOUT).await;
             for key in &pending {
                 tracing::warn!(downstream = %key, "downstream not connected yet; its tools will fail until it is (see /readyz)");
@@ -985,6 +1072,52 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     let _ = store.flush();
     result.map(|_| ExitCode::SUCCESS)
+}
+
+/// The wildcard address of `local`'s family.
+fn unspecified(local: SocketAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match local {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Refuses a start that would expose tokens or advertise a URL clients cannot use: listening
+/// beyond loopback needs TLS and a `public_url` naming this server as clients reach it, and with
+/// TLS the `public_url` is https.
+fn check_exposure(settings: &config::Settings, local: SocketAddr) -> anyhow::Result<()> {
+    let exposed = !local.ip().is_loopback();
+    if exposed && settings.tls.is_none() {
+        bail!(
+            "listening on `{local}` (beyond loopback) without TLS would send tokens in clear text: add `[server] tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}` to mandate.toml, or listen on 127.0.0.1 behind a TLS-terminating proxy"
+        );
+    }
+    let url = reqwest::Url::parse(&settings.public_url).with_context(|| {
+        format!(
+            "`public_url` `{}` is not a URL: set `[server] public_url` to the URL clients will use",
+            settings.public_url
+        )
+    })?;
+    if settings.tls.is_some() && url.scheme() != "https" {
+        bail!(
+            "`public_url` `{}` is not https, but `[server] tls` serves HTTPS: set `[server] public_url = \"https://…\"` to the URL clients will use",
+            settings.public_url
+        );
+    }
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    let local_host = host.is_empty()
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    if exposed && (!settings.public_url_explicit || local_host) {
+        bail!(
+            "listening on `{local}` (beyond loopback), but clients elsewhere cannot use the public URL `{}`: set `[server] public_url` to the URL clients will use (e.g. `https://mandate.example.com:8443`)",
+            settings.public_url
+        );
+    }
+    Ok(())
 }
 
 /// The URL the CLI dials to reach the admin API of a server listening on `local`: the address

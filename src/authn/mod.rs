@@ -6,6 +6,10 @@
 //! `exp` and `nbf` (30 s leeway) are checked. A verified token is cached by its SHA-256 until it
 //! expires, so its signature is checked once. External issuers, the agent registry, token exchange
 //! and `act` chains build on [`Caller`].
+//!
+//! Key rotation ([`Issuer::rotate`]): new tokens are signed with a new key; the old key's public
+//! part stays in the JWKS, and tokens it signed stay valid, until they have expired (at most
+//! [`MAX_TTL`] plus leeway after the rotation). Its private part is deleted at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +21,7 @@ use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::store::{ISSUER_KEY, KEYS_TREE, Store};
+use crate::store::{ISSUER_KEY, ISSUER_RETIRED_PREFIX, KeyStore, Store};
 
 /// `typ` header of access tokens (RFC 9068).
 pub const TOKEN_TYPE: &str = "at+jwt";
@@ -65,6 +69,9 @@ impl Caller {
 }
 
 /// Why a token was refused. Always maps to HTTP 401.
+///
+/// The texts are what the caller sees: a fixed set that says what to do, never the token
+/// library's internals (which would describe the token's bytes and help nobody fix it).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AuthnError {
     #[error(
@@ -73,8 +80,22 @@ pub enum AuthnError {
     Missing,
     #[error("malformed `Authorization` header: expected `Bearer <token>`")]
     Malformed,
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    #[error("malformed bearer token: send the token `mandate token` printed, unchanged")]
+    MalformedToken,
+    #[error("token is not an ES256 `at+jwt` access token: mint one with `mandate token`")]
+    NotAccepted,
+    #[error(
+        "token signature is invalid: it was not signed by this broker's issuer, or was changed (mint one with `mandate token`)"
+    )]
+    BadSignature,
+    #[error("token issuer is not trusted: mint one with this broker's `mandate token`")]
+    UntrustedIssuer,
+    #[error(
+        "token audience is not this resource: mint one for this mission (`mandate token --mission <id>`)"
+    )]
+    WrongAudience,
+    #[error("token is not valid yet: check the clocks of this machine and the issuer's")]
+    NotYetValid,
     #[error("token expired: mint a new one with `mandate token`")]
     Expired,
 }
@@ -91,30 +112,22 @@ pub struct Issuer {
     issuer: String,
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// Keys that verify tokens, by `kid`: the current one and the retired ones still published.
+    verifying: HashMap<String, DecodingKey>,
     jwks: serde_json::Value,
     cache: Mutex<HashMap<[u8; 32], Arc<Caller>>>,
 }
 
-impl Issuer {
-    /// Loads the issuer key from the store, creating it on first use.
-    pub fn load_or_create(store: &Store, issuer: &str) -> anyhow::Result<Self> {
-        let tree = store.tree(KEYS_TREE)?;
-        let pem = match tree.get(ISSUER_KEY)? {
-            Some(pem) => String::from_utf8(pem.to_vec())?,
-            None => {
-                let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
-                let pem = key.to_pkcs8_pem(LineEnding::LF)?.to_string();
-                tree.insert(ISSUER_KEY, pem.as_bytes())?;
-                tree.flush()?;
-                pem
-            }
-        };
-        Self::from_pem(&pem, issuer)
-    }
+/// The public part of an ES256 key, as published in the JWKS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PublicJwk {
+    kid: String,
+    x: String,
+    y: String,
+}
 
-    fn from_pem(pem: &str, issuer: &str) -> anyhow::Result<Self> {
-        let secret = p256::SecretKey::from_pkcs8_pem(pem)?;
+impl PublicJwk {
+    fn of(secret: &p256::SecretKey) -> anyhow::Result<Self> {
         let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
             &secret.public_key(),
             false,
@@ -125,15 +138,112 @@ impl Issuer {
         };
         let (x, y) = (b64.encode(x), b64.encode(y));
         let kid = hex::encode(&sha2::Sha256::digest(format!("{x}.{y}"))[..8]);
-        let jwks = serde_json::json!({
-            "keys": [{ "kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "use": "sig", "alg": "ES256" }]
-        });
+        Ok(Self { kid, x, y })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y, "kid": self.kid, "use": "sig", "alg": "ES256" })
+    }
+}
+
+/// A rotated-out key: published (and accepted) until the tokens it signed have expired.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RetiredKey {
+    #[serde(flatten)]
+    public: PublicJwk,
+    /// Unix seconds.
+    retired_at: u64,
+}
+
+impl RetiredKey {
+    /// Unix seconds after which no token it signed can still be valid.
+    fn published_until(&self) -> u64 {
+        self.retired_at + MAX_TTL.as_secs() + LEEWAY_SECS
+    }
+}
+
+/// What [`Issuer::rotate`] did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// `kid` of the key that signs new tokens.
+    pub current: String,
+    /// `kid` of the rotated-out key.
+    pub retired: String,
+    /// Unix seconds until which the rotated-out key stays published.
+    pub published_until: u64,
+}
+
+impl Issuer {
+    /// Loads the issuer key from the store, creating it on first use, and the rotated-out keys
+    /// still published (forgetting those whose tokens have all expired).
+    pub fn load_or_create(store: &Store, issuer: &str) -> anyhow::Result<Self> {
+        let keys = store.keys()?;
+        let pem = current_pem(&keys)?;
+        let now = unix_now();
+        let mut retired = Vec::new();
+        for (name, value) in keys.list(ISSUER_RETIRED_PREFIX)? {
+            let key: RetiredKey = serde_json::from_slice(&value).map_err(|e| {
+                anyhow::anyhow!("retired issuer key `{name}` in the store is unreadable ({e}): restore the store from a backup")
+            })?;
+            if key.published_until() < now {
+                keys.remove(&name)?;
+            } else {
+                retired.push(key.public);
+            }
+        }
+        Self::from_keys(&pem, &retired, issuer)
+    }
+
+    /// Replaces the signing key with a new one. The old key's private part is deleted; its public
+    /// part stays published until the tokens it signed have expired. Takes effect for a server
+    /// at its next start.
+    pub fn rotate(store: &Store) -> anyhow::Result<Rotation> {
+        let keys = store.keys()?;
+        let old_pem = current_pem(&keys)?;
+        let old = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(&old_pem)?)?;
+        let new_secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let new_pem = new_secret.to_pkcs8_pem(LineEnding::LF)?.to_string();
+        let new = PublicJwk::of(&new_secret)?;
+        let retired = RetiredKey {
+            public: old.clone(),
+            retired_at: unix_now(),
+        };
+        let record = serde_json::to_vec(&retired)?;
+        let name = format!("{ISSUER_RETIRED_PREFIX}{}", old.kid);
+        if !keys.replace(
+            ISSUER_KEY,
+            old_pem.as_bytes(),
+            new_pem.as_bytes(),
+            (&name, &record),
+        )? {
+            anyhow::bail!(
+                "the signing key changed while it was being rotated: run `mandate keys rotate` again"
+            );
+        }
+        Ok(Rotation {
+            current: new.kid,
+            retired: old.kid,
+            published_until: retired.published_until(),
+        })
+    }
+
+    fn from_keys(pem: &str, retired: &[PublicJwk], issuer: &str) -> anyhow::Result<Self> {
+        let current = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(pem)?)?;
+        let mut verifying = HashMap::new();
+        let mut published = Vec::new();
+        for key in std::iter::once(&current).chain(retired) {
+            verifying.insert(
+                key.kid.clone(),
+                DecodingKey::from_ec_components(&key.x, &key.y)?,
+            );
+            published.push(key.json());
+        }
         Ok(Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
-            kid,
+            kid: current.kid,
             encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
-            decoding: DecodingKey::from_ec_components(&x, &y)?,
-            jwks,
+            verifying,
+            jwks: serde_json::json!({ "keys": published }),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -190,9 +300,7 @@ impl Issuer {
                 return Err(AuthnError::Expired);
             }
             if !audiences.contains(&caller.audience.as_str()) {
-                return Err(AuthnError::Invalid(
-                    "token audience is not this resource".into(),
-                ));
+                return Err(AuthnError::WrongAudience);
             }
             return Ok(caller.clone());
         }
@@ -207,43 +315,25 @@ impl Issuer {
     }
 
     fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, AuthnError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthnError::Invalid(e.to_string()))?;
-        if header.alg != Algorithm::ES256 {
-            return Err(AuthnError::Invalid(format!(
-                "algorithm `{:?}` is not allowed",
-                header.alg
-            )));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::MalformedToken)?;
+        if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(AuthnError::NotAccepted);
         }
-        if header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(AuthnError::Invalid(format!(
-                "token type must be `{TOKEN_TYPE}`"
-            )));
-        }
-        if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(AuthnError::Invalid("unknown signing key".into()));
-        }
+        let Some(decoding) = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying.get(kid))
+        else {
+            return Err(AuthnError::BadSignature);
+        };
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_issuer(&[self.issuer.as_str()]);
         validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthnError::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                    AuthnError::Invalid("token audience is not this resource".into())
-                }
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                    AuthnError::Invalid("token issuer is not trusted".into())
-                }
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                    AuthnError::Invalid("bad signature".into())
-                }
-                _ => AuthnError::Invalid(e.to_string()),
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, decoding, &validation)
+            .map_err(|e| refusal(e.kind()))?;
         let c = data.claims;
         Ok(Caller {
             subject: c.sub,
@@ -255,6 +345,38 @@ impl Issuer {
             expires_at: c.exp,
         })
     }
+}
+
+/// What the caller is told about a token the library refused.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> AuthnError {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => AuthnError::Expired,
+        ErrorKind::ImmatureSignature => AuthnError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthnError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthnError::UntrustedIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthnError::NotAccepted,
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => AuthnError::BadSignature,
+        // Undecodable parts, missing or mistyped claims, and whatever else the library adds.
+        _ => AuthnError::MalformedToken,
+    }
+}
+
+/// The current signing key's PEM, created on first use.
+fn current_pem(keys: &impl KeyStore) -> anyhow::Result<String> {
+    let pem = match keys.get(ISSUER_KEY)? {
+        Some(pem) => pem,
+        None => {
+            let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+            let pem = key.to_pkcs8_pem(LineEnding::LF)?.to_string();
+            keys.put_if_absent(ISSUER_KEY, pem.as_bytes())?
+        }
+    };
+    String::from_utf8(pem).map_err(|_| {
+        anyhow::anyhow!(
+            "the issuer key in the store is not PEM text: restore the store from a backup"
+        )
+    })
 }
 
 /// What `mandate token` asks for.
@@ -330,7 +452,8 @@ mod tests {
             .to_pkcs8_pem(LineEnding::LF)
             .map(|p| p.to_string())
             .unwrap_or_default();
-        Issuer::from_pem(&pem, "http://127.0.0.1:8080").unwrap_or_else(|e| unreachable!("{e}"))
+        Issuer::from_keys(&pem, &[], "http://127.0.0.1:8080")
+            .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
     fn request(aud: &str) -> TokenRequest {
@@ -363,18 +486,27 @@ mod tests {
             .mint(&request("http://127.0.0.1:8080"))
             .map(|m| m.token)
             .unwrap_or_default();
-        assert!(
+        assert_eq!(
             iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"])
-                .is_err()
+                .map(|_| ()),
+            Err(AuthnError::WrongAudience)
         );
-        assert!(other.verify(&t, &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            other.verify(&t, &["http://127.0.0.1:8080"]).map(|_| ()),
+            Err(AuthnError::BadSignature)
+        );
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
-        assert!(
+        assert_eq!(
             iss.verify(&parts.join("."), &["http://127.0.0.1:8080"])
-                .is_err()
+                .map(|_| ()),
+            Err(AuthnError::BadSignature)
         );
-        assert!(iss.verify("not-a-jwt", &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            iss.verify("not-a-jwt", &["http://127.0.0.1:8080"])
+                .map(|_| ()),
+            Err(AuthnError::MalformedToken)
+        );
     }
 
     #[test]
@@ -395,7 +527,43 @@ mod tests {
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap_or_default();
-        assert!(iss.verify(&hs, &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            iss.verify(&hs, &["http://127.0.0.1:8080"]).map(|_| ()),
+            Err(AuthnError::NotAccepted)
+        );
+    }
+
+    #[test]
+    fn a_retired_key_is_forgotten_once_its_tokens_have_expired() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let store = Store::open(dir.path()).unwrap_or_else(|e| unreachable!("{e}"));
+        let url = "http://127.0.0.1:8080";
+        let rotation = Issuer::rotate(&store).unwrap_or_else(|e| unreachable!("{e}"));
+        let published = |store: &Store| -> Vec<String> {
+            let iss = Issuer::load_or_create(store, url).unwrap_or_else(|e| unreachable!("{e}"));
+            let keys = iss.jwks()["keys"].as_array().cloned().unwrap_or_default();
+            keys.iter()
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(
+            published(&store),
+            [rotation.current.clone(), rotation.retired.clone()]
+        );
+        // Pretend the rotation happened longer ago than the longest token lifetime.
+        let keys = store.keys().unwrap_or_else(|e| unreachable!("{e}"));
+        let name = format!("{ISSUER_RETIRED_PREFIX}{}", rotation.retired);
+        let mut record: serde_json::Value = keys
+            .get(&name)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        record["retired_at"] = (unix_now() - MAX_TTL.as_secs() - LEEWAY_SECS - 1).into();
+        let _ = keys.remove(&name);
+        let _ = keys.put_if_absent(&name, record.to_string().as_bytes());
+        assert_eq!(published(&store), [rotation.current]);
+        assert_eq!(keys.list(ISSUER_RETIRED_PREFIX).ok(), Some(vec![]));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub const SETTINGS: &[Field] = &[
             ("public_url", V),
             ("allowed_hosts", V),
             ("allowed_origins", V),
+            ("tls", Shape::Table(&[("cert", V), ("key", V)])),
         ]),
     ),
     ("store", Shape::Table(&[("path", V)])),

@@ -47,6 +47,8 @@ pub struct Settings {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub store_path: PathBuf,
+    /// Serve HTTPS with these PEM files (certificate chain, private key).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A validated tool manifest.
@@ -546,6 +548,7 @@ fn build_settings(
             }
             url
         }
+        None if raw.server.tls.is_some() => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
     for issuer in &raw.identity.issuers {
@@ -570,6 +573,10 @@ fn build_settings(
         allowed_hosts: raw.server.allowed_hosts,
         allowed_origins: raw.server.allowed_origins,
         store_path: root.join(raw.store.path.as_deref().unwrap_or(".mandate")),
+        tls: raw
+            .server
+            .tls
+            .map(|t| (root.join(t.cert), root.join(t.key))),
     }
 }
 

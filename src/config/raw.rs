@@ -38,6 +38,19 @@ pub struct RawServer {
     /// clients; requests carrying any other `Origin` are refused).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Serve HTTPS with this certificate chain and private key (PEM files, relative to the
+    /// configuration directory). Required to listen on anything but loopback.
+    pub tls: Option<RawTls>,
+}
+
+/// `[server] tls = { cert = "…", key = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file with the certificate's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

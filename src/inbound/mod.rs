@@ -12,6 +12,7 @@ pub(crate) mod ingress;
 pub mod native;
 mod rebinding;
 pub mod session;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -145,7 +146,19 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     }
     let metadata_broker = broker.clone();
     let admin = broker.clone();
+    let unknown_broker = broker.clone();
     app.route(
+        // Paths of missions this broker does not serve: answered like a mission would.
+        "/mcp/{*rest}",
+        axum::routing::any(
+            move |axum::extract::Path(rest): axum::extract::Path<String>, request: Request| {
+                let broker = unknown_broker.clone();
+                let aggregate = aggregate.clone();
+                async move { unknown_mission(&broker, &aggregate, &rest, &request) }
+            },
+        ),
+    )
+    .route(
         "/.well-known/oauth-protected-resource/mcp/{*mission}",
         get(
             move |axum::extract::Path(mission): axum::extract::Path<String>| {
@@ -203,18 +216,77 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     .with_state(admin)
 }
 
+/// The protected-resource metadata (RFC 9728) of `/mcp/<mission>`. It answers for any path, known
+/// mission or not, with the same document shape, so it does not reveal which missions exist; a
+/// client of an unknown path then learns that its token is refused, like everyone else.
 fn protected_resource(broker: &Broker, mission: &str) -> Response {
-    match broker.missions.get(mission) {
-        None => (StatusCode::NOT_FOUND, "unknown mission\n").into_response(),
-        Some(state) => Json(serde_json::json!({
-            "resource": state.runtime.resource_url,
-            "authorization_servers": [broker.config.settings.public_url],
-            "bearer_methods_supported": ["header"],
-            "resource_name": format!("Mandate mission {mission}"),
-            "resource_documentation": "https://github.com/mandate/mandate#readme",
-        }))
-        .into_response(),
-    }
+    let public_url = &broker.config.settings.public_url;
+    let resource = match broker.missions.get(mission) {
+        Some(state) => state.runtime.resource_url.clone(),
+        None => format!("{public_url}/mcp/{mission}"),
+    };
+    Json(serde_json::json!({
+        "resource": resource,
+        "authorization_servers": [public_url],
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Mandate mission {mission}"),
+        "resource_documentation": "https://github.com/mandate/mandate#readme",
+    }))
+    .into_response()
+}
+
+/// A request to `/mcp/<path>` where no mission is served. It is answered as a mission would
+/// answer it, so nobody can tell which missions exist: 401 without a valid token (pointing at this
+/// path's metadata), 403 with one (no token opens a mission that is not there). The refusal is
+/// audited and aggregated like those of the missions.
+fn unknown_mission(
+    broker: &Broker,
+    aggregate: &crate::audit::aggregate::Aggregator,
+    rest: &str,
+    request: &Request,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown peer".into());
+    let public_url = &broker.config.settings.public_url;
+    let metadata_url = format!("{public_url}/.well-known/oauth-protected-resource/mcp/{rest}");
+    let resource_url = format!("{public_url}/mcp/{rest}");
+    let audiences = [public_url.as_str(), resource_url.as_str()];
+    let verified = crate::authn::bearer(request.headers().get(header::AUTHORIZATION))
+        .and_then(|token| broker.issuer.verify(token, &audiences));
+    let mut event = Event::new(EventKind::AuthFailure);
+    let refusal = match &verified {
+        Err(e) => {
+            event.outcome = Some("unauthenticated".into());
+            event.detail = Some(format!("{e} (from {peer}; no mission at `/mcp/{rest}`)"));
+            aggregate.record(&format!("unauthenticated: {e}"), &peer, event);
+            return challenge(&metadata_url, e);
+        }
+        Ok(caller) => {
+            event.outcome = Some("forbidden".into());
+            event.tenant = Some(caller.tenant.clone());
+            event.detail = Some(format!("no mission at `/mcp/{rest}`"));
+            aggregate.record(
+                "forbidden: no mission at this path",
+                &crate::call::principal_key(caller),
+                event,
+            );
+            format!(
+                "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{metadata_url}\""
+            )
+        }
+    };
+    (
+        StatusCode::FORBIDDEN,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&refusal).unwrap_or(HeaderValue::from_static("Bearer")),
+        )],
+        "this token may not use this mission (tenant, agent or mission expiry)\n",
+    )
+        .into_response()
 }
 
 impl Gate {
@@ -486,14 +558,18 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
 }
 
 fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
+    challenge(&gate.metadata_url, e)
+}
+
+/// The 401 for `e`, pointing at the resource's metadata document.
+fn challenge(metadata_url: &str, e: &AuthnError) -> Response {
     let challenge = if e.token_presented() {
         format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{}\"",
+            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata_url}\"",
             e.to_string().replace('"', "'"),
-            gate.metadata_url
         )
     } else {
-        format!("Bearer resource_metadata=\"{}\"", gate.metadata_url)
+        format!("Bearer resource_metadata=\"{metadata_url}\"")
     };
     (
         StatusCode::UNAUTHORIZED,
@@ -658,24 +734,35 @@ async fn admin_verify(
     }
 }
 
-/// Serves HTTP on a pre-bound listener until `shutdown`.
+/// Serves HTTP on a pre-bound listener until `shutdown`; HTTPS with `tls`.
 pub async fn serve_http(
     broker: Arc<Broker>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let aggregate = crate::audit::aggregate::Aggregator::start(broker.audit.clone());
-    let app = router(broker, aggregate.clone());
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
+    let app = router(broker, aggregate.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move { shutdown.cancelled().await };
+    let served = match tls {
+        Some(acceptor) => {
+            // `tap_io` (a no-op here) is what gives axum's `ConnectInfo<SocketAddr>` for a listener
+            // of our own.
+            let listener = tls::Listener::new(listener, acceptor)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     // Counts gathered since the last window are written before the audit log closes.
     aggregate.flush();
     served

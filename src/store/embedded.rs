@@ -8,7 +8,14 @@
 //! - `audit_checkpoints`: signed checkpoints, same key layout as `audit_v2`; the legacy v1 chain's
 //!   checkpoints are under chain `legacy-v1`
 //! - `audit_chains`: key = chain name, value = empty; written before a chain's first entry
-//! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key
+//! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key;
+//!   `issuer/es256/retired/<kid>`: a rotated-out issuer key's public part (JSON, no private key),
+//!   published until the tokens it signed have expired
+//!
+//! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
+//! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
+//! be owner-only too), creates the folder 0700, and tightens whatever an older version left open
+//! (folders to 0700, files to 0600), logging what it changed.
 //!
 //! A chain key is the chain name's length (u16 big-endian) followed by the name, so one chain's
 //! keys are never a prefix of another's (`tenant:a` vs `tenant:ab`) and a prefix scan is exact.
@@ -28,7 +35,9 @@ pub const CHAINS_TREE: &str = "audit_chains";
 /// Tree holding signing keys.
 pub const KEYS_TREE: &str = "keys";
 /// Key of the embedded issuer's private key in [`KEYS_TREE`].
-pub const ISSUER_KEY: &[u8] = b"issuer/es256";
+pub const ISSUER_KEY: &str = "issuer/es256";
+/// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
+pub const ISSUER_RETIRED_PREFIX: &str = "issuer/es256/retired/";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +46,13 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("cannot open store `{path}`: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "cannot make `{path}` private to its owner ({source}): run mandate as the user that owns the store, or fix its permissions (`chmod -R go= {path}`)"
+    )]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The opened store.
@@ -49,11 +65,21 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_new_files();
         if let Err(source) = std::fs::create_dir_all(path) {
             return Err(StoreError::Open {
                 path: path.to_owned(),
                 source: sled::Error::Io(source),
             });
+        }
+        let tightened = tighten(path)?;
+        if !tightened.is_empty() {
+            let listed: Vec<String> = tightened.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                store.path = %path.display(),
+                tightened = %listed.join(", "),
+                "tightened permissions of the store: other users could read it (folders are now 0700, files 0600); if they could, consider rotating the signing keys"
+            );
         }
         let db = sled::Config::new()
             .path(path.join("db"))
@@ -104,6 +130,54 @@ impl Store {
             tree: self.tree(KEYS_TREE).map_err(StorageError::new)?,
         })
     }
+}
+
+/// Adds `077` to the process's umask: files and folders created from now on are owner-only.
+fn restrict_new_files() {
+    #[cfg(unix)]
+    {
+        use nix::sys::stat::{Mode, umask};
+        let previous = umask(Mode::from_bits_truncate(0o077));
+        umask(previous | Mode::from_bits_truncate(0o077));
+    }
+}
+
+/// Makes `root` and everything in it owner-only (folders 0700, files 0600); returns the paths
+/// whose permissions it changed. Symbolic links are not followed.
+fn tighten(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut changed = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Permissions { path, source }
+        };
+        let mut pending = vec![root.to_owned()];
+        while let Some(path) = pending.pop() {
+            let meta = if path == root {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            }
+            .map_err(failed(&path))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(failed(&path))?;
+                changed.push(path.clone());
+            }
+            if meta.is_dir() {
+                for entry in std::fs::read_dir(&path).map_err(failed(&path))? {
+                    pending.push(entry.map_err(failed(&path))?.path());
+                }
+            }
+        }
+    }
+    Ok(changed)
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
@@ -277,6 +351,44 @@ impl KeyStore for SledKeyStore {
             Err(current) => Ok(current.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
     }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (name, value) = item.map_err(StorageError::new)?;
+                Ok((String::from_utf8_lossy(&name).into_owned(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn replace(
+        &self,
+        name: &str,
+        expected: &[u8],
+        new: &[u8],
+        also: (&str, &[u8]),
+    ) -> Result<bool, StorageError> {
+        let result: sled::transaction::TransactionResult<bool, ()> = self.tree.transaction(|tx| {
+            if tx.get(name.as_bytes())?.as_deref() != Some(expected) {
+                return Ok(false);
+            }
+            tx.insert(name.as_bytes(), new)?;
+            tx.insert(also.0.as_bytes(), also.1)?;
+            Ok(true)
+        });
+        let replaced = result.map_err(|e| StorageError(format!("{e:?}")))?;
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(replaced)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StorageError> {
+        self.tree
+            .remove(name.as_bytes())
+            .map_err(StorageError::new)?;
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +426,29 @@ mod tests {
         assert_eq!(keys.put_if_absent("k", b"one").unwrap(), b"one");
         assert_eq!(keys.put_if_absent("k", b"two").unwrap(), b"one");
         assert_eq!(keys.get("k").unwrap(), Some(b"one".to_vec()));
+    }
+
+    #[test]
+    fn replace_swaps_only_the_expected_value_and_stores_both_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Store::open(dir.path()).unwrap().keys().unwrap();
+        keys.put_if_absent("k", b"one").unwrap();
+        assert!(
+            !keys
+                .replace("k", b"stale", b"two", ("k/old/x", b"x"))
+                .unwrap()
+        );
+        assert_eq!(keys.list("k/old/").unwrap(), vec![]);
+        assert!(
+            keys.replace("k", b"one", b"two", ("k/old/1", b"1"))
+                .unwrap()
+        );
+        assert_eq!(keys.get("k").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(
+            keys.list("k/old/").unwrap(),
+            vec![("k/old/1".to_owned(), b"1".to_vec())]
+        );
+        keys.remove("k/old/1").unwrap();
+        assert_eq!(keys.list("k/old/").unwrap(), vec![]);
     }
 }

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
-    AUDIT_TREE, ISSUER_KEY, KEYS_TREE, SledAuditLog, SledKeyStore, Store, StoreError,
+    AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAuditLog, SledKeyStore, Store,
+    StoreError,
 };
 
 /// A storage operation failed (the backend's message, for the operator).
@@ -74,12 +75,24 @@ pub trait AuditLog: Send + Sync {
     fn flush(&self) -> Result<(), StorageError>;
 }
 
-/// Named secrets (private keys as PKCS#8 PEM).
+/// Named secrets (private keys as PKCS#8 PEM) and published public keys.
 pub trait KeyStore: Send + Sync {
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Stores `value` under `name` unless something is there already; returns what is stored
     /// afterwards (so two racing creators agree on one key).
     fn put_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StorageError>;
+    /// Names and values of the entries whose name starts with `prefix`, in name order.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
+    /// In one durable step: if `name` still holds `expected`, stores `new` under it and `also`
+    /// beside it (key rotation: the new key and the old one's public record). False on a lost race.
+    fn replace(
+        &self,
+        name: &str,
+        expected: &[u8],
+        new: &[u8],
+        also: (&str, &[u8]),
+    ) -> Result<bool, StorageError>;
+    fn remove(&self, name: &str) -> Result<(), StorageError>;
 }
 
 /// Registered agents and their lifecycle state (declared; implemented with the agent registry).

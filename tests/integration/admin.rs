@@ -90,8 +90,20 @@ fn ipv6_loopback() -> bool {
 
 /// Starts the broker on `listen`, then mints a token and verifies the audit log through the
 /// admin API (the server owns the store, so the CLI must reach it).
+/// Listening beyond loopback needs TLS and the public URL clients use.
+fn exposed(ws: &Workspace) {
+    certificate(ws);
+    ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"https://mandate.example:8443\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+}
+
 fn cli_works_through_admin_api_on(listen: &str, expected_admin_url: &str) {
     let ws = two_missions();
+    if !listen.starts_with("127.") && !listen.starts_with("[::1]") {
+        exposed(&ws);
+    }
     let server = ws.serve_on(listen);
     let cred = admin_credential(&ws);
     let url = cred["url"].as_str().unwrap();
@@ -139,12 +151,22 @@ async fn ipv4_mapped_loopback_peer_is_loopback_on_a_dual_stack_listener() {
         return;
     }
     let ws = two_missions();
-    let server = ws.serve_on("[::]:0");
+    exposed(&ws);
+    let cert = std::fs::read(ws.path().join("cert.pem")).unwrap();
+    // A free port for the TLS listener (the CLI's plain port is on `[::1]` only).
+    let port = std::net::TcpListener::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = ws.serve_on(&format!("[::]:{port}"));
     let cred = admin_credential(&ws);
-    let port = cred["url"].as_str().unwrap().rsplit(':').next().unwrap();
     // Dialled over IPv4, the peer arrives as `::ffff:127.0.0.1`.
-    let r = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/admin/audit/verify"))
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("https://127.0.0.1:{port}/admin/audit/verify"))
         .bearer_auth(cred["token"].as_str().unwrap())
         .send()
         .await

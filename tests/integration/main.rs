@@ -11,3 +11,4 @@ mod broker;
 mod config_files;
 mod interop;
 mod native;
+mod security;
