@@ -77,38 +77,21 @@ fn refused(status: StatusCode, code: i64, message: impl Into<String>) -> Refused
 
 /// Parses and checks a POST body; see the module docs.
 pub fn parse(body: &[u8]) -> Result<Envelope<'_>, Refused> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    match first {
-        Some(b'{') => {}
-        Some(b'[') => {
-            // Still a parse error if it is not JSON at all.
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
-                refused(
-                    StatusCode::BAD_REQUEST,
-                    PARSE_ERROR,
-                    format!("parse error: {e}"),
-                )
-            })?;
-            return Err(refused(
+    let not_an_object = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => None,
+        Some(b'[') => Some("batches are not supported: send one JSON-RPC message per request"),
+        _ => Some("a JSON-RPC message must be a JSON object"),
+    };
+    if let Some(why) = not_an_object {
+        // Still a parse error if it is not JSON at all.
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+            refused(
                 StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                "batches are not supported: send one JSON-RPC message per request",
-            ));
-        }
-        _ => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
-                refused(
-                    StatusCode::BAD_REQUEST,
-                    PARSE_ERROR,
-                    format!("parse error: {e}"),
-                )
-            })?;
-            return Err(refused(
-                StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                "a JSON-RPC message must be a JSON object",
-            ));
-        }
+                PARSE_ERROR,
+                format!("parse error: {e}"),
+            )
+        })?;
+        return Err(refused(StatusCode::BAD_REQUEST, INVALID_REQUEST, why));
     }
     if too_deep(body) {
         return Err(refused(
