@@ -464,6 +464,25 @@ async fn slow_downstream_times_out_with_a_clear_error() {
     );
 }
 
+/// An MCP client of `sub` (tenant acme, agent bot) on `url` whose handler records what it gets.
+async fn connect_as<H: ClientHandler + Clone + Default>(
+    ws: &Workspace,
+    url: &str,
+    sub: &str,
+) -> (rmcp::service::RunningService<RoleClient, H>, H) {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
+    let handler = H::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+    let client = handler
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    (client, handler)
+}
+
 #[derive(Clone, Default)]
 struct Progress(Arc<Mutex<Vec<f64>>>);
 
@@ -479,8 +498,6 @@ impl ClientHandler for Progress {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_only_the_caller_that_asked() {
-    use rmcp::transport::StreamableHttpClientTransport;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let ws = ledger_ws(
         &[],
         r#""finance/ledger/slow_report", "finance/ledger/get_invoice""#,
@@ -488,23 +505,8 @@ async fn progress_reaches_only_the_caller_that_asked() {
     );
     let server = ws.serve();
     let url = server.mission_url("finance/prod/review");
-    let connect = |sub: &str| {
-        let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
-        let url = url.clone();
-        async move {
-            let progress = Progress::default();
-            let config =
-                StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token);
-            let client = progress
-                .clone()
-                .serve(StreamableHttpClientTransport::from_config(config))
-                .await
-                .unwrap();
-            (client, progress)
-        }
-    };
-    let (alice, alice_progress) = connect("alice@acme.example").await;
-    let (bob, bob_progress) = connect("bob@acme.example").await;
+    let (alice, alice_progress) = connect_as::<Progress>(&ws, &url, "alice@acme.example").await;
+    let (bob, bob_progress) = connect_as::<Progress>(&ws, &url, "bob@acme.example").await;
     let slow = alice.call_tool(call("slow_report", json!({"seconds": 1})));
     let quick = async {
         for _ in 0..5 {
@@ -546,8 +548,6 @@ impl ClientHandler for Logs {
 /// and must never reach another user's stream.
 #[tokio::test(flavor = "multi_thread")]
 async fn background_logs_of_one_user_never_reach_another() {
-    use rmcp::transport::StreamableHttpClientTransport;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let ws = ledger_ws(
         &[("LEDGER_LOG_AFTER", "1")],
         r#""finance/ledger/slow_report", "finance/ledger/get_invoice""#,
@@ -555,23 +555,8 @@ async fn background_logs_of_one_user_never_reach_another() {
     );
     let server = ws.serve();
     let url = server.mission_url("finance/prod/review");
-    let connect = |sub: &str| {
-        let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
-        let url = url.clone();
-        async move {
-            let logs = Logs::default();
-            let config =
-                StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token);
-            let client = logs
-                .clone()
-                .serve(StreamableHttpClientTransport::from_config(config))
-                .await
-                .unwrap();
-            (client, logs)
-        }
-    };
-    let (alice, _alice_logs) = connect("alice@acme.example").await;
-    let (bob, bob_logs) = connect("bob@acme.example").await;
+    let (alice, _alice_logs) = connect_as::<Logs>(&ws, &url, "alice@acme.example").await;
+    let (bob, bob_logs) = connect_as::<Logs>(&ws, &url, "bob@acme.example").await;
     // Alice's call returns at once; the ledger keeps logging about it for a second, while
     // bob's call is the only one in flight.
     let r = alice
