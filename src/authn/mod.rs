@@ -50,6 +50,8 @@ pub struct Claims {
 /// A verified caller: the human (or service) `subject` and the `agent` acting for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's `iss` (the embedded issuer or a configured external one).
+    pub issuer: String,
     pub subject: String,
     pub tenant: String,
     pub agent: String,
@@ -59,6 +61,10 @@ pub struct Caller {
     pub audience: String,
     /// Unix seconds.
     pub expires_at: u64,
+    /// OAuth scopes the token grants (`scope`, space-separated in the token).
+    pub scopes: Vec<String>,
+    /// Claims mapped for policy (groups, department, region, clearance, ...), by attribute name.
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl Caller {
@@ -336,6 +342,7 @@ impl Issuer {
             .map_err(|e| refusal(e.kind()))?;
         let c = data.claims;
         Ok(Caller {
+            issuer: c.iss,
             subject: c.sub,
             tenant: c.tenant,
             agent: c.azp,
@@ -343,6 +350,8 @@ impl Issuer {
             token_id: c.jti,
             audience: c.aud,
             expires_at: c.exp,
+            scopes: Vec::new(),
+            attributes: std::collections::BTreeMap::new(),
         })
     }
 }
