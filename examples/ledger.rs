@@ -69,8 +69,8 @@
 //!   (`"482050"`) instead of an integer. Every other tool behaves normally.
 //!   Any other value of `LEDGER_VARIANT` (or none) is the normal variant.
 //! * `LEDGER_LOG_AFTER=1` keeps logging after answering each `tools/call`: ten
-//!   `notifications/message` (`{"event": "background", "after": <tool>}`), one
-//!   every 100 ms, related to no request (a tool with background work).
+//!   `notifications/message` (`{"event": "background", "after": <tool>, "pid": <its pid>}`),
+//!   one every 100 ms, related to no request (a tool with background work).
 //! * `LEDGER_DRIFT_AFTER=N` switches to the drifted definitions at run time,
 //!   after answering the N-th `tools/call`, and sends
 //!   `notifications/tools/list_changed` (a rug pull mid-session).
@@ -1342,7 +1342,7 @@ impl ServerHandler for Ledger {
                     #[allow(deprecated)]
                     let param = LoggingMessageNotificationParam::new(
                         LoggingLevel::Info,
-                        json!({ "event": "background", "after": tool }),
+                        json!({ "event": "background", "after": tool, "pid": std::process::id() }),
                     );
                     #[allow(deprecated)]
                     let _ = peer.notify_logging_message(param).await;

@@ -96,6 +96,10 @@ pub const MANIFEST: &[Field] = &[
     ),
     ("timeout", V),
     (
+        "isolation",
+        Shape::Table(&[("mode", V), ("max_instances", V), ("idle_timeout", V)]),
+    ),
+    (
         "tools",
         Shape::Tables(&[
             ("name", V),

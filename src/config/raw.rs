@@ -104,6 +104,9 @@ pub struct RawManifest {
     pub auth: Option<Spanned<RawAuth>>,
     /// Per-call timeout, e.g. `30s` (default 30s).
     pub timeout: Option<Spanned<String>>,
+    /// `[isolation]`: whether callers share one downstream session or each principal gets its
+    /// own (see [`RawIsolation`]).
+    pub isolation: Option<Spanned<RawIsolation>>,
     /// The tools Mandate may expose from it.
     #[serde(default)]
     pub tools: Vec<Spanned<RawTool>>,
@@ -133,6 +136,27 @@ pub enum RawTransport {
         /// MCP revision to speak (as for stdio).
         protocol: Option<String>,
     },
+}
+
+/// `[isolation]`: how callers are kept apart on the downstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIsolation {
+    /// `per-principal`: every principal (issuer, subject, tenant, agent) gets its own downstream
+    /// session (its own child process for stdio), so nothing the downstream sends can reach
+    /// another user. `shared`: one session carries every caller's calls, and whatever the
+    /// downstream sends that cannot be tied to one call (a background log line, a sampling
+    /// request on stdio) is dropped, logged and counted, never relayed. Default: `per-principal`
+    /// for stdio and for HTTP downstreams whose `[auth] exchange` is not `none`, else `shared`.
+    /// `shared` is refused when `[auth] exchange` is not `none` (a session bound to one user's
+    /// token must never carry another user's call).
+    pub mode: Option<Spanned<String>>,
+    /// Most per-principal instances of this downstream at once (per tenant and environment;
+    /// default 32). A principal's first call beyond it is refused, saying so.
+    pub max_instances: Option<Spanned<i64>>,
+    /// How long a per-principal instance may stay unused before it is closed, e.g. `5m`
+    /// (default 5m, at most 1h). The principal's next call starts a new one.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[auth]`.

@@ -10,5 +10,6 @@ mod audit;
 mod broker;
 mod config_files;
 mod interop;
+mod isolation;
 mod native;
 mod security;

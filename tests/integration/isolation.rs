@@ -1,0 +1,311 @@
+//! Isolation between callers on shared downstreams (issue 6): per-principal downstream instances
+//! (one ledger child process per principal), their cap and idle close, the `shared` mode that
+//! relays nothing unattributable, and a session deleted while a call is in flight on either
+//! inbound path. The real broker, real ledger child processes (observed by pid), real clients.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{NotificationContext, RoleClient};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn call(name: &str, arguments: Value) -> CallToolRequestParams {
+    let mut p = CallToolRequestParams::new(name.to_owned());
+    p.arguments = arguments.as_object().cloned();
+    p
+}
+
+/// The log lines a client received.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<Value>>>);
+
+impl ClientHandler for Logs {
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.data);
+    }
+}
+
+impl Logs {
+    /// The pids in the ledger's background log lines received.
+    fn background_pids(&self) -> BTreeSet<u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["event"] == "background")
+            .filter_map(|l| l["pid"].as_u64())
+            .collect()
+    }
+}
+
+type Client = rmcp::service::RunningService<RoleClient, Logs>;
+
+async fn connect(ws: &Workspace, url: &str, sub: &str) -> (Client, Logs) {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let token = ws.token_for(sub, "acme", "bot", Some("finance/prod/review"));
+    let logs = Logs::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+    let client = logs
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    (client, logs)
+}
+
+/// A ledger workspace (background logging on) whose manifest gets `isolation` appended.
+fn workspace(isolation: &str) -> Workspace {
+    let ws = unpinned(isolation);
+    ws.pin();
+    ws
+}
+
+fn unpinned(isolation: &str) -> Workspace {
+    let ws = Workspace::new();
+    ws.ledger(&[("LEDGER_LOG_AFTER", "1")]);
+    let path = ws.path().join("tool-manifests/finance/ledger.toml");
+    let mut manifest = std::fs::read_to_string(&path).unwrap();
+    manifest.push_str(isolation);
+    std::fs::write(&path, manifest).unwrap();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice", "finance/ledger/slow_report""#,
+        "",
+    );
+    ws
+}
+
+/// The broker's ledger child processes.
+fn ledgers(server: &Server) -> BTreeSet<u32> {
+    children_of(server.child.id()).into_iter().collect()
+}
+
+async fn readyz(server: &Server) -> Value {
+    reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn text(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(&result.content).unwrap().to_string()
+}
+
+/// Alice's and bob's calls reach different ledger processes; each one's background log lines
+/// (sent after its call returned, tied to no request) reach only that principal, even while the
+/// other's call is in flight on the same downstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_principal_gets_its_own_downstream_process() {
+    let ws = workspace("");
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    // The probe instance (pins for /readyz) is the only child before any call.
+    eventually(30, "the probe instance", || ledgers(&server).len() == 1).await;
+    let probe = ledgers(&server);
+    let (alice, alice_logs) = connect(&ws, &url, "alice@acme.example").await;
+    let (bob, bob_logs) = connect(&ws, &url, "bob@acme.example").await;
+
+    // Both calls return at once; each ledger keeps logging about it for a second.
+    let invoice = json!({"invoice_id": "INV-1001"});
+    let r = alice
+        .call_tool(call("get_invoice", invoice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(
+        ledgers(&server).len(),
+        2,
+        "alice's first call starts her instance"
+    );
+    let r = bob
+        .call_tool(call("get_invoice", invoice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(
+        ledgers(&server).len(),
+        3,
+        "bob's first call starts his instance"
+    );
+
+    // Both have a call in flight while both ledgers log in the background.
+    let slow = json!({"seconds": 1});
+    let (a, b) = tokio::join!(
+        alice.call_tool(call("slow_report", slow.clone())),
+        bob.call_tool(call("slow_report", slow.clone()))
+    );
+    assert_eq!(a.unwrap().is_error, Some(false));
+    assert_eq!(b.unwrap().is_error, Some(false));
+
+    let (alice_pids, bob_pids) = (alice_logs.background_pids(), bob_logs.background_pids());
+    assert_eq!(
+        alice_pids.len(),
+        1,
+        "alice's own background lines reach her: {alice_pids:?}"
+    );
+    assert_eq!(
+        bob_pids.len(),
+        1,
+        "bob's own background lines reach him: {bob_pids:?}"
+    );
+    assert!(
+        alice_pids.is_disjoint(&bob_pids),
+        "alice and bob share a downstream process: {alice_pids:?} / {bob_pids:?}"
+    );
+    let children = ledgers(&server);
+    for pid in alice_pids.iter().chain(&bob_pids) {
+        assert!(
+            children.contains(&(*pid as u32)),
+            "{pid} is not a child of the broker"
+        );
+        assert!(
+            !probe.contains(&(*pid as u32)),
+            "a call reached the probe instance"
+        );
+    }
+
+    // A later call of alice's reuses her instance.
+    let r = alice.call_tool(call("get_invoice", invoice)).await.unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert_eq!(ledgers(&server).len(), 3);
+    let status = readyz(&server).await;
+    let ledger = &status["downstreams"][0];
+    assert_eq!(ledger["isolation"], "per-principal", "{status}");
+    assert_eq!(ledger["instances"], 2, "{status}");
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+    server.stop();
+}
+
+/// With `max_instances = 1`, a second principal's first call is refused with an error naming the
+/// cap and what to do; the first principal keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instance_cap_refuses_a_new_principal_clearly() {
+    let ws = workspace("\n[isolation]\nmax_instances = 1\n");
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let (alice, _) = connect(&ws, &url, "alice@acme.example").await;
+    let (bob, _) = connect(&ws, &url, "bob@acme.example").await;
+    let invoice = json!({"invoice_id": "INV-1001"});
+    let r = alice
+        .call_tool(call("get_invoice", invoice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = bob
+        .call_tool(call("get_invoice", invoice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let message = text(&r);
+    assert!(
+        message.contains("already runs 1 per-principal instances")
+            && message.contains("raise `max_instances` under `[isolation]`")
+            && message.contains("ledger.toml"),
+        "{message}"
+    );
+    let r = alice.call_tool(call("get_invoice", invoice)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let records = audit_records(&ws);
+    assert!(
+        records.iter().any(|r| r["outcome"] == "at_capacity"),
+        "the refusal is audited: {records:?}"
+    );
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+    server.stop();
+}
+
+/// An instance unused for `idle_timeout` is closed (its process exits); the principal's next
+/// call starts a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_are_closed() {
+    let ws = workspace("\n[isolation]\nidle_timeout = \"500ms\"\n");
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    eventually(30, "the probe instance", || ledgers(&server).len() == 1).await;
+    let probe = ledgers(&server);
+    let (alice, _) = connect(&ws, &url, "alice@acme.example").await;
+    let invoice = json!({"invoice_id": "INV-1001"});
+    let r = alice
+        .call_tool(call("get_invoice", invoice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let first: BTreeSet<u32> = ledgers(&server).difference(&probe).copied().collect();
+    assert_eq!(first.len(), 1);
+    let pid = *first.iter().next().unwrap();
+    eventually(10, "the idle instance to close", || !alive(pid)).await;
+    assert_eq!(ledgers(&server), probe, "only the probe is left");
+    let r = alice.call_tool(call("get_invoice", invoice)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let second: BTreeSet<u32> = ledgers(&server).difference(&probe).copied().collect();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "a new instance serves the next call");
+    alice.cancel().await.unwrap();
+    server.stop();
+}
+
+/// In `shared` mode one process carries every caller, and what it sends that no call can be tied
+/// to is dropped and counted, never relayed — not even to the principal it came from.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_mode_relays_nothing_unattributable() {
+    let ws = workspace("\n[isolation]\nmode = \"shared\"\n");
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let (alice, alice_logs) = connect(&ws, &url, "alice@acme.example").await;
+    let (bob, bob_logs) = connect(&ws, &url, "bob@acme.example").await;
+    let r = alice
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let slow = json!({"seconds": 1});
+    let (a, b) = tokio::join!(
+        alice.call_tool(call("slow_report", slow.clone())),
+        bob.call_tool(call("slow_report", slow.clone()))
+    );
+    assert_eq!(a.unwrap().is_error, Some(false));
+    assert_eq!(b.unwrap().is_error, Some(false));
+    assert!(alice_logs.background_pids().is_empty());
+    assert!(bob_logs.background_pids().is_empty());
+    assert_eq!(ledgers(&server).len(), 1, "one shared process");
+    let status = readyz(&server).await;
+    let ledger = &status["downstreams"][0];
+    assert_eq!(ledger["isolation"], "shared", "{status}");
+    assert!(
+        ledger["unattributable_dropped"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    alice.cancel().await.unwrap();
+    bob.cancel().await.unwrap();
+    server.stop();
+}
+
+/// `shared` is refused for a downstream that receives per-user credentials.
+#[test]
+fn shared_mode_is_refused_with_a_token_exchange() {
+    let ws = unpinned("\n[auth]\nexchange = \"embedded\"\n\n[isolation]\nmode = \"shared\"\n");
+    let out = ws.mandate(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ledger.toml")
+            && stderr.contains(
+                "would let a downstream session bound to one user's token carry another user's call"
+            ),
+        "{stderr}"
+    );
+}
