@@ -495,13 +495,77 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         },
         _ => None,
     };
-    let response = next
-        .run(Request::from_parts(parts, axum::body::Body::from(body)))
-        .await;
+    let request_id = envelope
+        .id
+        .filter(|_| envelope.method.is_some())
+        .map(|id| id.get().to_owned());
+    let running = next.run(Request::from_parts(parts, axum::body::Body::from(body)));
+    let Some(id) = request_id else {
+        return running.await;
+    };
+    // A session deleted while rmcp answers a request: the request ends with a cancellation,
+    // never with rmcp's `500 Session service terminated` or a stream cut short.
+    let closed = live.closed();
+    let response = tokio::select! {
+        biased;
+        response = running => response,
+        _ = closed.cancelled() => return closed_during(&id),
+    };
+    let response = end_on_close(response, closed, id);
     match inflight {
         None => response,
         Some(guard) => hold_until_finished(response, guard),
     }
+}
+
+/// The error a request in flight gets when its session is closed.
+fn session_closed_error() -> crate::call::RpcError {
+    crate::call::RpcError {
+        code: crate::call::reject::REQUEST_CANCELLED,
+        message: "request cancelled: its session was closed (HTTP DELETE, or idle) while it was in flight; open a new session and retry".into(),
+        data: None,
+    }
+}
+
+/// The answer to request `id` when its session closed before rmcp answered it.
+fn closed_during(id: &str) -> Response {
+    native::error_response(id, StatusCode::OK, &session_closed_error())
+}
+
+/// An SSE response rmcp is streaming for request `id`: when the session closes before the stream
+/// ends, the stream ends with the cancellation of that request instead of being cut short.
+fn end_on_close(response: Response, closed: CancellationToken, id: String) -> Response {
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse || !response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream();
+    let stream = futures::stream::unfold(Some((body, closed, id)), |state| async move {
+        use futures::StreamExt;
+        let (mut body, closed, id) = state?;
+        tokio::select! {
+            biased;
+            chunk = body.next() => {
+                let chunk = chunk?;
+                Some((chunk, Some((body, closed, id))))
+            }
+            _ = closed.cancelled() => {
+                let error = session_closed_error();
+                let error = serde_json::json!({"code": error.code, "message": error.message});
+                // The id as the caller sent it (raw JSON), not re-encoded.
+                let event = format!(
+                    "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{error}}}\n\n"
+                );
+                Some((Ok(axum::body::Bytes::from(event)), None))
+            }
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// Keeps `guard` alive until the response body is finished or dropped.

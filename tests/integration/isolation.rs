@@ -309,3 +309,143 @@ fn shared_mode_is_refused_with_a_token_exchange() {
         "{stderr}"
     );
 }
+
+/// A raw MCP session over HTTP (for requests rmcp's client would not send as the test needs).
+struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    session: String,
+}
+
+impl RawSession {
+    async fn open(url: &str, token: &str) -> Self {
+        let http = reqwest::Client::new();
+        let init = http
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"}}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(init.status(), 200);
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = init.text().await;
+        let raw = Self {
+            http,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            session,
+        };
+        let r = raw
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(r.status(), 202);
+        raw
+    }
+
+    fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, &self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+    }
+
+    async fn post(&self, body: Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `body`, deletes the session half a second later, and returns the POST's status and
+    /// its JSON-RPC messages (JSON or SSE).
+    async fn deleted_during(&self, body: Value) -> (reqwest::StatusCode, Vec<Value>) {
+        let post = async {
+            let r = self.post(body).await;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            let messages = text
+                .split("\n\n")
+                .flat_map(|event| {
+                    let data: Vec<&str> = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    let data = if data.is_empty() {
+                        event.to_owned()
+                    } else {
+                        data.join("\n")
+                    };
+                    serde_json::from_str::<Value>(&data).ok()
+                })
+                .collect();
+            (status, messages)
+        };
+        let delete = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let r = self.request(reqwest::Method::DELETE).send().await.unwrap();
+            assert!(r.status().is_success(), "DELETE: {}", r.status());
+        };
+        let (answer, ()) = tokio::join!(post, delete);
+        answer
+    }
+}
+
+/// Deleting a session while a request is in flight answers that request with a clear
+/// cancellation (JSON-RPC -32800), never `500 Session service terminated` — on the native path
+/// (`tools/call`) and on the rmcp path (here a slow `resources/read` passed through).
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_session_cancels_its_calls_in_flight_on_both_paths() {
+    let ws = Workspace::new();
+    ws.ledger(&[("LEDGER_SLOW_READ", "5")]);
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/slow_report""#,
+        r#"resources = ["finance/ledger"]"#,
+    );
+    ws.pin();
+    let server = ws.serve();
+    let url = server.mission_url("finance/prod/review");
+    let token = ws.token(Some("finance/prod/review"));
+    let requests = [
+        (
+            "native tools/call",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "slow_report", "arguments": {"seconds": 5}}}),
+        ),
+        (
+            "rmcp resources/read",
+            json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read",
+                "params": {"uri": "ledger://suppliers"}}),
+        ),
+    ];
+    for (path, body) in requests {
+        let session = RawSession::open(&url, &token).await;
+        let started = std::time::Instant::now();
+        let (status, messages) = session.deleted_during(body.clone()).await;
+        assert_eq!(status, 200, "{path}: {messages:?}");
+        let last = messages.last().unwrap_or(&Value::Null);
+        assert_eq!(last["id"], body["id"], "{path}: {messages:?}");
+        assert_eq!(last["error"]["code"], -32800, "{path}: {messages:?}");
+        let message = last["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("cancelled"), "{path}: {message}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "{path}: answered when the session closed, not when the downstream finished"
+        );
+    }
+    server.stop();
+}
