@@ -449,3 +449,41 @@ async fn deleting_a_session_cancels_its_calls_in_flight_on_both_paths() {
     }
     server.stop();
 }
+
+/// An HTTP downstream that receives per-user credentials (`[auth] exchange` not `none`) gets one
+/// downstream session per principal; one that does not is shared.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_downstreams_get_per_principal_sessions_when_they_receive_user_credentials() {
+    let ledger = crate::native::HttpLedger::start();
+    for (auth, isolation, instances) in [
+        ("exchange = \"embedded\"", "per-principal", json!(2)),
+        ("exchange = \"none\"", "shared", Value::Null),
+    ] {
+        let ws = Workspace::new();
+        ws.write(
+            "tool-manifests/finance/ledger.toml",
+            &format!(
+                "description = \"ledger over HTTP\"\nenvironments = [\"prod\"]\nregion = \"eu-west-1\"\n\n[transport]\nkind = \"http\"\nurl = \"{}\"\n\n[auth]\n{auth}\n\n[[tools]]\nname = \"get_invoice\"\neffect = \"read\"\n",
+                ledger.url
+            ),
+        );
+        ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
+        ws.pin();
+        let server = ws.serve();
+        let url = server.mission_url("finance/prod/review");
+        for who in ["alice@acme.example", "bob@acme.example"] {
+            let (client, _) = connect(&ws, &url, who).await;
+            let r = client
+                .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+                .await
+                .unwrap();
+            assert_eq!(r.is_error, Some(false), "{auth}: {r:?}");
+            client.cancel().await.unwrap();
+        }
+        let status = readyz(&server).await;
+        let downstream = &status["downstreams"][0];
+        assert_eq!(downstream["isolation"], isolation, "{auth}: {status}");
+        assert_eq!(downstream["instances"], instances, "{auth}: {status}");
+        server.stop();
+    }
+}
