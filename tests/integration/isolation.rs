@@ -487,3 +487,47 @@ async fn http_downstreams_get_per_principal_sessions_when_they_receive_user_cred
         server.stop();
     }
 }
+
+/// Every wrong `[isolation]` value is reported at once, each at its line and column.
+#[test]
+fn isolation_settings_are_validated_with_locations() {
+    let ws = unpinned(
+        "\n[isolation]\nmode = \"per-user\"\nmax_instances = 0\nidle_timeout = \"2h\"\nidle_timout = \"1m\"\n",
+    );
+    let d: Vec<String> = match mandate::config::load(ws.path(), false) {
+        Ok(_) => vec![],
+        Err(d) => d
+            .iter()
+            .map(|d| {
+                let file = d.file.strip_prefix(ws.path()).unwrap_or(&d.file);
+                format!("{}:{}:{}: {}", file.display(), d.line, d.col, d.message)
+            })
+            .collect(),
+    };
+    let manifest = "tool-manifests/finance/ledger.toml";
+    let line = |field: &str| {
+        let text = std::fs::read_to_string(ws.path().join(manifest)).unwrap();
+        text.lines().position(|l| l.starts_with(field)).unwrap() + 1
+    };
+    for (field, message) in [
+        (
+            "mode",
+            "unknown mode `per-user` (expected one of per-principal, shared)",
+        ),
+        (
+            "max_instances",
+            "`max_instances` is 0; it must be between 1 and 10000",
+        ),
+        ("idle_timeout", "timeout `2h` must be between 1ms and 1h"),
+        (
+            "idle_timout",
+            "unknown field `idle_timout` (did you mean `idle_timeout`?)",
+        ),
+    ] {
+        let at = format!("{manifest}:{}:", line(field));
+        assert!(
+            d.iter().any(|l| l.starts_with(&at) && l.contains(message)),
+            "{field}: {d:?}"
+        );
+    }
+}
