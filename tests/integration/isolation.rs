@@ -521,7 +521,7 @@ fn isolation_settings_are_validated_with_locations() {
         ("idle_timeout", "timeout `2h` must be between 1ms and 1h"),
         (
             "idle_timout",
-            "unknown field `idle_timout` (did you mean `idle_timeout`?)",
+            "unknown field `idle_timout` in `[isolation]` (did you mean `idle_timeout`?)",
         ),
     ] {
         let at = format!("{manifest}:{}:", line(field));
