@@ -531,3 +531,55 @@ fn isolation_settings_are_validated_with_locations() {
         );
     }
 }
+
+/// Sampling requests a stdio downstream sends (no wire field ties them to a call) reach the
+/// principal whose call caused them, with two principals' calls in flight at once: each has
+/// its own instance of the Python fixture.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_sampling_reaches_only_the_calling_principal() {
+    use crate::native::Raw;
+    let ws = crate::interop::conformance_workspace(None);
+    let server = ws.serve();
+    let url = server.mission_url("conformance/dev/suite");
+    let caps = json!({"sampling": {}});
+    let mut sessions = Vec::new();
+    for who in ["alice", "bob"] {
+        let token = ws.token_for(
+            &format!("{who}@mandate.example"),
+            "conformance",
+            "conformance-suite",
+            Some("conformance/dev/suite"),
+        );
+        sessions.push((who, Raw::open_with(&url, &token, caps.clone()).await));
+    }
+    let calls = sessions.iter().map(|(who, raw)| async move {
+        let asked = Mutex::new(Vec::new());
+        let msgs = raw
+            .call_answering(
+                json!(who),
+                "test_sampling",
+                json!({"prompt": who}),
+                |request| {
+                    let text = request["params"]["messages"][0]["content"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    asked.lock().unwrap().push(text.clone());
+                    json!({"role": "assistant", "model": "test",
+                    "content": {"type": "text", "text": format!("answer to {text}")}})
+                },
+            )
+            .await;
+        (who.to_string(), asked.into_inner().unwrap(), msgs)
+    });
+    for (who, asked, msgs) in futures::future::join_all(calls).await {
+        assert_eq!(asked, vec![who.clone()], "{who}: {msgs:#?}");
+        let result = msgs.last().unwrap();
+        assert_eq!(
+            result["result"]["content"][0]["text"],
+            format!("LLM response: answer to {who}"),
+            "{msgs:#?}"
+        );
+    }
+    server.stop();
+}
