@@ -122,7 +122,7 @@ pub struct Instance {
     stdio: Option<Arc<fence::StdioLane>>,
     /// Leases held (calls and pass-through requests using the instance).
     active: AtomicUsize,
-    /// Milliseconds since the pool's epoch when a lease last ended or began.
+    /// Milliseconds since the downstream's epoch when a lease last ended.
     last_used: AtomicU64,
     /// Stops this instance's supervisor (idle close, shutdown).
     stop: CancellationToken,
@@ -669,8 +669,8 @@ impl Downstream {
     }
 
     fn hold(&self, instance: &Arc<Instance>) -> Lease {
+        // Not idle while leased; the lease notes the time of use when it ends.
         instance.active.fetch_add(1, Ordering::AcqRel);
-        instance.touch(self.epoch);
         Lease {
             instance: instance.clone(),
             epoch: self.epoch,
