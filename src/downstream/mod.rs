@@ -745,6 +745,13 @@ pub async fn call(
 ) -> Result<Box<serde_json::value::RawValue>, DownstreamError> {
     let tool = permit.tool().clone();
     let downstream = permit.downstream().lease(sink.principal())?;
+    debug_assert!(
+        downstream
+            .routes
+            .owner()
+            .is_none_or(|owner| owner == sink.principal()),
+        "a per-principal instance carries another principal's call"
+    );
     if !downstream.connected() {
         // A principal's new instance: wait for its handshake (which verifies the pins), then
         // take the native lane.
