@@ -357,3 +357,57 @@ fn key_algorithm(a: KeyAlgorithm) -> Option<Algorithm> {
         | KeyAlgorithm::UNKNOWN_ALGORITHM => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_signing_keys_with_a_kid_of_an_allowed_algorithm_are_kept() {
+        let ec = |kid: &str, extra: Value| {
+            let mut k = json!({"kty": "EC", "crv": "P-256", "kid": kid,
+                "x": "4zklu6WAIMxf_lcrM5xp7Zs6KJnj3LeR-Kt1baN5UWA",
+                "y": "9-1HnAhp4AG60toncyNUnDgojPCxvvWgpRtLE6wNU68"});
+            if let (Some(k), Value::Object(e)) = (k.as_object_mut(), extra) {
+                k.extend(e);
+            }
+            k
+        };
+        let jwks = json!({"keys": [
+            ec("plain", json!({})),
+            ec("sig", json!({"use": "sig", "alg": "ES256"})),
+            ec("enc", json!({"use": "enc"})),
+            ec("wrong-alg", json!({"alg": "RS256"})),
+            {"kty": "EC", "crv": "P-256", "x": "4zklu6WAIMxf_lcrM5xp7Zs6KJnj3LeR-Kt1baN5UWA",
+             "y": "9-1HnAhp4AG60toncyNUnDgojPCxvvWgpRtLE6wNU68"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0", "alg": "HS256"},
+            {"kty": "weird", "kid": "weird"},
+        ]});
+        let keys = key_set(&jwks, &[Algorithm::ES256, Algorithm::RS256]);
+        let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
+        kids.sort();
+        assert_eq!(kids, ["plain", "sig"]);
+        assert_eq!(keys["sig"].algorithms, [Algorithm::ES256]);
+        // An issuer not allowing ES256 keeps none of them.
+        assert!(key_set(&jwks, &[Algorithm::RS256]).is_empty());
+    }
+
+    #[test]
+    fn metadata_is_looked_for_by_oidc_discovery_then_rfc_8414() {
+        assert_eq!(
+            metadata_urls("https://login.example.com/tenant/v2.0"),
+            [
+                "https://login.example.com/tenant/v2.0/.well-known/openid-configuration",
+                "https://login.example.com/.well-known/oauth-authorization-server/tenant/v2.0",
+            ]
+        );
+        assert_eq!(
+            metadata_urls("https://sts.example.com/t/"),
+            [
+                "https://sts.example.com/t/.well-known/openid-configuration",
+                "https://sts.example.com/.well-known/oauth-authorization-server/t",
+            ]
+        );
+    }
+}

@@ -196,6 +196,12 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
         }
         _ => return Err(Refusal::new(AuthnError::BadSignature, "no `kid` header")),
     };
+    if base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .is_err()
+    {
+        return Err(malformed("signature is not base64url"));
+    }
     let claims = object(payload, "payload")?;
     if claims.len() > MAX_CLAIMS {
         return Err(malformed("more than 100 claims"));
@@ -519,5 +525,134 @@ impl<'de> Visitor<'de> for Strict {
             }
         }
         Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Rules {
+        Rules {
+            issuer: "https://idp.example".into(),
+            algorithms: vec![Algorithm::ES256],
+            token_type: TokenType::AccessToken,
+            audiences: vec!["api://mandate".into()],
+            tenant: TenantFrom::Claim("tid".into()),
+            agent_claims: vec!["client_id".into(), "azp".into()],
+            groups_claim: Some("groups".into()),
+            roles_claim: None,
+            attributes: BTreeMap::from([("region".to_owned(), "region".to_owned())]),
+        }
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn typ_rules_are_per_issuer_and_case_insensitive() {
+        for t in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"] {
+            assert!(typ_matches(t, TokenType::AccessToken), "{t}");
+            assert!(!typ_matches(t, TokenType::Jwt), "{t}");
+        }
+        for t in ["JWT", "jwt", "application/jwt"] {
+            assert!(typ_matches(t, TokenType::Jwt), "{t}");
+            assert!(!typ_matches(t, TokenType::AccessToken), "{t}");
+        }
+        for t in ["", "id_token", "oauth-id-jag+jwt", "logout+jwt", "at+jwt "] {
+            assert!(!typ_matches(t, TokenType::AccessToken), "{t}");
+            assert!(!typ_matches(t, TokenType::Jwt), "{t}");
+        }
+    }
+
+    #[test]
+    fn audiences_match_exactly_as_a_string_or_an_array_element() {
+        let r = rules();
+        let res = ["https://m.example/mcp/a/b/c", "https://m.example"];
+        let ok = |aud: Value| audience(&claims(json!({ "aud": aud })), &r, &res);
+        assert_eq!(ok(json!("https://m.example")).ok().as_deref(), Some("https://m.example"));
+        assert!(ok(json!(["x", "https://m.example/mcp/a/b/c"])).is_ok());
+        assert!(ok(json!("api://mandate")).is_ok());
+        for bad in [
+            json!("https://m.example/"),
+            json!("https://m.example/mcp/a/b/c-other"),
+            json!("https://m.example.evil.example"),
+            json!("HTTPS://M.EXAMPLE"),
+            json!("https://m.example/mcp/a/b"),
+            json!([]),
+            json!(["https://m.example", 1]),
+            json!(42),
+        ] {
+            assert_eq!(
+                ok(bad.clone()).map_err(|r| r.error),
+                Err(AuthnError::WrongAudience),
+                "{bad}"
+            );
+        }
+        assert!(audience(&Map::new(), &r, &res).is_err());
+    }
+
+    #[test]
+    fn strict_json_refuses_duplicates_and_deep_nesting() {
+        let part = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        assert!(object(&part(r#"{"a":1,"b":{"c":[1,2]}}"#), "payload").is_ok());
+        assert!(object(&part(r#"{"a":1,"a":2}"#), "payload").is_err());
+        assert!(object(&part(r#"{"a":{"b":1,"b":1}}"#), "payload").is_err());
+        assert!(object(&part(r#"[1]"#), "payload").is_err());
+        assert!(object(&part(r#"{"a":1} x"#), "payload").is_err());
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(7), "}".repeat(7));
+        assert!(object(&part(&deep), "payload").is_err());
+        let fits = format!("{}1{}", r#"{"a":"#.repeat(6), "}".repeat(6));
+        assert!(object(&part(&fits), "payload").is_ok());
+    }
+
+    #[test]
+    fn numeric_dates_are_non_negative_integers() {
+        let c = claims(json!({"a": 5, "b": "5", "c": 5.5, "d": -5, "e": 1e300}));
+        assert_eq!(numeric(&c, "a"), Ok(Some(5)));
+        assert_eq!(numeric(&c, "z"), Ok(None));
+        for k in ["b", "c", "d", "e"] {
+            assert!(numeric(&c, k).is_err(), "{k}");
+        }
+    }
+
+    #[test]
+    fn claims_map_to_a_caller() {
+        let c = claims(json!({"iss": "https://idp.example", "sub": "alice", "aud": "api://mandate",
+            "exp": 2000, "iat": 1000, "tid": "acme", "azp": "bot", "groups": ["g1", 2, "g2"],
+            "region": "eu", "scp": "read write"}));
+        let parsed = Parsed {
+            header: Map::new(),
+            claims: c,
+            alg: Algorithm::ES256,
+            kid: "k".into(),
+            signed: "",
+            signature: "",
+        };
+        let caller = caller(&parsed, &rules(), &[], 1500, &[0; 32]).map_err(|r| r.error);
+        let caller = caller.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(caller.agent, "bot");
+        assert_eq!(caller.tenant, "acme");
+        assert_eq!(caller.audience, "api://mandate");
+        assert_eq!(caller.scopes, ["read", "write"]);
+        assert_eq!(caller.attributes["groups"], json!(["g1", "g2"]));
+        assert_eq!(caller.attributes["region"], json!("eu"));
+        assert!(caller.token_id.starts_with("sha256:"));
+        // Expired, and `iat` in the future.
+        assert_eq!(
+            super::caller(&parsed, &rules(), &[], 2000 + LEEWAY_SECS + 1, &[0; 32]).map(|_| ()),
+            Err(Refusal::new(AuthnError::Expired, "`exp` is past"))
+        );
+        assert_eq!(
+            super::caller(&parsed, &rules(), &[], 1000 - LEEWAY_SECS - 1, &[0; 32])
+                .map_err(|r| r.error)
+                .map(|_| ()),
+            Err(AuthnError::NotYetValid)
+        );
     }
 }
