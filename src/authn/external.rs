@@ -285,10 +285,7 @@ pub fn key_set(jwks: &Value, allowed: &[Algorithm]) -> KeySet {
         let Some(kid) = jwk.common.key_id.clone() else {
             continue;
         };
-        if value
-            .get("use")
-            .is_some_and(|u| u.as_str() != Some("sig"))
-        {
+        if value.get("use").is_some_and(|u| u.as_str() != Some("sig")) {
             continue;
         }
         let family: Vec<Algorithm> = match &jwk.algorithm {

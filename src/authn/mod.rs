@@ -93,7 +93,9 @@ pub enum AuthnError {
     Missing,
     #[error("malformed `Authorization` header: expected one `Bearer <token>`")]
     Malformed,
-    #[error("malformed bearer token: send the access token your issuer (or `mandate token`) gave, unchanged")]
+    #[error(
+        "malformed bearer token: send the access token your issuer (or `mandate token`) gave, unchanged"
+    )]
     MalformedToken,
     #[error(
         "token is not an access token this broker accepts (its `alg`, `typ` or header): send an ES256 `at+jwt` access token from `mandate token` or an access token from a configured issuer"
@@ -103,7 +105,9 @@ pub enum AuthnError {
         "token signature is invalid: it was not signed by its issuer's published keys, or was changed (get a new token)"
     )]
     BadSignature,
-    #[error("token issuer is not trusted: use a token of an issuer in `[[identity.issuers]]`, or mint one with this broker's `mandate token`")]
+    #[error(
+        "token issuer is not trusted: use a token of an issuer in `[[identity.issuers]]`, or mint one with this broker's `mandate token`"
+    )]
     UntrustedIssuer,
     #[error(
         "token audience is not this resource: request the token for this mission's URL (`resource`), or mint one with `mandate token --mission <id>`"
@@ -444,7 +448,10 @@ mod tests {
     #[tokio::test]
     async fn minted_token_verifies_and_is_cached() {
         let v = verifier(issuer());
-        let t = v.embedded().mint(&request("http://127.0.0.1:8080")).map(|m| m.token);
+        let t = v
+            .embedded()
+            .mint(&request("http://127.0.0.1:8080"))
+            .map(|m| m.token);
         let t = t.unwrap_or_default();
         let c = check(&v, &t, "http://127.0.0.1:8080").await;
         assert_eq!(c.map(|c| c.agent.clone()), Ok("invoice-bot".to_string()));
@@ -465,7 +472,9 @@ mod tests {
             .map(|m| m.token)
             .unwrap_or_default();
         assert_eq!(
-            check(&v, &t, "http://127.0.0.1:8080/mcp/x/y/z").await.map(|_| ()),
+            check(&v, &t, "http://127.0.0.1:8080/mcp/x/y/z")
+                .await
+                .map(|_| ()),
             Err(AuthnError::WrongAudience)
         );
         assert_eq!(
@@ -476,11 +485,15 @@ mod tests {
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(br#"{"iss":"http://127.0.0.1:8080","sub":"mallory"}"#);
         assert_eq!(
-            check(&v, &parts.join("."), "http://127.0.0.1:8080").await.map(|_| ()),
+            check(&v, &parts.join("."), "http://127.0.0.1:8080")
+                .await
+                .map(|_| ()),
             Err(AuthnError::BadSignature)
         );
         assert_eq!(
-            check(&v, "not-a-jwt", "http://127.0.0.1:8080").await.map(|_| ()),
+            check(&v, "not-a-jwt", "http://127.0.0.1:8080")
+                .await
+                .map(|_| ()),
             Err(AuthnError::MalformedToken)
         );
     }

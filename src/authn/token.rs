@@ -107,14 +107,18 @@ impl Parsed<'_> {
     pub fn issuer(&self) -> Result<&str, Refusal> {
         match self.claims.get("iss") {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(Refusal::new(AuthnError::MalformedToken, "`iss` is not a string")),
+            Some(_) => Err(Refusal::new(
+                AuthnError::MalformedToken,
+                "`iss` is not a string",
+            )),
             None => Err(Refusal::new(AuthnError::UntrustedIssuer, "no `iss` claim")),
         }
     }
 }
 
-/// Splits and parses `token`, refusing what no issuer accepts.
-pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
+/// Splits and parses `token`, refusing what no issuer accepts. `untyped` tells whether some
+/// issuer takes tokens without `typ` (the `JWT` rule).
+pub fn parse(token: &str, untyped: bool) -> Result<Parsed<'_>, Refusal> {
     let malformed = |reason: &str| Refusal::new(AuthnError::MalformedToken, reason);
     if token.len() > MAX_TOKEN_BYTES {
         return Err(malformed("token longer than 8 KiB"));
@@ -148,10 +152,10 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
         _ => return Err(Refusal::new(AuthnError::NotAccepted, "no `alg` header")),
     };
     let alg = match alg {
-        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384"
-        | "EdDSA" => alg
-            .parse::<Algorithm>()
-            .map_err(|_| Refusal::new(AuthnError::NotAccepted, "unknown `alg`"))?,
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA" => {
+            alg.parse::<Algorithm>()
+                .map_err(|_| Refusal::new(AuthnError::NotAccepted, "unknown `alg`"))?
+        }
         _ => {
             return Err(Refusal::new(
                 AuthnError::NotAccepted,
@@ -184,6 +188,7 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
                 "`typ` is not an access token type",
             ));
         }
+        None if untyped => {}
         _ => return Err(Refusal::new(AuthnError::NotAccepted, "no `typ` header")),
     }
     let kid = match header_json.get("kid") {
@@ -225,8 +230,12 @@ pub fn verify_signature(parsed: &Parsed, rules: &Rules, keys: &KeySet) -> Result
             format!("`alg` {:?} is not allowed for this issuer", parsed.alg),
         ));
     }
-    let typ = parsed.header.get("typ").and_then(Value::as_str).unwrap_or("");
-    if !typ_matches(typ, rules.token_type) {
+    let typ = parsed.header.get("typ").and_then(Value::as_str);
+    let typed = match typ {
+        Some(t) => typ_matches(t, rules.token_type),
+        None => rules.token_type == TokenType::Jwt,
+    };
+    if !typed {
         return Err(Refusal::new(
             AuthnError::NotAccepted,
             "`typ` is not this issuer's access token type",
@@ -286,11 +295,17 @@ pub fn caller(
     if let Some(nbf) = numeric(c, "nbf")?
         && nbf > now + LEEWAY_SECS
     {
-        return Err(Refusal::new(AuthnError::NotYetValid, "`nbf` is in the future"));
+        return Err(Refusal::new(
+            AuthnError::NotYetValid,
+            "`nbf` is in the future",
+        ));
     }
     let iat = numeric(c, "iat")?.ok_or_else(|| bad("no `iat` claim".into()))?;
     if iat > now + LEEWAY_SECS {
-        return Err(Refusal::new(AuthnError::NotYetValid, "`iat` is in the future"));
+        return Err(Refusal::new(
+            AuthnError::NotYetValid,
+            "`iat` is in the future",
+        ));
     }
     let audience = audience(c, rules, audiences)?;
     let subject = identity(c, "sub")?.ok_or_else(|| bad("no `sub` claim".into()))?;
@@ -308,7 +323,10 @@ pub fn caller(
         }
     }
     let agent = agent.ok_or_else(|| {
-        bad(format!("no agent claim (`{}`)", rules.agent_claims.join("`, `")))
+        bad(format!(
+            "no agent claim (`{}`)",
+            rules.agent_claims.join("`, `")
+        ))
     })?;
     let token_id = match c.get("jti") {
         Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => j.clone(),
@@ -556,7 +574,12 @@ mod tests {
 
     #[test]
     fn typ_rules_are_per_issuer_and_case_insensitive() {
-        for t in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"] {
+        for t in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+Jwt",
+        ] {
             assert!(typ_matches(t, TokenType::AccessToken), "{t}");
             assert!(!typ_matches(t, TokenType::Jwt), "{t}");
         }
@@ -571,11 +594,29 @@ mod tests {
     }
 
     #[test]
+    fn untyped_tokens_parse_only_when_some_issuer_takes_them() {
+        let part = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.",
+            part(r#"{"alg":"RS256","kid":"k"}"#),
+            part(r#"{"iss":"x"}"#)
+        );
+        assert_eq!(
+            parse(&token, false).map(|_| ()).map_err(|r| r.error),
+            Err(AuthnError::NotAccepted)
+        );
+        assert!(parse(&token, true).is_ok());
+    }
+
+    #[test]
     fn audiences_match_exactly_as_a_string_or_an_array_element() {
         let r = rules();
         let res = ["https://m.example/mcp/a/b/c", "https://m.example"];
         let ok = |aud: Value| audience(&claims(json!({ "aud": aud })), &r, &res);
-        assert_eq!(ok(json!("https://m.example")).ok().as_deref(), Some("https://m.example"));
+        assert_eq!(
+            ok(json!("https://m.example")).ok().as_deref(),
+            Some("https://m.example")
+        );
         assert!(ok(json!(["x", "https://m.example/mcp/a/b/c"])).is_ok());
         assert!(ok(json!("api://mandate")).is_ok());
         for bad in [
@@ -623,9 +664,11 @@ mod tests {
 
     #[test]
     fn claims_map_to_a_caller() {
-        let c = claims(json!({"iss": "https://idp.example", "sub": "alice", "aud": "api://mandate",
+        let c = claims(
+            json!({"iss": "https://idp.example", "sub": "alice", "aud": "api://mandate",
             "exp": 2000, "iat": 1000, "tid": "acme", "azp": "bot", "groups": ["g1", 2, "g2"],
-            "region": "eu", "scp": "read write"}));
+            "region": "eu", "scp": "read write"}),
+        );
         let parsed = Parsed {
             header: Map::new(),
             claims: c,

@@ -48,6 +48,8 @@ pub struct Verifier {
     embedded_rules: Rules,
     embedded_keys: KeySet,
     externals: Vec<Arc<External>>,
+    /// Whether some issuer takes tokens without `typ`.
+    untyped: bool,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
 
@@ -70,6 +72,7 @@ impl Verifier {
             .map(|s| External::new(s.clone()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            untyped: issuers.iter().any(|i| i.token_type == TokenType::Jwt),
             embedded,
             embedded_rules,
             embedded_keys,
@@ -144,7 +147,7 @@ impl Verifier {
         if let Some(hit) = self.cached(&digest, audiences) {
             return hit;
         }
-        let parsed = token::parse(token)?;
+        let parsed = token::parse(token, self.untyped)?;
         let iss = parsed.issuer()?;
         let trusted = if iss == self.embedded_rules.issuer {
             Trusted::Embedded
@@ -183,7 +186,13 @@ impl Verifier {
         };
         let keys = keys.as_deref().unwrap_or(&self.embedded_keys);
         token::verify_signature(&parsed, rules, keys)?;
-        let caller = Arc::new(token::caller(&parsed, rules, audiences, unix_now(), &digest)?);
+        let caller = Arc::new(token::caller(
+            &parsed,
+            rules,
+            audiences,
+            unix_now(),
+            &digest,
+        )?);
         let all_audiences = match parsed.claims.get("aud") {
             Some(serde_json::Value::Array(items)) => items
                 .iter()
@@ -234,9 +243,10 @@ impl Verifier {
             cache.remove(digest);
             return None;
         }
-        let matched = entry.audiences.iter().find(|a| {
-            audiences.contains(&a.as_str()) || rules.audiences.iter().any(|r| r == *a)
-        });
+        let matched = entry
+            .audiences
+            .iter()
+            .find(|a| audiences.contains(&a.as_str()) || rules.audiences.iter().any(|r| r == *a));
         Some(match matched {
             None => Err(Refusal::new(
                 AuthnError::WrongAudience,

@@ -31,8 +31,9 @@ pub const DEFAULT_JWKS_MIN_INTERVAL: Duration = Duration::from_secs(30);
 pub enum TokenType {
     /// `at+jwt` (or `application/at+jwt`), RFC 9068: the default.
     AccessToken,
-    /// `JWT`: Microsoft Entra ID's access tokens. Tokens that look like ID tokens (`nonce`,
-    /// `at_hash`) are still refused.
+    /// `JWT`: issuers that do not type access tokens per RFC 9068 (Microsoft Entra ID, Okta,
+    /// Keycloak): `typ` is `JWT` or absent. Tokens that look like ID tokens (`nonce`, `at_hash`)
+    /// are still refused.
     Jwt,
 }
 
@@ -134,18 +135,19 @@ pub fn build(
                     format!("attribute name `{name}` must be lowercase letters, digits and `_`, and not `groups` when `groups_claim` is set"),
                 ));
             }
-            attributes.insert(
-                name.clone(),
-                claim_name(src, claim, "attributes", diags),
-            );
+            attributes.insert(name.clone(), claim_name(src, claim, "attributes", diags));
         }
-        let token_type = match r.typ.as_ref().map(|t| (t.get_ref().as_str(), t.span().start)) {
+        let token_type = match r
+            .typ
+            .as_ref()
+            .map(|t| (t.get_ref().as_str(), t.span().start))
+        {
             None | Some(("at+jwt", _)) => TokenType::AccessToken,
             Some(("JWT", _)) => TokenType::Jwt,
             Some((other, at)) => {
                 diags.push(src.at(
                     at,
-                    format!("`typ` must be `at+jwt` (RFC 9068, the default) or `JWT` (Microsoft Entra ID), not `{other}`"),
+                    format!("`typ` must be `at+jwt` (RFC 9068, the default) or `JWT` (`JWT` or untyped: Entra ID, Okta, Keycloak), not `{other}`"),
                 ));
                 TokenType::AccessToken
             }
@@ -160,7 +162,10 @@ pub fn build(
         };
         for aud in &r.audiences {
             if aud.get_ref().trim().is_empty() {
-                diags.push(src.at(aud.span().start, "an entry of `audiences` is empty: remove it"));
+                diags.push(src.at(
+                    aud.span().start,
+                    "an entry of `audiences` is empty: remove it",
+                ));
             }
         }
         for scope in &r.required_scopes {
@@ -254,14 +259,21 @@ fn claim_name(
     v.clone()
 }
 
-fn algorithm(src: &Source, value: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<Algorithm> {
+fn algorithm(
+    src: &Source,
+    value: &Spanned<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Algorithm> {
     let name = value.get_ref();
     if ALGORITHMS.contains(&name.as_str()) {
         return name.parse().ok();
     }
-    let message = if name.eq_ignore_ascii_case("none") || name.to_ascii_uppercase().starts_with("HS")
+    let message = if name.eq_ignore_ascii_case("none")
+        || name.to_ascii_uppercase().starts_with("HS")
     {
-        format!("algorithm `{name}` is never accepted (unsigned and shared-secret tokens can be forged): use the issuer's asymmetric algorithm, e.g. `RS256`")
+        format!(
+            "algorithm `{name}` is never accepted (unsigned and shared-secret tokens can be forged): use the issuer's asymmetric algorithm, e.g. `RS256`"
+        )
     } else {
         format!(
             "unknown algorithm `{name}`{} (expected one of {})",

@@ -93,7 +93,8 @@ pub struct RawIssuer {
     /// Attributes for policy, by name, each from a claim: `{ department = "dept", region = "region" }`.
     #[serde(default)]
     pub attributes: BTreeMap<String, Spanned<String>>,
-    /// The `typ` header of its access tokens: `at+jwt` (default, RFC 9068) or `JWT` (Entra ID).
+    /// The `typ` header of its access tokens: `at+jwt` (default, RFC 9068) or `JWT` (`JWT` or
+    /// no `typ`: Entra ID, Okta, Keycloak).
     pub typ: Option<Spanned<String>>,
     /// Accepted signature algorithms (default `RS256`, `ES256`, `PS256`, `EdDSA`); never `none`
     /// or HMAC.

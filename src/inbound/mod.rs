@@ -29,7 +29,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Auditor, Event, EventKind, ExportFilter};
-use crate::authn::{AuthnError, Caller, InsufficientScope, Issuer, Refusal, TokenRequest, Verifier};
+use crate::authn::{
+    AuthnError, Caller, InsufficientScope, Issuer, Refusal, TokenRequest, Verifier,
+};
 use crate::config::Config;
 use crate::downstream::Pool;
 use crate::mission::MissionRuntime;
@@ -347,7 +349,13 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
     if let Err(missing) = gate.verifier.check_scopes(&caller) {
         let event = gate.caller_event(EventKind::AuthFailure, &caller);
         drain(request).await;
-        return insufficient_scope(&gate.metadata_url, &gate.aggregate, &caller, &missing, event);
+        return insufficient_scope(
+            &gate.metadata_url,
+            &gate.aggregate,
+            &caller,
+            &missing,
+            event,
+        );
     }
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
         let mut event = gate.caller_event(EventKind::AuthFailure, &caller);

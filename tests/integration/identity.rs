@@ -253,12 +253,9 @@ async fn malicious_tokens_and_placements_are_refused_audited_and_never_reach_the
     let hmac = |alg: Algorithm, secret: &[u8]| {
         let h = json!({"alg": format!("{alg:?}"), "typ": "at+jwt", "kid": "idp-es256"});
         let message = format!("{}.{}", b64(h.to_string()), b64(claims.to_string()));
-        let sig = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &EncodingKey::from_secret(secret),
-            alg,
-        )
-        .unwrap();
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(secret), alg)
+                .unwrap();
         format!("{message}.{sig}")
     };
     let public_pem = key.public_pem();
@@ -277,7 +274,12 @@ async fn malicious_tokens_and_placements_are_refused_audited_and_never_reach_the
         let mut sig = parts[2].clone().into_bytes();
         let last = sig.len() - 1;
         sig[last] = if sig[last] == b'A' { b'B' } else { b'A' };
-        format!("{}.{}.{}", parts[0], parts[1], String::from_utf8(sig).unwrap())
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            String::from_utf8(sig).unwrap()
+        )
     };
     let nested = {
         let mut v = json!("deep");
@@ -295,54 +297,291 @@ async fn malicious_tokens_and_placements_are_refused_audited_and_never_reach_the
         ("alg none", unsigned("none")),
         ("alg None", unsigned("None")),
         ("alg nOnE", unsigned("nOnE")),
-        ("HS256 keyed with the IdP's public PEM", hmac(Algorithm::HS256, public_pem.as_bytes())),
-        ("HS512 keyed with the IdP's public JWK", hmac(Algorithm::HS512, public_jwk.to_string().as_bytes())),
-        ("alg not in the allow-list (PS256)", sign(&with(&header, "alg", json!("PS256")), &claims, &signer)),
-        ("alg ES256K", sign(&with(&header, "alg", json!("ES256K")), &claims, &signer)),
-        ("jwk header with the attacker's key", sign(&with(&header, "jwk", attacker_jwk.clone()), &claims, &attacker_key)),
-        ("jku to an attacker's host", sign(&with(&header, "jku", json!("http://127.0.0.1:9/jwks")), &claims, &attacker_key)),
-        ("x5u to an internal address", sign(&with(&header, "x5u", json!("http://169.254.169.254/cert")), &claims, &attacker_key)),
-        ("x5c self-signed chain", sign(&with(&header, "x5c", json!(["MIIBszCCAVmgAwIBAgIUQ"])), &claims, &attacker_key)),
-        ("attacker key under the IdP's kid", sign(&header, &claims, &attacker_key)),
-        ("kid missing", sign(&without(&header, "kid"), &claims, &signer)),
-        ("kid path traversal", sign(&with(&header, "kid", json!("../../dev/null")), &claims, &signer)),
-        ("kid SQL injection", sign(&with(&header, "kid", json!("' OR '1'='1")), &claims, &signer)),
-        ("kid of 300 characters", sign(&with(&header, "kid", json!("k".repeat(300))), &claims, &signer)),
-        ("iss with a trailing slash", sign(&header, &with(&claims, "iss", json!(format!("{iss}/"))), &signer)),
-        ("iss over https", sign(&header, &with(&claims, "iss", json!(iss.replace("http:", "https:"))), &signer)),
-        ("iss missing", sign(&header, &without(&claims, "iss"), &signer)),
-        ("iss of the embedded issuer, signed by the IdP", sign(&header, &with(&claims, "iss", json!(server.url)), &signer)),
-        ("aud another MCP server", sign(&header, &with(&claims, "aud", json!("https://other-mcp.example/mcp")), &signer)),
-        ("aud with a prefix of the resource", sign(&header, &with(&claims, "aud", json!(format!("{url}-other"))), &signer)),
-        ("aud a substring trick", sign(&header, &with(&claims, "aud", json!(format!("{url}.evil.example"))), &signer)),
-        ("aud a path trick", sign(&header, &with(&claims, "aud", json!(format!("{url}/../x"))), &signer)),
-        ("aud in upper case", sign(&header, &with(&claims, "aud", json!(url.to_uppercase())), &signer)),
-        ("aud array without the resource", sign(&header, &with(&claims, "aud", json!(["https://a.example", "https://b.example"])), &signer)),
-        ("aud missing", sign(&header, &without(&claims, "aud"), &signer)),
-        ("exp missing", sign(&header, &without(&claims, "exp"), &signer)),
-        ("exp a string", sign(&header, &with(&claims, "exp", json!((t + 300).to_string())), &signer)),
-        ("exp a float", sign(&header, &with(&claims, "exp", json!(t as f64 + 300.5)), &signer)),
-        ("exp negative", sign(&header, &with(&claims, "exp", json!(-1)), &signer)),
-        ("exp in the past", sign(&header, &with(&claims, "exp", json!(t - 600)), &signer)),
-        ("nbf in the future", sign(&header, &with(&claims, "nbf", json!(t + 600)), &signer)),
-        ("iat in the future", sign(&header, &with(&claims, "iat", json!(t + 600)), &signer)),
-        ("sub missing", sign(&header, &without(&claims, "sub"), &signer)),
-        ("tenant missing", sign(&header, &without(&claims, "tenant"), &signer)),
-        ("typ JWT (an ID-token-like type)", sign(&with(&header, "typ", json!("JWT")), &with(&claims, "nonce", json!("n")), &signer)),
-        ("typ missing", sign(&without(&header, "typ"), &claims, &signer)),
-        ("typ of an ID-JAG", sign(&with(&header, "typ", json!("oauth-id-jag+jwt")), &claims, &signer)),
-        ("crit b64 with an unencoded payload", sign(&with(&with(&header, "crit", json!(["b64"])), "b64", json!(false)), &claims, &signer)),
-        ("crit unknown", sign(&with(&header, "crit", json!(["urn:example:ext"])), &claims, &signer)),
-        ("duplicate aud claim", sign_raw(&header.to_string(), &duplicate_aud, &signer)),
-        ("claims nested too deep", sign(&header, &with(&claims, "x", nested), &signer)),
-        ("oversized token", sign(&header, &with(&claims, "pad", json!("p".repeat(9000))), &signer)),
+        (
+            "HS256 keyed with the IdP's public PEM",
+            hmac(Algorithm::HS256, public_pem.as_bytes()),
+        ),
+        (
+            "HS512 keyed with the IdP's public JWK",
+            hmac(Algorithm::HS512, public_jwk.to_string().as_bytes()),
+        ),
+        (
+            "alg not in the allow-list (PS256)",
+            sign(&with(&header, "alg", json!("PS256")), &claims, &signer),
+        ),
+        (
+            "alg ES256K",
+            sign(&with(&header, "alg", json!("ES256K")), &claims, &signer),
+        ),
+        (
+            "jwk header with the attacker's key",
+            sign(
+                &with(&header, "jwk", attacker_jwk.clone()),
+                &claims,
+                &attacker_key,
+            ),
+        ),
+        (
+            "jku to an attacker's host",
+            sign(
+                &with(&header, "jku", json!("http://127.0.0.1:9/jwks")),
+                &claims,
+                &attacker_key,
+            ),
+        ),
+        (
+            "x5u to an internal address",
+            sign(
+                &with(&header, "x5u", json!("http://169.254.169.254/cert")),
+                &claims,
+                &attacker_key,
+            ),
+        ),
+        (
+            "x5c self-signed chain",
+            sign(
+                &with(&header, "x5c", json!(["MIIBszCCAVmgAwIBAgIUQ"])),
+                &claims,
+                &attacker_key,
+            ),
+        ),
+        (
+            "attacker key under the IdP's kid",
+            sign(&header, &claims, &attacker_key),
+        ),
+        (
+            "kid missing",
+            sign(&without(&header, "kid"), &claims, &signer),
+        ),
+        (
+            "kid path traversal",
+            sign(
+                &with(&header, "kid", json!("../../dev/null")),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "kid SQL injection",
+            sign(
+                &with(&header, "kid", json!("' OR '1'='1")),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "kid of 300 characters",
+            sign(
+                &with(&header, "kid", json!("k".repeat(300))),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "iss with a trailing slash",
+            sign(
+                &header,
+                &with(&claims, "iss", json!(format!("{iss}/"))),
+                &signer,
+            ),
+        ),
+        (
+            "iss over https",
+            sign(
+                &header,
+                &with(&claims, "iss", json!(iss.replace("http:", "https:"))),
+                &signer,
+            ),
+        ),
+        (
+            "iss missing",
+            sign(&header, &without(&claims, "iss"), &signer),
+        ),
+        (
+            "iss of the embedded issuer, signed by the IdP",
+            sign(&header, &with(&claims, "iss", json!(server.url)), &signer),
+        ),
+        (
+            "aud another MCP server",
+            sign(
+                &header,
+                &with(&claims, "aud", json!("https://other-mcp.example/mcp")),
+                &signer,
+            ),
+        ),
+        (
+            "aud with a prefix of the resource",
+            sign(
+                &header,
+                &with(&claims, "aud", json!(format!("{url}-other"))),
+                &signer,
+            ),
+        ),
+        (
+            "aud a substring trick",
+            sign(
+                &header,
+                &with(&claims, "aud", json!(format!("{url}.evil.example"))),
+                &signer,
+            ),
+        ),
+        (
+            "aud a path trick",
+            sign(
+                &header,
+                &with(&claims, "aud", json!(format!("{url}/../x"))),
+                &signer,
+            ),
+        ),
+        (
+            "aud in upper case",
+            sign(
+                &header,
+                &with(&claims, "aud", json!(url.to_uppercase())),
+                &signer,
+            ),
+        ),
+        (
+            "aud array without the resource",
+            sign(
+                &header,
+                &with(
+                    &claims,
+                    "aud",
+                    json!(["https://a.example", "https://b.example"]),
+                ),
+                &signer,
+            ),
+        ),
+        (
+            "aud missing",
+            sign(&header, &without(&claims, "aud"), &signer),
+        ),
+        (
+            "exp missing",
+            sign(&header, &without(&claims, "exp"), &signer),
+        ),
+        (
+            "exp a string",
+            sign(
+                &header,
+                &with(&claims, "exp", json!((t + 300).to_string())),
+                &signer,
+            ),
+        ),
+        (
+            "exp a float",
+            sign(
+                &header,
+                &with(&claims, "exp", json!(t as f64 + 300.5)),
+                &signer,
+            ),
+        ),
+        (
+            "exp negative",
+            sign(&header, &with(&claims, "exp", json!(-1)), &signer),
+        ),
+        (
+            "exp in the past",
+            sign(&header, &with(&claims, "exp", json!(t - 600)), &signer),
+        ),
+        (
+            "nbf in the future",
+            sign(&header, &with(&claims, "nbf", json!(t + 600)), &signer),
+        ),
+        (
+            "iat in the future",
+            sign(&header, &with(&claims, "iat", json!(t + 600)), &signer),
+        ),
+        (
+            "sub missing",
+            sign(&header, &without(&claims, "sub"), &signer),
+        ),
+        (
+            "tenant missing",
+            sign(&header, &without(&claims, "tenant"), &signer),
+        ),
+        (
+            "typ JWT (an ID-token-like type)",
+            sign(
+                &with(&header, "typ", json!("JWT")),
+                &with(&claims, "nonce", json!("n")),
+                &signer,
+            ),
+        ),
+        (
+            "typ missing",
+            sign(&without(&header, "typ"), &claims, &signer),
+        ),
+        (
+            "typ of an ID-JAG",
+            sign(
+                &with(&header, "typ", json!("oauth-id-jag+jwt")),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "crit b64 with an unencoded payload",
+            sign(
+                &with(&with(&header, "crit", json!(["b64"])), "b64", json!(false)),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "crit unknown",
+            sign(
+                &with(&header, "crit", json!(["urn:example:ext"])),
+                &claims,
+                &signer,
+            ),
+        ),
+        (
+            "duplicate aud claim",
+            sign_raw(&header.to_string(), &duplicate_aud, &signer),
+        ),
+        (
+            "claims nested too deep",
+            sign(&header, &with(&claims, "x", nested), &signer),
+        ),
+        (
+            "oversized token",
+            sign(
+                &header,
+                &with(&claims, "pad", json!("p".repeat(9000))),
+                &signer,
+            ),
+        ),
         ("signature stripped", format!("{}.{}.", parts[0], parts[1])),
         ("signature last byte flipped", flipped),
-        ("payload changed, signature kept", format!("{}.{}.{}", parts[0], b64(with(&claims, "sub", json!("admin")).to_string()), parts[2])),
+        (
+            "payload changed, signature kept",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(with(&claims, "sub", json!("admin")).to_string()),
+                parts[2]
+            ),
+        ),
         ("truncated", good[..good.len() / 2].to_owned()),
-        ("base64 padding added", format!("{}=.{}.{}", parts[0], parts[1], parts[2])),
-        ("standard base64 alphabet", format!("{}.{}.{}", parts[0], parts[1].replace('-', "+").replace('_', "/") + "+/", parts[2])),
-        ("JWE-shaped (five parts)", format!("{}.e30.e30.e30.e30", parts[0])),
+        (
+            "base64 padding added",
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        ),
+        (
+            "standard base64 alphabet",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                parts[1].replace('-', "+").replace('_', "/") + "+/",
+                parts[2]
+            ),
+        ),
+        (
+            "JWE-shaped (five parts)",
+            format!("{}.e30.e30.e30.e30", parts[0]),
+        ),
         ("garbage", "not-a-token".to_owned()),
     ];
     let http = reqwest::Client::new();
@@ -458,7 +697,10 @@ async fn malicious_tokens_and_placements_are_refused_audited_and_never_reach_the
     let mut audited = 0u64;
     for r in &failures {
         let detail = r["detail"].as_str().unwrap_or_default();
-        assert!(!detail.contains(&good) && !detail.contains(&real), "a token in the audit");
+        assert!(
+            !detail.contains(&good) && !detail.contains(&real),
+            "a token in the audit"
+        );
         if r["outcome"] == "aggregated" {
             audited += detail.split(' ').next().unwrap().parse::<u64>().unwrap();
         } else {
@@ -512,10 +754,17 @@ async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval_and_rotation_is
         "client_id": "bot", "tenant": "acme"});
     let http = reqwest::Client::new();
     let status = |token: String| {
-        let r = call_request(&http, &url).bearer_auth(token).json(&call_body()).send();
+        let r = call_request(&http, &url)
+            .bearer_auth(token)
+            .json(&call_body())
+            .send();
         async move { r.await.unwrap().status().as_u16() }
     };
-    let old_token = sign(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "old"}), &claims, &old.encoding());
+    let old_token = sign(
+        &json!({"alg": "ES256", "typ": "at+jwt", "kid": "old"}),
+        &claims,
+        &old.encoding(),
+    );
     assert_eq!(status(old_token.clone()).await, 200);
     let fetches = |r: &Value| r["issuers"][0]["jwks_fetches"].as_u64().unwrap();
     let before = fetches(&ready(&server).await);
@@ -541,9 +790,21 @@ async fn unknown_kids_refresh_the_jwks_at_most_once_per_interval_and_rotation_is
     let new = SigningKey::new("new");
     let _idp = Idp::start(&idp_config(&[&new], port));
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let new_token = sign(&json!({"alg": "ES256", "typ": "at+jwt", "kid": "new"}), &claims, &new.encoding());
-    assert_eq!(status(new_token).await, 200, "the new key is fetched on its first token");
-    assert_eq!(status(old_token).await, 401, "the removed key no longer verifies");
+    let new_token = sign(
+        &json!({"alg": "ES256", "typ": "at+jwt", "kid": "new"}),
+        &claims,
+        &new.encoding(),
+    );
+    assert_eq!(
+        status(new_token).await,
+        200,
+        "the new key is fetched on its first token"
+    );
+    assert_eq!(
+        status(old_token).await,
+        401,
+        "the removed key no longer verifies"
+    );
     server.stop();
 }
 
@@ -558,11 +819,18 @@ async fn a_token_without_the_required_scope_is_answered_403_insufficient_scope()
     wait_issuer_ready(&server).await;
     let url = server.mission_url(MISSION);
     let http = reqwest::Client::new();
-    let r = call_request(&http, &url).json(&call_body()).send().await.unwrap();
+    let r = call_request(&http, &url)
+        .json(&call_body())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert!(challenge.contains("scope=\"mcp:tools\""), "{challenge}");
-    assert!(!challenge.contains("error="), "no error code without credentials: {challenge}");
+    assert!(
+        !challenge.contains("error="),
+        "no error code without credentials: {challenge}"
+    );
 
     let unscoped = idp.token("bot", SECRET, &url, None).await;
     let r = call_request(&http, &url)
@@ -589,11 +857,13 @@ async fn a_token_without_the_required_scope_is_answered_403_insufficient_scope()
     assert_eq!(r.status(), 200);
     server.stop();
     let records = audit_records(&ws);
-    assert!(records.iter().any(|r| r["kind"] == "auth_failure"
-        && r["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("lacks the required scope `mcp:tools`")));
+    assert!(records.iter().any(|r| {
+        r["kind"] == "auth_failure"
+            && r["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("lacks the required scope `mcp:tools`")
+    }));
 }
 
 /// `/readyz` says when an issuer cannot be reached (and the broker is then not ready); its
@@ -625,7 +895,13 @@ async fn an_unreachable_issuer_makes_readyz_say_so() {
     }
     assert_eq!(r["ready"], false, "{r}");
     assert_eq!(r["issuers"][0]["ready"], false, "{r}");
-    assert!(r["issuers"][0]["error"].as_str().unwrap().contains("cannot reach"), "{r}");
+    assert!(
+        r["issuers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach"),
+        "{r}"
+    );
     let key = SigningKey::new("k");
     let t = now();
     let token = sign(
@@ -641,7 +917,12 @@ async fn an_unreachable_issuer_makes_readyz_say_so() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.text().await.unwrap().starts_with("token issuer's keys cannot be fetched now"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("token issuer's keys cannot be fetched now")
+    );
     server.stop();
 }
 
@@ -720,7 +1001,16 @@ async fn python_sdk_client_credentials_finds_the_external_idp_from_the_401() {
     wait_issuer_ready(&server).await;
     let url = server.mission_url(MISSION);
     let out = Command::new(peers().join("venv/bin/python"))
-        .args(["-W", "ignore", "-c", PY_OAUTH_CLIENT, &url, &idp.url, "bot", SECRET])
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            PY_OAUTH_CLIENT,
+            &url,
+            &idp.url,
+            "bot",
+            SECRET,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -736,7 +1026,16 @@ async fn python_sdk_client_credentials_finds_the_external_idp_from_the_401() {
     assert_eq!(v["id"], "INV-1001", "{v}");
     // With a wrong secret the IdP refuses, and nothing reaches the tool.
     let out = Command::new(peers().join("venv/bin/python"))
-        .args(["-W", "ignore", "-c", PY_OAUTH_CLIENT, &url, &idp.url, "bot", "wrong"])
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            PY_OAUTH_CLIENT,
+            &url,
+            &idp.url,
+            "bot",
+            "wrong",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -467,7 +467,13 @@ impl Idp {
     }
 
     /// An access token by client_credentials (client_secret_basic) for `resource`.
-    pub async fn token(&self, client: &str, secret: &str, resource: &str, scope: Option<&str>) -> String {
+    pub async fn token(
+        &self,
+        client: &str,
+        secret: &str,
+        resource: &str,
+        scope: Option<&str>,
+    ) -> String {
         let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
         if let Some(s) = scope {
             form.push(("scope", s));
