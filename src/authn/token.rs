@@ -51,7 +51,15 @@ impl From<AuthnError> for Refusal {
         let reason = match &error {
             AuthnError::Missing => "no `Authorization` header",
             AuthnError::Malformed => "`Authorization` is not one `Bearer <token>`",
-            _ => "refused",
+            AuthnError::MalformedToken => "malformed token",
+            AuthnError::NotAccepted => "token type not accepted",
+            AuthnError::BadSignature => "bad signature",
+            AuthnError::UntrustedIssuer => "untrusted issuer",
+            AuthnError::WrongAudience => "wrong audience",
+            AuthnError::NotYetValid => "not valid yet",
+            AuthnError::Expired => "expired",
+            AuthnError::BadClaims => "bad claims",
+            AuthnError::IssuerUnavailable => "issuer unavailable",
         };
         Self::new(error, reason)
     }

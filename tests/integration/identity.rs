@@ -1045,3 +1045,133 @@ async fn python_sdk_client_credentials_finds_the_external_idp_from_the_401() {
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["agent"], "bot");
 }
+
+/// Two external issuers and the embedded one at once: each token goes to the issuer its `iss`
+/// names and maps to that issuer's tenant; a token claiming one issuer but signed with the
+/// other's valid key, and a token of an unknown issuer, are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_issuers_at_once_each_token_routed_by_its_exact_iss() {
+    let key_a = SigningKey::new("a-1");
+    let key_b = SigningKey::new("b-1");
+    let idp_a = Idp::start(&idp_config(&[&key_a], 0));
+    let idp_b = Idp::start(&idp_config(&[&key_b], 0));
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission(MISSION, "\"finance/ledger/get_invoice\"", "");
+    ws.write(
+        "missions/hr/prod/other.toml",
+        r#"description = "globex mission"
+tenant = "globex"
+owner = "hr@globex.example"
+expires = 2099-12-31
+agents = ["bot"]
+tools = ["finance/ledger/get_invoice"]
+"#,
+    );
+    ws.write(
+        "mandate.toml",
+        &format!(
+            r#"[[identity.issuers]]
+issuer = "{}"
+tenant_claim = "tenant"
+
+[[identity.issuers]]
+issuer = "{}"
+tenant = "globex"
+"#,
+            idp_a.url, idp_b.url
+        ),
+    );
+    ws.pin();
+    let server = ws.serve();
+    for _ in 0..100 {
+        let r = ready(&server).await;
+        if r["issuers"][0]["ready"] == true && r["issuers"][1]["ready"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acme = server.mission_url(MISSION);
+    let globex = server.mission_url("hr/prod/other");
+    let metadata: Value = reqwest::get(format!(
+        "{}/.well-known/oauth-protected-resource/mcp/hr/prod/other",
+        server.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!([server.url, idp_a.url, idp_b.url]),
+        "{metadata}"
+    );
+    let http = reqwest::Client::new();
+    let status = |url: &str, token: &str| {
+        let r = call_request(&http, url)
+            .bearer_auth(token)
+            .json(&call_body())
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    let a_for_acme = idp_a.token("bot", SECRET, &acme, None).await;
+    let a_for_globex = idp_a.token("bot", SECRET, &globex, None).await;
+    let b_for_globex = idp_b.token("bot", SECRET, &globex, None).await;
+    let b_for_acme = idp_b.token("bot", SECRET, &acme, None).await;
+    assert_eq!(status(&acme, &a_for_acme).await, 200);
+    assert_eq!(status(&globex, &b_for_globex).await, 200);
+    assert_eq!(
+        status(&acme, &ws.token(Some(MISSION))).await,
+        200,
+        "embedded"
+    );
+    // Right signature, wrong tenant: A's callers are acme, B's are globex.
+    assert_eq!(status(&globex, &a_for_globex).await, 403);
+    assert_eq!(status(&acme, &b_for_acme).await, 403);
+    // Claims of issuer A, signed with B's valid key (under B's kid, and under A's).
+    let t = now();
+    let claims = json!({"iss": idp_a.url, "sub": "bot", "aud": acme, "exp": t + 300, "iat": t,
+        "client_id": "bot", "tenant": "acme"});
+    for kid in ["b-1", "a-1"] {
+        let forged = sign(
+            &json!({"alg": "ES256", "typ": "at+jwt", "kid": kid}),
+            &claims,
+            &key_b.encoding(),
+        );
+        assert_eq!(status(&acme, &forged).await, 401, "kid {kid}");
+    }
+    let unknown = sign(
+        &json!({"alg": "ES256", "typ": "at+jwt", "kid": "a-1"}),
+        &with_iss(&claims, "http://127.0.0.1:1"),
+        &key_a.encoding(),
+    );
+    let r = call_request(&http, &acme)
+        .bearer_auth(&unknown)
+        .json(&call_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("token issuer is not trusted")
+    );
+    server.stop();
+    let records = audit_records(&ws);
+    let tenants: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "call")
+        .map(|r| r["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants.len(), 3, "{tenants:?}");
+    assert!(tenants.contains(&"globex") && tenants.contains(&"acme"));
+}
+
+fn with_iss(claims: &Value, iss: &str) -> Value {
+    let mut c = claims.clone();
+    c["iss"] = json!(iss);
+    c
+}
