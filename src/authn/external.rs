@@ -186,6 +186,9 @@ impl External {
         };
         match result {
             Ok((jwks_uri, keys)) => {
+                if !state.loaded || state.error.is_some() {
+                    tracing::info!(issuer = %self.settings.issuer, keys = keys.len(), "issuer keys loaded");
+                }
                 if let Ok(mut k) = self.keys.write() {
                     *k = Arc::new(keys);
                 }
