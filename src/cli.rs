@@ -935,6 +935,10 @@ async fn serve(
     };
     let (audit, writer) = Auditor::start(&store)?;
     let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
+    let verifier = Arc::new(crate::authn::Verifier::new(
+        issuer.clone(),
+        &config.settings.issuers,
+    )?);
     let mut event = Event::new(EventKind::ConfigLoad);
     event.detail = Some(format!(
         "{} mission(s): {}; {} tool manifest(s)",
@@ -970,12 +974,13 @@ async fn serve(
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    verifier.start(&shutdown);
     let result = match listener {
         None => {
             serve_stdio(
                 &config,
                 &states,
-                &issuer,
+                &verifier,
                 &audit,
                 mission.as_deref(),
                 shutdown.clone(),
@@ -1016,6 +1021,7 @@ async fn serve(
                 store: store.clone(),
                 audit: audit.clone(),
                 issuer: issuer.clone(),
+                verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
                 admin_token,
@@ -1136,7 +1142,7 @@ fn admin_url(local: std::net::SocketAddr) -> String {
 async fn serve_stdio(
     config: &Config,
     states: &BTreeMap<String, Arc<MissionState>>,
-    issuer: &Issuer,
+    verifier: &crate::authn::Verifier,
     audit: &Auditor,
     mission: Option<&str>,
     shutdown: CancellationToken,
@@ -1165,7 +1171,7 @@ async fn serve_stdio(
         config.settings.public_url.as_str(),
         state.runtime.resource_url.as_str(),
     ];
-    let caller = match issuer.verify(token.trim(), &audiences) {
+    let caller = match verifier.verify(token.trim(), &audiences).await {
         Ok(c) => c,
         Err(e) => {
             let mut event = Event::new(EventKind::AuthFailure);
@@ -1173,9 +1179,12 @@ async fn serve_stdio(
             event.outcome = Some("unauthenticated".into());
             event.detail = Some(e.to_string());
             audit.record_durable(event).await?;
-            bail!("MANDATE_TOKEN refused: {e}");
+            bail!("MANDATE_TOKEN refused: {}", e.error);
         }
     };
+    if let Err(missing) = verifier.check_scopes(&caller) {
+        bail!("MANDATE_TOKEN refused: {missing}");
+    }
     if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
         bail!(
             "MANDATE_TOKEN may not use mission `{}`: {denied}",

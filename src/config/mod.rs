@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod fields;
+pub mod issuers;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// Serve HTTPS with these PEM files (certificate chain, private key).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// External issuers (`[[identity.issuers]]`), besides the embedded one.
+    pub issuers: Vec<issuers::IssuerSettings>,
 }
 
 /// A validated tool manifest.
@@ -570,12 +573,7 @@ fn build_settings(
         None if raw.server.tls.is_some() => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
-    for issuer in &raw.identity.issuers {
-        diags.push(src.at(
-            issuer.span().start,
-            "external issuers are not supported yet: remove `[[identity.issuers]]` (only the embedded issuer is trusted)",
-        ));
-    }
+    let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
     for ex in &raw.exchange {
         diags.push(src.at(
             ex.span().start,
@@ -596,6 +594,7 @@ fn build_settings(
             .server
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
+        issuers,
     }
 }
 

@@ -63,19 +63,50 @@ pub struct RawStore {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
-    /// External OIDC issuers (not yet supported: only the embedded issuer is trusted).
+    /// External OAuth/OIDC issuers whose access tokens are accepted, besides the embedded issuer.
     #[serde(default)]
     pub issuers: Vec<Spanned<RawIssuer>>,
 }
 
+/// `[[identity.issuers]]`: one external identity provider.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIssuer {
-    pub issuer: String,
+    /// Issuer identifier, exactly as its tokens' `iss` (https; http only on loopback). Its
+    /// metadata is discovered at `<issuer>/.well-known/openid-configuration` (or RFC 8414's
+    /// `oauth-authorization-server`).
+    pub issuer: Spanned<String>,
+    /// Audiences accepted besides the mission's resource URL and the broker's public URL
+    /// (e.g. Entra's `api://<app id>`). Matched exactly.
     #[serde(default)]
-    pub audiences: Vec<String>,
-    pub tenant_claim: Option<String>,
-    pub agent_claim: Option<String>,
+    pub audiences: Vec<Spanned<String>>,
+    /// Claim holding the caller's tenant (multi-tenant IdPs). Set this or `tenant`.
+    pub tenant_claim: Option<Spanned<String>>,
+    /// The one tenant of every token of this issuer (single-tenant IdPs). Set this or `tenant_claim`.
+    pub tenant: Option<Spanned<String>>,
+    /// Claim naming the agent (OAuth client) (default: `client_id`, else `azp`).
+    pub agent_claim: Option<Spanned<String>>,
+    /// Claim holding the caller's groups (array of strings), mapped to the attribute `groups`.
+    pub groups_claim: Option<Spanned<String>>,
+    /// Claim holding the caller's roles (array of strings or one string).
+    pub roles_claim: Option<Spanned<String>>,
+    /// Attributes for policy, by name, each from a claim: `{ department = "dept", region = "region" }`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Spanned<String>>,
+    /// The `typ` header of its access tokens: `at+jwt` (default, RFC 9068) or `JWT` (`JWT` or
+    /// no `typ`: Entra ID, Okta, Keycloak).
+    pub typ: Option<Spanned<String>>,
+    /// Accepted signature algorithms (default `RS256`, `ES256`, `PS256`, `EdDSA`); never `none`
+    /// or HMAC.
+    #[serde(default)]
+    pub algorithms: Vec<Spanned<String>>,
+    /// Scopes every token must grant; a token without them is answered 403 `insufficient_scope`.
+    #[serde(default)]
+    pub required_scopes: Vec<Spanned<String>>,
+    /// How often its JWKS is fetched again to follow key rotation (default `1h`).
+    pub jwks_refresh: Option<Spanned<String>>,
+    /// Least time between two JWKS fetches caused by tokens with an unknown `kid` (default `30s`).
+    pub jwks_min_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
