@@ -6,6 +6,7 @@
 //! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
 
 pub mod diag;
+pub mod exchange;
 pub mod fields;
 pub mod raw;
 
@@ -49,6 +50,8 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// Serve HTTPS with these PEM files (certificate chain, private key).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Token exchange profiles (always including `embedded`).
+    pub exchange: Vec<exchange::ExchangeProfile>,
 }
 
 /// A validated tool manifest.
@@ -64,6 +67,8 @@ pub struct ToolManifest {
     pub tools: BTreeMap<String, ToolSpec>,
     /// `None` only when loaded for `mandate pin`.
     pub lock: Option<LockFile>,
+    /// Outbound credentials; `None` when the exchange is `none`.
+    pub auth: Option<exchange::Auth>,
 }
 
 /// How a downstream is reached.
@@ -434,7 +439,16 @@ pub fn build(
     let manifests_dir = root.join("tool-manifests");
     for (path, text, lock) in &sources.manifests {
         let src = Source { path, text };
-        match build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags) {
+        let built = build_manifest(
+            root,
+            &manifests_dir,
+            &src,
+            lock,
+            require_locks,
+            &settings.exchange,
+            &mut diags,
+        );
+        match built {
             Some(m) => {
                 manifests.insert(m.id.clone(), m);
             }
@@ -557,15 +571,7 @@ fn build_settings(
             "external issuers are not supported yet: remove `[[identity.issuers]]` (only the embedded issuer is trusted)",
         ));
     }
-    for ex in &raw.exchange {
-        diags.push(src.at(
-            ex.span().start,
-            format!(
-                "token exchange profile `{}` is not supported yet: remove it (downstream calls carry no caller token)",
-                ex.get_ref().name
-            ),
-        ));
-    }
+    let exchange = exchange::build_profiles(root, &src, &raw.exchange, diags);
     Settings {
         listen,
         public_url,
@@ -577,6 +583,7 @@ fn build_settings(
             .server
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
+        exchange,
     }
 }
 
@@ -586,6 +593,7 @@ fn build_manifest(
     src: &Source,
     lock: &Result<Option<LockFile>, String>,
     require_locks: bool,
+    profiles: &[exchange::ExchangeProfile],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ToolManifest> {
     let raw: RawManifest = fields::parse(src, fields::MANIFEST, diags)?;
@@ -648,18 +656,7 @@ fn build_manifest(
             }
         }
     };
-    if let Some(auth) = &raw.auth {
-        let ex = &auth.get_ref().exchange;
-        if ex.get_ref() != "none" && ex.get_ref() != "embedded" {
-            diags.push(src.at(
-                ex.span().start,
-                format!(
-                    "unknown exchange profile `{}` (expected `none` or `embedded`)",
-                    ex.get_ref()
-                ),
-            ));
-        }
-    }
+    let auth = exchange::build_auth(src, &id, raw.auth.as_ref(), &transport, profiles, diags);
     let timeout = raw
         .timeout
         .as_ref()
@@ -798,6 +795,7 @@ fn build_manifest(
         timeout,
         tools,
         lock,
+        auth,
     })
 }
 

@@ -18,6 +18,7 @@
 //! in flight on that connection. With several calls in flight such a request is refused rather
 //! than risk delivering it to the wrong user.
 
+pub mod authed;
 mod fence;
 mod http_lane;
 pub mod passthrough;
@@ -39,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Auditor, Event, EventKind};
 use crate::call::{CallSink, RpcError};
 use crate::config::{Config, ToolManifest, Transport};
-use crate::exchange::Credentialed;
+use secrecy::ExposeSecret;
+
+use crate::exchange::{Credentialed, Exchanger, ServiceAuth};
 use crate::tools::Drift;
 
 pub use relay::{CallRoute, Relay, Routes};
@@ -97,6 +100,8 @@ pub struct Downstream {
     lane: Option<http_lane::HttpLane>,
     /// The native call path of a stdio downstream (see [`fence`]).
     stdio: Option<Arc<fence::StdioLane>>,
+    /// The token exchange, when this downstream's manifest names a profile.
+    exchange: Option<Arc<Exchanger>>,
 }
 
 impl Downstream {
@@ -105,8 +110,10 @@ impl Downstream {
         manifest: Arc<ToolManifest>,
         audit: Auditor,
         http: reqwest::Client,
+        exchange: Option<Arc<Exchanger>>,
     ) -> Self {
         let (peer, _) = watch::channel(None);
+        let exchange = exchange.filter(|e| e.protects(&manifest.id));
         let lane = match &manifest.transport {
             // 2026-07-28 downstreams are stateless (no session to post on): rmcp serves them.
             Transport::Http { url, protocol, .. } if protocol != "2026-07-28" => {
@@ -135,7 +142,20 @@ impl Downstream {
             state: Mutex::new(("starting", None)),
             audit,
             http,
+            exchange,
         }
+    }
+
+    /// The token exchange of this downstream's calls (`None`: its calls carry no token).
+    pub fn exchanger(&self) -> Option<&Arc<Exchanger>> {
+        self.exchange.as_ref()
+    }
+
+    /// Mandate's own credential for this downstream's connection.
+    fn service_auth(&self) -> Option<ServiceAuth> {
+        self.exchange
+            .as_ref()
+            .and_then(|e| e.service_auth(&self.manifest))
     }
 
     /// Whether a downstream tool is quarantined (definition drifted from the lock).
@@ -331,6 +351,7 @@ impl Downstream {
                 &label,
                 self.lane.as_ref(),
                 self.stdio.clone(),
+                self.service_auth(),
             );
             let connected = tokio::select! {
                 c = connecting => c,
@@ -424,7 +445,12 @@ pub async fn call(
             return result;
         }
     }
-    if let Some(lane) = downstream.stdio.as_ref().filter(|l| l.ready()) {
+    let meta_token = permit.meta_token().map(|t| t.expose_secret().to_owned());
+    if let Some(lane) = downstream
+        .stdio
+        .as_ref()
+        .filter(|l| l.ready() && meta_token.is_none())
+    {
         return lane
             .call(
                 &tool.tool,
@@ -439,12 +465,25 @@ pub async fn call(
     }
     let mut params = CallToolRequestParams::new(tool.tool.clone());
     params.arguments = Some(permit.arguments().clone());
-    if let Some(tp) = traceparent {
+    if traceparent.is_some() || meta_token.is_some() {
         let mut meta = rmcp::model::RequestMetaObject::default();
-        meta.set_traceparent(tp);
+        if let Some(tp) = traceparent {
+            meta.set_traceparent(tp);
+        }
+        // A stdio downstream that opted in (`deliver = "meta"`) gets its token here.
+        if let Some(token) = meta_token {
+            meta.0.insert(
+                crate::exchange::AUTHORIZATION_META.to_owned(),
+                serde_json::Value::String(token),
+            );
+        }
         params.meta = Some(meta);
     }
-    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let mut request = CallToolRequest::new(params);
+    if let Some(issued) = permit.issued() {
+        request.extensions.insert(authed::CallAuth(issued.clone()));
+    }
+    let request = ClientRequest::CallToolRequest(request);
     let result = downstream
         .forward(request, Some(CallRoute::new(sink)), tool.timeout, ct)
         .await?;
@@ -489,6 +528,15 @@ pub struct Pool {
 impl Pool {
     /// One connection per (tenant, environment, manifest) used by the missions; starts them.
     pub fn start(config: &Config, audit: &Auditor) -> Arc<Self> {
+        Self::start_with_exchange(config, audit, None)
+    }
+
+    /// As [`Pool::start`], with the token exchange for the downstreams whose manifests name one.
+    pub fn start_with_exchange(
+        config: &Config,
+        audit: &Auditor,
+        exchange: Option<Arc<Exchanger>>,
+    ) -> Arc<Self> {
         let http = http_client();
         let shutdown = CancellationToken::new();
         let mut downstreams = BTreeMap::new();
@@ -508,6 +556,7 @@ impl Pool {
                         Arc::new(manifest.clone()),
                         audit.clone(),
                         http.clone(),
+                        exchange.clone(),
                     ))
                 });
             }
@@ -596,6 +645,7 @@ pub async fn connect(
     label: &str,
     lane: Option<&http_lane::HttpLane>,
     stdio: Option<Arc<fence::StdioLane>>,
+    auth: Option<ServiceAuth>,
 ) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
     let (protocol, lifecycle) = match &manifest.transport {
         Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
@@ -647,7 +697,7 @@ pub async fn connect(
             match lane {
                 Some(lane) => {
                     let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
-                        lane.capture(),
+                        authed::Authed::new(lane.capture(), auth, label),
                         config,
                     );
                     let transport = fence::Fenced::new(transport, routes.clone(), None);
@@ -655,7 +705,7 @@ pub async fn connect(
                 }
                 None => {
                     let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
-                        http.clone(),
+                        authed::Authed::new(http.clone(), auth, label),
                         config,
                     );
                     let transport = fence::Fenced::new(transport, routes.clone(), None);

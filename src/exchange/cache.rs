@@ -1,0 +1,214 @@
+//! The downstream token cache: per (caller token digest, target), single-flight, bounded.
+//!
+//! - A hit is one mutex-guarded `HashMap` lookup on a 36-byte `Copy` key and an `Arc` clone; the
+//!   lock is never held across an `.await`.
+//! - A miss starts one exchange per key; concurrent callers of the same key await that one
+//!   (a [`Shared`] future: whichever waiter polls drives it, so a cancelled first caller does not
+//!   strand the others), and every waiter files the outcome.
+//! - A token is fresh until its `refresh_at` (shortly before its expiry, never past the caller
+//!   token's). After that the next call exchanges again; if the identity provider is unavailable
+//!   then, the old token serves until it really expires (retrying at most every
+//!   [`RETRY_AFTER_SECS`]), and after that calls fail closed.
+//! - Failures are never cached. At [`CAPACITY`] expired entries are purged, then arbitrary ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use super::{ExchangeError, Issued};
+use crate::authn::unix_now;
+
+/// Most cached tokens.
+pub const CAPACITY: usize = 50_000;
+/// While the identity provider is unavailable, how often a stale token's key retries.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Cache key: the caller token's SHA-256 and the target's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub caller: [u8; 32],
+    pub target: u32,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<Issued>, ExchangeError>>>;
+
+enum Slot {
+    /// A token and when to exchange again.
+    Ready(Arc<Issued>, u64),
+    /// An exchange in flight: its generation, agent, outcome, and the token it replaces
+    /// (served while the identity provider is unavailable and it is still valid).
+    Flight(u64, Arc<str>, Flight, Option<Arc<Issued>>),
+}
+
+enum Step {
+    Hit(Arc<Issued>),
+    Uncached(BoxFuture<'static, Result<Arc<Issued>, ExchangeError>>),
+    /// Another caller's exchange is in flight.
+    Wait(u64, Flight, Option<Arc<Issued>>),
+    /// This caller started the exchange.
+    Started(u64, Flight, Option<Arc<Issued>>),
+}
+
+pub struct TokenCache {
+    slots: Mutex<HashMap<Key, Slot>>,
+    capacity: usize,
+    generation: AtomicU64,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            capacity,
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A fresh cached token (the hit path).
+    pub fn fresh(&self, key: &Key, now: u64) -> Option<Arc<Issued>> {
+        let slots = self.slots.lock().ok()?;
+        match slots.get(key) {
+            Some(Slot::Ready(issued, refresh_at)) if now < *refresh_at => Some(issued.clone()),
+            Some(Slot::Ready(..) | Slot::Flight(..)) | None => None,
+        }
+    }
+
+    /// Drops every entry of an agent (in-flight exchanges finish but are not kept).
+    pub fn forget_agent(&self, agent: &str) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.retain(|_, slot| match slot {
+                Slot::Ready(issued, _) => &*issued.agent != agent,
+                Slot::Flight(_, a, ..) => &**a != agent,
+            });
+        }
+    }
+
+    /// The cached token, or the outcome of the one exchange in flight for `key` (started with
+    /// `exchange` when there is none). `None` key: not cached (the caller's token is unknown).
+    pub async fn get_or_exchange<F>(
+        &self,
+        key: Option<Key>,
+        agent: &str,
+        now: u64,
+        exchange: F,
+    ) -> Result<(Arc<Issued>, bool), ExchangeError>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Arc<Issued>, ExchangeError>>,
+    {
+        let Some(key) = key else {
+            return exchange().await.map(|i| (i, false));
+        };
+        let step = match self.slots.lock() {
+            Ok(mut slots) => self.step(&mut slots, key, agent, now, exchange),
+            Err(_) => Step::Uncached(exchange()),
+        };
+        match step {
+            Step::Hit(issued) => Ok((issued, true)),
+            Step::Uncached(exchange) => exchange.await.map(|i| (i, false)),
+            Step::Wait(generation, flight, stale) => {
+                let result = flight.await;
+                self.file(key, generation, result, stale).map(|i| (i, true))
+            }
+            Step::Started(generation, flight, stale) => {
+                let result = flight.await;
+                self.file(key, generation, result, stale).map(|i| (i, false))
+            }
+        }
+    }
+
+    /// What to do for `key`, decided under the lock (never held across an await).
+    fn step<F>(
+        &self,
+        slots: &mut HashMap<Key, Slot>,
+        key: Key,
+        agent: &str,
+        now: u64,
+        exchange: F,
+    ) -> Step
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Arc<Issued>, ExchangeError>>,
+    {
+        let stale = match slots.get(&key) {
+            Some(Slot::Ready(issued, refresh_at)) if now < *refresh_at => {
+                return Step::Hit(issued.clone());
+            }
+            Some(Slot::Ready(issued, _)) => (now < issued.expires_at).then(|| issued.clone()),
+            Some(Slot::Flight(generation, _, flight, stale)) => {
+                return Step::Wait(*generation, flight.clone(), stale.clone());
+            }
+            None => None,
+        };
+        if slots.len() >= self.capacity {
+            slots.retain(|_, slot| match slot {
+                Slot::Ready(issued, _) => now < issued.expires_at,
+                Slot::Flight(..) => true,
+            });
+            while slots.len() >= self.capacity {
+                let Some(victim) = slots.keys().next().copied() else {
+                    break;
+                };
+                slots.remove(&victim);
+            }
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let flight = exchange().shared();
+        slots.insert(
+            key,
+            Slot::Flight(generation, Arc::from(agent), flight.clone(), stale.clone()),
+        );
+        Step::Started(generation, flight, stale)
+    }
+
+    /// Files the outcome of flight `generation` (every waiter does; the first one wins).
+    fn file(
+        &self,
+        key: Key,
+        generation: u64,
+        result: Result<Arc<Issued>, ExchangeError>,
+        stale: Option<Arc<Issued>>,
+    ) -> Result<Arc<Issued>, ExchangeError> {
+        let Ok(mut slots) = self.slots.lock() else {
+            return result;
+        };
+        let ours = matches!(slots.get(&key), Some(Slot::Flight(g, ..)) if *g == generation);
+        match result {
+            Ok(issued) => {
+                if ours {
+                    slots.insert(key, Slot::Ready(issued.clone(), issued.refresh_at));
+                }
+                Ok(issued)
+            }
+            // The identity provider is down: the old token serves while it is valid.
+            Err(ExchangeError::Unavailable { .. })
+                if stale
+                    .as_ref()
+                    .is_some_and(|s| unix_now() < s.expires_at) =>
+            {
+                let Some(stale) = stale else { return result };
+                if ours {
+                    let retry = (unix_now() + RETRY_AFTER_SECS).min(stale.expires_at);
+                    slots.insert(key, Slot::Ready(stale.clone(), retry));
+                }
+                Ok(stale)
+            }
+            Err(e) => {
+                if ours {
+                    slots.remove(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+}
