@@ -62,7 +62,10 @@ struct Verifier {
 
 impl Verifier {
     async fn load(&self, keys: &mut Keys) -> Result<(), String> {
-        if keys.fetched.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if keys
+            .fetched
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return Ok(());
         }
         keys.fetched = Some(Instant::now());
@@ -126,7 +129,8 @@ impl Verifier {
                 )
             })
             .collect();
-        let line = json!({ "method": method, "headers": headers, "body": String::from_utf8_lossy(body) });
+        let line =
+            json!({ "method": method, "headers": headers, "body": String::from_utf8_lossy(body) });
         if let Ok(mut f) = file.lock() {
             let _ = writeln!(f, "{line}");
         }
@@ -145,13 +149,18 @@ async fn authenticate(State(v): State<Arc<Verifier>>, request: Request, next: Ne
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "));
     let Some(token) = token else {
-        return (StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer")], "no bearer token")
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            "no bearer token",
+        )
             .into_response();
     };
     match v.verify(token).await {
         Ok(claims) => {
             parts.extensions.insert(Claims(claims));
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
         Err(e) => (
             StatusCode::UNAUTHORIZED,

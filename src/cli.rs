@@ -371,8 +371,16 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
         let routes = Arc::new(downstream::Routes::default());
         let auth = exchange.as_ref().and_then(|e| e.service_auth(manifest));
         let result = async {
-            let service =
-                downstream::connect(manifest, routes, &http, &manifest.id, None, None, auth.clone()).await?;
+            let service = downstream::connect(
+                manifest,
+                routes,
+                &http,
+                &manifest.id,
+                None,
+                None,
+                auth.clone(),
+            )
+            .await?;
             let tools =
                 tokio::time::timeout(Duration::from_secs(30), service.peer().list_all_tools())
                     .await

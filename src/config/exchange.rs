@@ -67,7 +67,10 @@ pub enum ClientAuth {
     /// `client_id` and `client_secret` in the form.
     Post(SecretSource),
     /// A signed client assertion (RFC 7523 §2.2).
-    PrivateKeyJwt { key_file: PathBuf, kid: Option<String> },
+    PrivateKeyJwt {
+        key_file: PathBuf,
+        kid: Option<String>,
+    },
 }
 
 /// A client at a token endpoint.

@@ -94,7 +94,14 @@ impl<C: StreamableHttpClient<Error = reqwest::Error> + Sync> StreamableHttpClien
     ) -> HttpResult<StreamableHttpPostResponse> {
         let auth = self.bearer(Some(&message), auth_header).await;
         self.inner
-            .post_message_with_response_limits(uri, message, session_id, auth, custom_headers, limits)
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth,
+                custom_headers,
+                limits,
+            )
             .await
     }
 

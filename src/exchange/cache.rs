@@ -123,7 +123,8 @@ impl TokenCache {
             }
             Step::Started(generation, flight, stale) => {
                 let result = flight.await;
-                self.file(key, generation, result, stale).map(|i| (i, false))
+                self.file(key, generation, result, stale)
+                    .map(|i| (i, false))
             }
         }
     }
@@ -192,9 +193,7 @@ impl TokenCache {
             }
             // The identity provider is down: the old token serves while it is valid.
             Err(ExchangeError::Unavailable { .. })
-                if stale
-                    .as_ref()
-                    .is_some_and(|s| unix_now() < s.expires_at) =>
+                if stale.as_ref().is_some_and(|s| unix_now() < s.expires_at) =>
             {
                 let Some(stale) = stale else { return result };
                 if ours {

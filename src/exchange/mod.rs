@@ -178,7 +178,13 @@ pub struct Issued {
 }
 
 impl Issued {
-    fn new(token: String, jti: Option<String>, expires_at: u64, target: &Target, agent: &str) -> Self {
+    fn new(
+        token: String,
+        jti: Option<String>,
+        expires_at: u64,
+        target: &Target,
+        agent: &str,
+    ) -> Self {
         let now = unix_now();
         let lifetime = expires_at.saturating_sub(now);
         let margin = (lifetime / 5).clamp(1, 60);
@@ -378,7 +384,10 @@ impl Exchanger {
     }
 
     /// A token for Mandate's own traffic to a manifest's downstream; `None` when it gets none.
-    pub async fn service_token(&self, manifest: &str) -> Result<Option<Arc<Issued>>, ExchangeError> {
+    pub async fn service_token(
+        &self,
+        manifest: &str,
+    ) -> Result<Option<Arc<Issued>>, ExchangeError> {
         let Some(m) = self.manifests.get(manifest) else {
             return Ok(None);
         };
@@ -420,8 +429,15 @@ async fn exchange(
     let profile = &target.profile;
     let issued = match (&profile.remote, profile.kind) {
         (None, _) | (_, ExchangeKind::Embedded) => {
-            let minted = sts::mint_for_caller(issuer, identity, caller, target, profile.config.ttl)?;
-            Issued::new(minted.token, Some(minted.jti), minted.expires_at, target, &caller.agent)
+            let minted =
+                sts::mint_for_caller(issuer, identity, caller, target, profile.config.ttl)?;
+            Issued::new(
+                minted.token,
+                Some(minted.jti),
+                minted.expires_at,
+                target,
+                &caller.agent,
+            )
         }
         (Some(remote), kind) => {
             let subject = sts::subject_token(issuer, caller, remote.issuer_audience())?;
@@ -444,7 +460,13 @@ async fn service_exchange(
     let issued = match &profile.remote {
         None => {
             let minted = sts::mint_for_mandate(issuer, identity, target, profile.config.ttl)?;
-            Issued::new(minted.token, Some(minted.jti), minted.expires_at, target, identity)
+            Issued::new(
+                minted.token,
+                Some(minted.jti),
+                minted.expires_at,
+                target,
+                identity,
+            )
         }
         Some(remote) => {
             let got = remote.service_token(target).await?;
@@ -486,7 +508,10 @@ pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
     };
     let tool = journaled.tool();
     let caller = journaled.authorized().caller();
-    match exchanger.token_for(caller, &tool.manifest, &tool.tool).await {
+    match exchanger
+        .token_for(caller, &tool.manifest, &tool.tool)
+        .await
+    {
         Ok(Some((issued, cached))) => Ok(Credentialed {
             journaled,
             issued: Some(issued),

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::sts::{GRANT_TOKEN_EXCHANGE, Subject, TYPE_ACCESS_TOKEN};
 use super::{ExchangeError, Target};
 use crate::authn::{Caller, random_id, unix_now};
-use crate::config::exchange::{ClientAuth, ExchangeKind, ExchangeProfile, OAuthClient, SecretSource};
+use crate::config::exchange::{
+    ClientAuth, ExchangeKind, ExchangeProfile, OAuthClient, SecretSource,
+};
 
 const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const ASSERTION_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -73,7 +75,10 @@ impl Client {
             ClientAuth::Basic(s) | ClientAuth::Post(s) => (Some(read_secret(s)?), None),
             ClientAuth::PrivateKeyJwt { key_file, .. } => {
                 let pem = std::fs::read(key_file).map_err(|e| {
-                    anyhow::anyhow!("cannot read `private_key_file` `{}`: {e}", key_file.display())
+                    anyhow::anyhow!(
+                        "cannot read `private_key_file` `{}`: {e}",
+                        key_file.display()
+                    )
                 })?;
                 let key = match EncodingKey::from_ec_pem(&pem) {
                     Ok(k) => (k, Algorithm::ES256),
@@ -104,7 +109,9 @@ impl Client {
         mut form: Vec<(&'static str, String)>,
     ) -> Result<reqwest::RequestBuilder, ExchangeError> {
         let c = &self.config;
-        let mut request = http.post(&c.token_endpoint).header("accept", "application/json");
+        let mut request = http
+            .post(&c.token_endpoint)
+            .header("accept", "application/json");
         match (&c.auth, &self.secret, &self.key) {
             (ClientAuth::Basic(_), Some(secret), _) => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
@@ -268,7 +275,8 @@ impl Remote {
                 self.accept(r, target, None)
             }
             ExchangeKind::IdJag => {
-                let (Some(resource), Some(resource_issuer)) = (&self.resource, &self.resource_issuer)
+                let (Some(resource), Some(resource_issuer)) =
+                    (&self.resource, &self.resource_issuer)
                 else {
                     return Err(ExchangeError::Mint(format!(
                         "exchange profile `{}` has no downstream authorization server",
@@ -307,7 +315,11 @@ impl Remote {
         self.client_credentials(client, target).await
     }
 
-    async fn client_credentials(&self, client: &Client, target: &Target) -> Result<Got, ExchangeError> {
+    async fn client_credentials(
+        &self,
+        client: &Client,
+        target: &Target,
+    ) -> Result<Got, ExchangeError> {
         let mut form = vec![("grant_type", "client_credentials".to_owned())];
         form.push(target_param(&target.audience));
         if !target.scope.is_empty() {

@@ -70,7 +70,14 @@ pub fn mint_for_caller(
     target: &Target,
     ttl: Duration,
 ) -> Result<Minted, ExchangeError> {
-    mint_scoped(issuer, identity, caller, &target.audience, &target.scope, ttl)
+    mint_scoped(
+        issuer,
+        identity,
+        caller,
+        &target.audience,
+        &target.scope,
+        ttl,
+    )
 }
 
 fn mint_scoped(
@@ -310,7 +317,12 @@ pub async fn token_exchange_grant(
         .iter()
         .flat_map(|t| t.scopes.iter().map(String::as_str))
         .collect();
-    let scope = match form.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let scope = match form
+        .scope
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => first.scope.clone(),
         Some(requested) => {
             if let Some(bad) = requested.split(' ').find(|s| !allowed.contains(s)) {

@@ -237,7 +237,10 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
     let broker = format!("http://{listen}");
     let ws = Workspace::new();
     // `mandate pin` mints with the same issuer URL as the server.
-    ws.write("mandate.toml", &format!("[server]\nlisten = \"{listen}\"\n"));
+    ws.write(
+        "mandate.toml",
+        &format!("[server]\nlisten = \"{listen}\"\n"),
+    );
     let jwks = broker_jwks(&ws, &listen).await;
     let protected = Protected::start(&ws, jwks.to_str().unwrap(), &broker);
     protected_manifest(
@@ -260,7 +263,10 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
     assert_eq!(seen["scope"], "who.read");
     assert_eq!(seen["act"], json!({ "sub": broker, "client_id": "bot" }));
     let exp = seen["exp"].as_u64().unwrap();
-    assert!(exp > now() && exp <= now() + 300, "exp {exp} is not within 5 minutes");
+    assert!(
+        exp > now() && exp <= now() + 300,
+        "exp {exp} is not within 5 minutes"
+    );
     let first_jti = seen["jti"].as_str().unwrap().to_owned();
 
     // A second call reuses the cached token.
@@ -312,7 +318,10 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
     assert_eq!(ex["cached"], false);
     assert_eq!(calls[1]["exchange"]["cached"], true);
     for r in &requests {
-        assert!(!text.contains(&bearer_of(r).unwrap()), "an exchanged token in the audit");
+        assert!(
+            !text.contains(&bearer_of(r).unwrap()),
+            "an exchanged token in the audit"
+        );
     }
 }
 
@@ -325,7 +334,13 @@ async fn rfc8693_setup(ttl: u64) -> (Workspace, Protected, Sts, String, u16) {
     let sts_port = free_port();
     let sts_issuer = format!("http://127.0.0.1:{sts_port}");
     let protected = Protected::start(&ws, &format!("{sts_issuer}/jwks"), &sts_issuer);
-    let sts = Sts::start(&broker, &[&protected.url], "who.read who.list", ttl, sts_port);
+    let sts = Sts::start(
+        &broker,
+        &[&protected.url],
+        "who.read who.list",
+        ttl,
+        sts_port,
+    );
     ws.write(
         "mandate.toml",
         &format!(
@@ -374,7 +389,12 @@ fn serve_with_secret(ws: &Workspace, listen: &str) -> Server {
     std::thread::spawn(move || for _ in lines {});
     let url = first
         .strip_prefix("mandate listening on ")
-        .unwrap_or_else(|| panic!("mandate serve did not start: {first}\n{}", log.lock().unwrap()))
+        .unwrap_or_else(|| {
+            panic!(
+                "mandate serve did not start: {first}\n{}",
+                log.lock().unwrap()
+            )
+        })
         .to_owned();
     Server { child, url, log }
 }
@@ -445,7 +465,13 @@ async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_clo
     // `invalid_target`: the identity provider no longer allows the downstream; a new caller's
     // call fails with the provider's reason and reaches nothing (no fallback to any token).
     sts.stop();
-    let mut sts = Sts::start(&broker, &["http://elsewhere.example/mcp"], "who.read", 300, sts_port);
+    let mut sts = Sts::start(
+        &broker,
+        &["http://elsewhere.example/mcp"],
+        "who.read",
+        300,
+        sts_port,
+    );
     let calls_before = protected
         .requests()
         .iter()
@@ -521,7 +547,13 @@ async fn entra_obo_and_id_jag_shapes_against_oidc_provider() {
     let sts_port = free_port();
     let sts_issuer = format!("http://127.0.0.1:{sts_port}");
     let protected = Protected::start(&ws, &format!("{sts_issuer}/jwks"), &sts_issuer);
-    let sts = Sts::start(&broker, &[&protected.url], "who.read who.list", 300, sts_port);
+    let sts = Sts::start(
+        &broker,
+        &[&protected.url],
+        "who.read who.list",
+        300,
+        sts_port,
+    );
     ws.write(
         "mandate.toml",
         &format!(
@@ -605,7 +637,12 @@ token_endpoint = "https://okta.example/oauth2/default/v1/token"
 client_id = "mandate"
 "#,
     );
-    protected_manifest(&ws, "protected", "http://127.0.0.1:9/mcp", "exchange = \"crop\"");
+    protected_manifest(
+        &ws,
+        "protected",
+        "http://127.0.0.1:9/mcp",
+        "exchange = \"crop\"",
+    );
     ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
     let out = ws.mandate(&["check"]);
     assert!(!out.status.success());
@@ -619,5 +656,8 @@ client_id = "mandate"
         err.contains("mandate.toml:5:1: this profile needs client credentials"),
         "{err}"
     );
-    assert!(err.contains("protected.toml:11:12: unknown exchange profile `crop`"), "{err}");
+    assert!(
+        err.contains("protected.toml:11:12: unknown exchange profile `crop`"),
+        "{err}"
+    );
 }
