@@ -211,3 +211,204 @@ impl TokenCache {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::config::exchange::Deliver;
+
+    fn issued(agent: &str, refresh_at: u64, expires_at: u64) -> Arc<Issued> {
+        Arc::new(Issued {
+            header: SecretString::from("Bearer t"),
+            token: SecretString::from("t"),
+            jti: Some(crate::authn::random_id()),
+            expires_at,
+            refresh_at,
+            agent: Arc::from(agent),
+            profile: Arc::from("p"),
+            audience: Arc::from("aud"),
+            deliver: Deliver::Header,
+        })
+    }
+
+    fn key(n: u8) -> Key {
+        Key {
+            caller: [n; 32],
+            target: 1,
+        }
+    }
+
+    fn unavailable() -> ExchangeError {
+        ExchangeError::Unavailable {
+            profile: "p".into(),
+            audience: "aud".into(),
+            reason: "cannot connect".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_exchange_and_a_hit_is_served_from_the_cache() {
+        let cache = Arc::new(TokenCache::new(10));
+        let count = Arc::new(AtomicUsize::new(0));
+        let now = unix_now();
+        let calls = (0..8).map(|_| {
+            let (cache, count) = (cache.clone(), count.clone());
+            async move {
+                cache
+                    .get_or_exchange(Some(key(1)), "bot", now, move || {
+                        async move {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(issued("bot", now + 100, now + 200))
+                        }
+                        .boxed()
+                    })
+                    .await
+                    .unwrap()
+                    .0
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(results.iter().all(|r| Arc::ptr_eq(r, &results[0])));
+        let hit = cache.fresh(&key(1), now).unwrap();
+        assert!(Arc::ptr_eq(&hit, &results[0]));
+        assert!(cache.fresh(&key(2), now).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_first_caller_does_not_strand_the_exchange() {
+        let cache = Arc::new(TokenCache::new(10));
+        let count = Arc::new(AtomicUsize::new(0));
+        let now = unix_now();
+        let exchange = |count: Arc<AtomicUsize>| {
+            move || {
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(issued("bot", now + 100, now + 200))
+                }
+                .boxed()
+            }
+        };
+        let first = cache.get_or_exchange(Some(key(1)), "bot", now, exchange(count.clone()));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), first)
+                .await
+                .is_err()
+        );
+        let (second, cached) = cache
+            .get_or_exchange(Some(key(1)), "bot", now, exchange(count.clone()))
+            .await
+            .unwrap();
+        assert!(cached);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(Arc::ptr_eq(&cache.fresh(&key(1), now).unwrap(), &second));
+    }
+
+    #[tokio::test]
+    async fn a_stale_token_serves_while_the_provider_is_down_until_it_expires() {
+        let cache = TokenCache::new(10);
+        let now = unix_now();
+        let old = issued("bot", now - 1, now + 100);
+        let first = old.clone();
+        cache
+            .get_or_exchange(Some(key(1)), "bot", now, move || {
+                async move { Ok(first) }.boxed()
+            })
+            .await
+            .unwrap();
+        // Past `refresh_at`: an exchange is tried; the provider is down; the old token serves.
+        let (served, _) = cache
+            .get_or_exchange(Some(key(1)), "bot", now, || {
+                async { Err(unavailable()) }.boxed()
+            })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&served, &old));
+        // It is not retried at once, but stays fresh for a few seconds.
+        assert!(cache.fresh(&key(1), now).is_some());
+
+        // A refusal (not an outage) is not covered by the old token.
+        let refused = cache
+            .get_or_exchange(Some(key(1)), "bot", now + RETRY_AFTER_SECS + 1, || {
+                async {
+                    Err(ExchangeError::InvalidTarget {
+                        audience: "aud".into(),
+                    })
+                }
+                .boxed()
+            })
+            .await;
+        assert!(matches!(refused, Err(ExchangeError::InvalidTarget { .. })));
+
+        // An expired token never serves.
+        let expired = issued("bot", now - 10, now - 1);
+        let e = expired.clone();
+        cache
+            .get_or_exchange(Some(key(2)), "bot", now, move || async move { Ok(e) }.boxed())
+            .await
+            .unwrap();
+        let down = cache
+            .get_or_exchange(Some(key(2)), "bot", now, || {
+                async { Err(unavailable()) }.boxed()
+            })
+            .await;
+        assert!(matches!(down, Err(e) if e == unavailable()));
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached_and_forget_agent_drops_only_that_agent() {
+        let cache = TokenCache::new(10);
+        let now = unix_now();
+        let count = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            let count = count.clone();
+            let r = cache
+                .get_or_exchange(Some(key(1)), "bot", now, move || {
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        Err(unavailable())
+                    }
+                    .boxed()
+                })
+                .await;
+            assert!(r.is_err());
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(cache.is_empty());
+
+        for (n, agent) in [(2, "bot"), (3, "other"), (4, "bot")] {
+            let i = issued(agent, now + 100, now + 200);
+            cache
+                .get_or_exchange(Some(key(n)), agent, now, move || async move { Ok(i) }.boxed())
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        cache.forget_agent("bot");
+        assert_eq!(cache.len(), 1);
+        assert!(cache.fresh(&key(3), now).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let cache = TokenCache::new(2);
+        let now = unix_now();
+        for n in 0..5 {
+            let i = issued("bot", now + 100, now + 200);
+            cache
+                .get_or_exchange(Some(key(n)), "bot", now, move || async move { Ok(i) }.boxed())
+                .await
+                .unwrap();
+            assert!(cache.len() <= 2);
+        }
+        assert!(cache.fresh(&key(4), now).is_some());
+    }
+}
