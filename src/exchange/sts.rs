@@ -352,3 +352,115 @@ pub async fn token_exchange_grant(
         scope: (!scope.is_empty()).then_some(scope),
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use crate::authn::TokenRequest;
+    use crate::store::Store;
+
+    const DOWNSTREAM: &str = "http://127.0.0.1:9/mcp";
+
+    fn setup() -> (tempfile::TempDir, Exchanger, Arc<Issuer>) {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write(
+            "tool-manifests/corp/p.toml",
+            &format!(
+                "description = \"p\"\nenvironments = [\"prod\"]\nregion = \"eu\"\n[transport]\nkind = \"http\"\nurl = \"{DOWNSTREAM}\"\n[auth]\nexchange = \"embedded\"\n[[tools]]\nname = \"whoami\"\neffect = \"read\"\nscopes = [\"who.read\"]\n"
+            ),
+        );
+        write(
+            "missions/corp/prod/who.toml",
+            "description = \"w\"\ntenant = \"acme\"\nowner = \"a@acme.example\"\nexpires = 2099-12-31\nagents = [\"bot\"]\ntools = [\"corp/p/whoami\"]\n",
+        );
+        let config = crate::config::load(dir.path(), false).unwrap();
+        let store = Store::open(&dir.path().join(".mandate")).unwrap();
+        let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url).unwrap());
+        let exchanger = Exchanger::new(&config, issuer.clone()).unwrap();
+        (dir, exchanger, issuer)
+    }
+
+    fn subject(issuer: &Issuer, agent: &str) -> SecretString {
+        let minted = issuer
+            .mint(&TokenRequest {
+                subject: "alice@acme.example".into(),
+                tenant: "acme".into(),
+                agent: agent.into(),
+                audience: issuer.issuer().into(),
+                roles: Vec::new(),
+                ttl: Duration::from_secs(600),
+            })
+            .unwrap();
+        SecretString::from(minted.token)
+    }
+
+    fn form(issuer: &Issuer, resource: &str, scope: &str) -> TokenExchangeForm {
+        TokenExchangeForm {
+            grant_type: GRANT_TOKEN_EXCHANGE.into(),
+            subject_token: Some(subject(issuer, "bot")),
+            subject_token_type: Some(TYPE_ACCESS_TOKEN.into()),
+            resource: Some(resource.into()),
+            scope: Some(scope.into()),
+            ..TokenExchangeForm::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_grant_mints_an_audience_bound_token_with_mandate_acting_for_the_agent() {
+        let (_dir, exchanger, issuer) = setup();
+        let r = token_exchange_grant(&exchanger, &form(&issuer, DOWNSTREAM, "who.read"), "bot")
+            .await
+            .unwrap();
+        assert_eq!(r.issued_token_type, TYPE_ACCESS_TOKEN);
+        assert!(r.expires_in <= 300 && r.expires_in > 0);
+        let payload = r.access_token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["aud"], DOWNSTREAM);
+        assert_eq!(claims["sub"], "alice@acme.example");
+        assert_eq!(claims["scope"], "who.read");
+        assert_eq!(
+            claims["act"],
+            serde_json::json!({ "sub": issuer.issuer(), "client_id": "bot" })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_grant_refuses_other_clients_unknown_targets_and_wider_scopes() {
+        let (_dir, exchanger, issuer) = setup();
+        let other = token_exchange_grant(&exchanger, &form(&issuer, DOWNSTREAM, "who.read"), "eve")
+            .await
+            .unwrap_err();
+        assert_eq!(other.error, "invalid_request");
+        let target = token_exchange_grant(
+            &exchanger,
+            &form(&issuer, "http://elsewhere.example/mcp", "who.read"),
+            "bot",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(target.error, "invalid_target");
+        let scope = token_exchange_grant(&exchanger, &form(&issuer, DOWNSTREAM, "who.admin"), "bot")
+            .await
+            .unwrap_err();
+        assert_eq!(scope.error, "invalid_scope");
+        let mut forged = form(&issuer, DOWNSTREAM, "who.read");
+        forged.subject_token = Some(SecretString::from("not-a-token"));
+        let forged = token_exchange_grant(&exchanger, &forged, "bot")
+            .await
+            .unwrap_err();
+        assert_eq!(forged.error, "invalid_request");
+    }
+}
