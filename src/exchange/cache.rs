@@ -352,7 +352,9 @@ mod tests {
         let expired = issued("bot", now - 10, now - 1);
         let e = expired.clone();
         cache
-            .get_or_exchange(Some(key(2)), "bot", now, move || async move { Ok(e) }.boxed())
+            .get_or_exchange(Some(key(2)), "bot", now, move || {
+                async move { Ok(e) }.boxed()
+            })
             .await
             .unwrap();
         let down = cache
@@ -387,7 +389,9 @@ mod tests {
         for (n, agent) in [(2, "bot"), (3, "other"), (4, "bot")] {
             let i = issued(agent, now + 100, now + 200);
             cache
-                .get_or_exchange(Some(key(n)), agent, now, move || async move { Ok(i) }.boxed())
+                .get_or_exchange(Some(key(n)), agent, now, move || {
+                    async move { Ok(i) }.boxed()
+                })
                 .await
                 .unwrap();
         }
@@ -404,7 +408,9 @@ mod tests {
         for n in 0..5 {
             let i = issued("bot", now + 100, now + 200);
             cache
-                .get_or_exchange(Some(key(n)), "bot", now, move || async move { Ok(i) }.boxed())
+                .get_or_exchange(Some(key(n)), "bot", now, move || {
+                    async move { Ok(i) }.boxed()
+                })
                 .await
                 .unwrap();
             assert!(cache.len() <= 2);

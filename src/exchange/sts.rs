@@ -452,9 +452,10 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(target.error, "invalid_target");
-        let scope = token_exchange_grant(&exchanger, &form(&issuer, DOWNSTREAM, "who.admin"), "bot")
-            .await
-            .unwrap_err();
+        let scope =
+            token_exchange_grant(&exchanger, &form(&issuer, DOWNSTREAM, "who.admin"), "bot")
+                .await
+                .unwrap_err();
         assert_eq!(scope.error, "invalid_scope");
         let mut forged = form(&issuer, DOWNSTREAM, "who.read");
         forged.subject_token = Some(SecretString::from("not-a-token"));

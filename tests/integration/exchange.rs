@@ -578,14 +578,29 @@ resource_token_endpoint = "{sts_issuer}/token"
 resource_issuer = "{sts_issuer}"
 resource_client_id = "mandate"
 resource_client_secret_env = "CORP_STS_SECRET"
+
+[[exchange]]
+name = "corp"
+kind = "rfc8693"
+token_endpoint = "{sts_issuer}/token"
+client_id = "mandate"
+client_secret_env = "CORP_STS_SECRET"
 "#
         ),
     );
     protected_manifest(&ws, "entra", &protected.url, "exchange = \"entra\"");
     protected_manifest(&ws, "jag", &protected.url, "exchange = \"jag\"");
+    // The provider answers this scope with `interaction_required` (a conditional-access prompt).
+    ws.write(
+        "tool-manifests/corp/consent.toml",
+        &std::fs::read_to_string(ws.path().join("tool-manifests/corp/jag.toml"))
+            .unwrap()
+            .replace("exchange = \"jag\"", "exchange = \"corp\"")
+            .replace("scopes = [\"who.read\"]", "scopes = [\"needs_user\"]"),
+    );
     ws.mission(
         "corp/prod/who",
-        r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }"#,
+        r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }, { tool = "corp/consent/whoami", as = "whoami_consent" }"#,
         "",
     );
     pin_with_secret(&ws);
@@ -618,6 +633,14 @@ resource_client_secret_env = "CORP_STS_SECRET"
     for subject in stats["subjects"].as_array().unwrap() {
         assert!(subject.as_str().unwrap() != alice && subject.as_str().unwrap() != app);
     }
+
+    // `interaction_required` tells the agent to get the user.
+    let prompt = call(&url, &alice, "whoami_consent").await.unwrap_err();
+    assert!(
+        prompt.contains("needs the user (`interaction_required`"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("ask the user to sign in again"), "{prompt}");
     server.stop();
 }
 
