@@ -16,6 +16,9 @@
 //! * `--record FILE` appends one JSON line per HTTP request (method, every header, the body),
 //!   so a test can prove what the server received — and what it did not.
 //! * The first stdout line is `protected listening on http://IP:PORT/mcp`.
+//! * `--stdio`: serve one MCP session over stdin/stdout instead. There is no HTTP header, so
+//!   `whoami` verifies the token in the call's `_meta["io.mandate/authorization"]` (what Mandate
+//!   sends a stdio downstream whose manifest says `deliver = "meta"`); `--audience` is required.
 //!
 //! Tool: `whoami` (read, no arguments) → `{ sub, aud, act, scope, client_id, iss, jti, exp }`
 //! of the verified token.
@@ -172,7 +175,13 @@ async fn authenticate(State(v): State<Arc<Verifier>>, request: Request, next: Ne
 }
 
 #[derive(Clone)]
-struct Protected;
+struct Protected {
+    /// Set in `--stdio` mode: the token comes in `_meta`, verified by the tool.
+    stdio: Option<Arc<Verifier>>,
+}
+
+/// Where Mandate puts the token for stdio downstreams that opted in.
+const AUTHORIZATION_META: &str = "io.mandate/authorization";
 
 fn whoami() -> Tool {
     let input: JsonObject = serde_json::from_value(json!({
@@ -216,12 +225,32 @@ impl ServerHandler for Protected {
                 None,
             ));
         }
-        let claims = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|p| p.extensions.get::<Claims>())
-            .map(|c| c.0.clone())
-            .unwrap_or(Value::Null);
+        let claims = match &self.stdio {
+            None => context
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|p| p.extensions.get::<Claims>())
+                .map(|c| c.0.clone())
+                .unwrap_or(Value::Null),
+            Some(verifier) => {
+                let token = context.meta.get(AUTHORIZATION_META).and_then(Value::as_str);
+                let Some(token) = token else {
+                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                        ContentBlock::text(format!(
+                            "no token in `_meta[\"{AUTHORIZATION_META}\"]`"
+                        )),
+                    ])));
+                };
+                match verifier.verify(token).await {
+                    Ok(claims) => claims,
+                    Err(e) => {
+                        return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                            ContentBlock::text(e),
+                        ])));
+                    }
+                }
+            }
+        };
         let pick = |k: &str| claims.get(k).cloned().unwrap_or(Value::Null);
         let seen = json!({
             "sub": pick("sub"), "aud": pick("aud"), "act": pick("act"), "scope": pick("scope"),
@@ -259,6 +288,29 @@ async fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let jwks = arg(&args, "--jwks").ok_or("`--jwks URL|FILE` is required")?;
     let issuer = arg(&args, "--issuer").ok_or("`--issuer ISS` is required")?;
+    if args.iter().any(|a| a == "--stdio") {
+        use rmcp::ServiceExt;
+        let audience = arg(&args, "--audience").ok_or("`--stdio` needs `--audience`")?;
+        let verifier = Arc::new(Verifier {
+            keys: tokio::sync::Mutex::new(Keys {
+                source: jwks,
+                keys: HashMap::new(),
+                fetched: None,
+            }),
+            issuer,
+            audience,
+            record: None,
+            http: reqwest::Client::new(),
+        });
+        let service = Protected {
+            stdio: Some(verifier),
+        }
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| e.to_string())?;
+        service.waiting().await.map_err(|e| e.to_string())?;
+        return Ok(());
+    }
     let addr = arg(&args, "--http").unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -293,7 +345,7 @@ async fn run() -> Result<(), String> {
         local.ip().to_string(),
     ]);
     let service = StreamableHttpService::new(
-        || Ok(Protected),
+        || Ok(Protected { stdio: None }),
         Arc::new(LocalSessionManager::default()),
         config,
     );

@@ -27,7 +27,7 @@ use crate::audit::ExchangeRecord;
 use crate::authn::{Caller, Issuer, unix_now};
 use crate::call::Reject;
 use crate::call::journal::Journaled;
-use crate::config::exchange::{Auth, Deliver, ExchangeKind, ExchangeProfile};
+use crate::config::exchange::{Deliver, ExchangeKind, ExchangeProfile};
 use crate::config::{Config, ToolManifest};
 use crate::downstream::Downstream;
 use crate::mission::ExposedTool;
@@ -273,7 +273,10 @@ impl Exchanger {
         let mut next = 0u32;
         let mut manifests = HashMap::new();
         for m in config.manifests.values() {
-            let Some(auth) = &m.auth else { continue };
+            // A stdio downstream without `deliver = "meta"` gets no token: none is minted.
+            let Some(auth) = m.auth.as_ref().filter(|a| a.deliver != Deliver::None) else {
+                continue;
+            };
             let Some(profile) = profiles.get(&auth.exchange) else {
                 anyhow::bail!(
                     "tool manifest `{}` names the unknown exchange profile `{}`",
@@ -524,9 +527,4 @@ pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
         }),
         Err(e) => Err(Reject::Exchange(e)),
     }
-}
-
-/// The `Auth` of a manifest, for callers outside this module.
-pub fn auth_of(manifest: &ToolManifest) -> Option<&Auth> {
-    manifest.auth.as_ref()
 }

@@ -684,3 +684,64 @@ client_id = "mandate"
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_downstream_gets_the_token_in_meta_only_when_its_manifest_opts_in() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let broker = format!("http://{listen}");
+    let ws = Workspace::new();
+    ws.write(
+        "mandate.toml",
+        &format!("[server]\nlisten = \"{listen}\"\n"),
+    );
+    let jwks = broker_jwks(&ws, &listen).await;
+    for (name, deliver) in [("local", "deliver = \"meta\""), ("quiet", "")] {
+        let audience = format!("urn:mandate:corp/{name}");
+        ws.write(
+            &format!("tool-manifests/corp/{name}.toml"),
+            &format!(
+                r#"description = "protected sample over stdio"
+environments = ["prod"]
+region = "eu-west-1"
+timeout = "10s"
+
+[transport]
+kind = "stdio"
+command = "{}"
+args = ["--stdio", "--jwks", "{}", "--issuer", "{broker}", "--audience", "{audience}"]
+
+[auth]
+exchange = "embedded"
+{deliver}
+
+[[tools]]
+name = "whoami"
+effect = "read"
+scopes = ["who.read"]
+"#,
+                protected_bin().display(),
+                jwks.display()
+            ),
+        );
+    }
+    ws.mission(
+        "corp/prod/who",
+        r#"{ tool = "corp/local/whoami", as = "whoami_local" }, { tool = "corp/quiet/whoami", as = "whoami_quiet" }"#,
+        "",
+    );
+    ws.pin();
+    let server = ws.serve_on(&listen);
+    let url = server.mission_url("corp/prod/who");
+    let token = ws.token(Some("corp/prod/who"));
+
+    let seen = call(&url, &token, "whoami_local").await.unwrap();
+    assert_eq!(seen["sub"], "alice@acme.example");
+    assert_eq!(seen["aud"], "urn:mandate:corp/local");
+    assert_eq!(seen["act"], json!({ "sub": broker, "client_id": "bot" }));
+    // Without `deliver = "meta"` a stdio downstream gets no token at all.
+    let quiet = call(&url, &token, "whoami_quiet").await.unwrap_err();
+    assert!(quiet.contains("no token in `_meta"), "{quiet}");
+    assert!(!seen.to_string().contains(&token));
+    server.stop();
+}
