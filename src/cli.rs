@@ -330,7 +330,11 @@ fn pin_exchange(
     let protected = config
         .manifests
         .values()
-        .any(|m| m.auth.is_some() && only.is_none_or(|id| id == m.id));
+        .any(|m| {
+            m.auth.is_some()
+                && matches!(m.transport, config::Transport::Http { .. })
+                && only.is_none_or(|id| id == m.id)
+        });
     if !protected {
         return Ok(None);
     }
