@@ -64,6 +64,20 @@ struct Verifier {
 }
 
 impl Verifier {
+    fn new(jwks: String, issuer: String, audience: String, record: Option<std::fs::File>) -> Self {
+        Self {
+            keys: tokio::sync::Mutex::new(Keys {
+                source: jwks,
+                keys: HashMap::new(),
+                fetched: None,
+            }),
+            issuer,
+            audience,
+            record: record.map(Mutex::new),
+            http: reqwest::Client::new(),
+        }
+    }
+
     async fn load(&self, keys: &mut Keys) -> Result<(), String> {
         if keys
             .fetched
@@ -291,17 +305,7 @@ async fn run() -> Result<(), String> {
     if args.iter().any(|a| a == "--stdio") {
         use rmcp::ServiceExt;
         let audience = arg(&args, "--audience").ok_or("`--stdio` needs `--audience`")?;
-        let verifier = Arc::new(Verifier {
-            keys: tokio::sync::Mutex::new(Keys {
-                source: jwks,
-                keys: HashMap::new(),
-                fetched: None,
-            }),
-            issuer,
-            audience,
-            record: None,
-            http: reqwest::Client::new(),
-        });
+        let verifier = Arc::new(Verifier::new(jwks, issuer, audience, None));
         let service = Protected {
             stdio: Some(verifier),
         }
@@ -319,26 +323,16 @@ async fn run() -> Result<(), String> {
     let url = format!("http://{local}/mcp");
     let audience = arg(&args, "--audience").unwrap_or_else(|| url.clone());
     let record = match arg(&args, "--record") {
-        Some(path) => Some(Mutex::new(
+        Some(path) => Some(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| format!("cannot open {path}: {e}"))?,
-        )),
+        ),
         None => None,
     };
-    let verifier = Arc::new(Verifier {
-        keys: tokio::sync::Mutex::new(Keys {
-            source: jwks,
-            keys: HashMap::new(),
-            fetched: None,
-        }),
-        issuer,
-        audience,
-        record,
-        http: reqwest::Client::new(),
-    });
+    let verifier = Arc::new(Verifier::new(jwks, issuer, audience, record));
     let config = StreamableHttpServerConfig::default().with_allowed_hosts(vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),

@@ -327,14 +327,11 @@ fn pin_exchange(
     config: &Config,
     only: Option<&str>,
 ) -> anyhow::Result<Option<Arc<crate::exchange::Exchanger>>> {
-    let protected = config
-        .manifests
-        .values()
-        .any(|m| {
-            m.auth.is_some()
-                && matches!(m.transport, config::Transport::Http { .. })
-                && only.is_none_or(|id| id == m.id)
-        });
+    let protected = config.manifests.values().any(|m| {
+        m.auth.is_some()
+            && matches!(m.transport, config::Transport::Http { .. })
+            && only.is_none_or(|id| id == m.id)
+    });
     if !protected {
         return Ok(None);
     }

@@ -31,6 +31,25 @@ fn protected_bin() -> PathBuf {
         .join("protected")
 }
 
+/// Starts `command` and returns it with what its first stdout line announces after `prefix`.
+fn announced(mut command: Command, prefix: &str) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("unexpected output: {first:?}"))
+        .to_owned();
+    (child, url)
+}
+
 /// The protected downstream, recording every request it receives.
 struct Protected {
     child: Child,
@@ -41,22 +60,11 @@ struct Protected {
 impl Protected {
     fn start(ws: &Workspace, jwks: &str, issuer: &str) -> Self {
         let record = ws.path().join("protected-requests.jsonl");
-        let mut child = Command::new(protected_bin())
+        let mut command = Command::new(protected_bin());
+        command
             .args(["--jwks", jwks, "--issuer", issuer, "--record"])
-            .arg(&record)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let url = first
-            .trim()
-            .strip_prefix("protected listening on ")
-            .unwrap_or_else(|| panic!("unexpected protected output: {first:?}"))
-            .to_owned();
+            .arg(&record);
+        let (child, url) = announced(command, "protected listening on ");
         Self { child, url, record }
     }
 
@@ -89,7 +97,8 @@ struct Sts {
 
 impl Sts {
     fn start(mandate: &str, targets: &[&str], scopes: &str, ttl: u64, port: u16) -> Self {
-        let mut child = Command::new(node22_bin_dir().join("node"))
+        let mut command = Command::new(node22_bin_dir().join("node"));
+        command
             .arg(repo().join("tests/peers/sts.mjs"))
             .env(
                 "STS_NODE_MODULES",
@@ -101,20 +110,8 @@ impl Sts {
             .env("STS_SCOPES", scopes)
             .env("STS_TTL", ttl.to_string())
             .env("STS_PORT", port.to_string())
-            .env("STS_SECRET", "s3cret-for-tests")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let issuer = first
-            .trim()
-            .strip_prefix("sts listening on ")
-            .unwrap_or_else(|| panic!("unexpected sts output: {first:?}"))
-            .to_owned();
+            .env("STS_SECRET", SECRET);
+        let (child, issuer) = announced(command, "sts listening on ");
         Self { child, issuer }
     }
 
@@ -138,6 +135,9 @@ impl Drop for Sts {
         self.stop();
     }
 }
+
+/// The client secret of Mandate at the STS (in the workspace's `sts-secret` file).
+const SECRET: &str = "s3cret-for-tests";
 
 /// A tool manifest for the protected downstream at `tool-manifests/corp/<name>.toml`.
 fn protected_manifest(ws: &Workspace, name: &str, url: &str, auth: &str) {
@@ -341,6 +341,7 @@ async fn rfc8693_setup(ttl: u64) -> (Workspace, Protected, Sts, String, u16) {
         ttl,
         sts_port,
     );
+    ws.write("sts-secret", SECRET);
     ws.write(
         "mandate.toml",
         &format!(
@@ -352,7 +353,7 @@ name = "corp"
 kind = "rfc8693"
 token_endpoint = "{sts_issuer}/token"
 client_id = "mandate"
-client_secret_env = "CORP_STS_SECRET"
+client_secret_file = "sts-secret"
 "#
         ),
     );
@@ -366,61 +367,13 @@ client_secret_env = "CORP_STS_SECRET"
     (ws, protected, sts, listen, sts_port)
 }
 
-fn serve_with_secret(ws: &Workspace, listen: &str) -> Server {
-    let mut child = Command::new(mandate_bin())
-        .args(["serve", "--listen", listen])
-        .current_dir(ws.path())
-        .env("MANDATE_LOG", "info,rmcp=warn")
-        .env("CORP_STS_SECRET", "s3cret-for-tests")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log2.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    std::thread::spawn(move || for _ in lines {});
-    let url = first
-        .strip_prefix("mandate listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "mandate serve did not start: {first}\n{}",
-                log.lock().unwrap()
-            )
-        })
-        .to_owned();
-    Server { child, url, log }
-}
-
-fn pin_with_secret(ws: &Workspace) {
-    let out = Command::new(mandate_bin())
-        .arg("pin")
-        .current_dir(ws.path())
-        .env("MANDATE_LOG", "warn")
-        .env("CORP_STS_SECRET", "s3cret-for-tests")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pin failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_closed() {
     let (ws, protected, mut sts, listen, sts_port) = rfc8693_setup(300).await;
     let broker = format!("http://{listen}");
     // Mandate pins and connects the protected downstream with its own client credentials.
-    pin_with_secret(&ws);
-    let server = serve_with_secret(&ws, &listen);
+    ws.pin();
+    let server = ws.serve_on(&listen);
     let url = server.mission_url("corp/prod/who");
     let alice = ws.token(Some("corp/prod/who"));
     let exchanges = |stats: &Value| stats["grants"]["token_exchange"].as_u64().unwrap_or(0);
@@ -519,8 +472,8 @@ async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_clo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_exchanged_token_expires_and_then_calls_fail_closed_while_the_idp_is_down() {
     let (ws, _protected, mut sts, listen, _) = rfc8693_setup(3).await;
-    pin_with_secret(&ws);
-    let server = serve_with_secret(&ws, &listen);
+    ws.pin();
+    let server = ws.serve_on(&listen);
     let url = server.mission_url("corp/prod/who");
     let alice = ws.token(Some("corp/prod/who"));
     let seen = call(&url, &alice, "whoami").await.unwrap();
@@ -554,6 +507,7 @@ async fn entra_obo_and_id_jag_shapes_against_oidc_provider() {
         300,
         sts_port,
     );
+    ws.write("sts-secret", SECRET);
     ws.write(
         "mandate.toml",
         &format!(
@@ -565,7 +519,7 @@ name = "entra"
 kind = "entra-obo"
 token_endpoint = "{sts_issuer}/token"
 client_id = "mandate-post"
-client_secret_env = "CORP_STS_SECRET"
+client_secret_file = "sts-secret"
 client_auth = "client_secret_post"
 
 [[exchange]]
@@ -573,18 +527,18 @@ name = "jag"
 kind = "id-jag"
 token_endpoint = "{sts_issuer}/token"
 client_id = "mandate"
-client_secret_env = "CORP_STS_SECRET"
+client_secret_file = "sts-secret"
 resource_token_endpoint = "{sts_issuer}/token"
 resource_issuer = "{sts_issuer}"
 resource_client_id = "mandate"
-resource_client_secret_env = "CORP_STS_SECRET"
+resource_client_secret_file = "sts-secret"
 
 [[exchange]]
 name = "corp"
 kind = "rfc8693"
 token_endpoint = "{sts_issuer}/token"
 client_id = "mandate"
-client_secret_env = "CORP_STS_SECRET"
+client_secret_file = "sts-secret"
 "#
         ),
     );
@@ -603,8 +557,8 @@ client_secret_env = "CORP_STS_SECRET"
         r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }, { tool = "corp/consent/whoami", as = "whoami_consent" }"#,
         "",
     );
-    pin_with_secret(&ws);
-    let server = serve_with_secret(&ws, &listen);
+    ws.pin();
+    let server = ws.serve_on(&listen);
     let url = server.mission_url("corp/prod/who");
     let alice = ws.token(Some("corp/prod/who"));
 
