@@ -230,18 +230,23 @@ async fn broker_jwks(ws: &Workspace, listen: &str) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_never_the_callers() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+/// A workspace for the `embedded` profile: its listen address and issuer URL fixed (so that
+/// `mandate pin` mints with the server's issuer) and the broker's JWKS in a file.
+async fn embedded_workspace() -> (Workspace, String, String, PathBuf) {
+    let listen = format!("127.0.0.1:{}", free_port());
     let broker = format!("http://{listen}");
     let ws = Workspace::new();
-    // `mandate pin` mints with the same issuer URL as the server.
     ws.write(
         "mandate.toml",
         &format!("[server]\nlisten = \"{listen}\"\n"),
     );
     let jwks = broker_jwks(&ws, &listen).await;
+    (ws, listen, broker, jwks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_never_the_callers() {
+    let (ws, listen, broker, jwks) = embedded_workspace().await;
     let protected = Protected::start(&ws, jwks.to_str().unwrap(), &broker);
     protected_manifest(
         &ws,
@@ -641,15 +646,7 @@ client_id = "mandate"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdio_downstream_gets_the_token_in_meta_only_when_its_manifest_opts_in() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let broker = format!("http://{listen}");
-    let ws = Workspace::new();
-    ws.write(
-        "mandate.toml",
-        &format!("[server]\nlisten = \"{listen}\"\n"),
-    );
-    let jwks = broker_jwks(&ws, &listen).await;
+    let (ws, listen, broker, jwks) = embedded_workspace().await;
     for (name, deliver) in [("local", "deliver = \"meta\""), ("quiet", "")] {
         let audience = format!("urn:mandate:corp/{name}");
         ws.write(
