@@ -97,6 +97,17 @@ struct Sts {
 
 impl Sts {
     fn start(mandate: &str, targets: &[&str], scopes: &str, ttl: u64, port: u16) -> Self {
+        Self::start_with(mandate, targets, scopes, ttl, port, &[])
+    }
+
+    fn start_with(
+        mandate: &str,
+        targets: &[&str],
+        scopes: &str,
+        ttl: u64,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(node22_bin_dir().join("node"));
         command
             .arg(repo().join("tests/peers/sts.mjs"))
@@ -110,7 +121,8 @@ impl Sts {
             .env("STS_SCOPES", scopes)
             .env("STS_TTL", ttl.to_string())
             .env("STS_PORT", port.to_string())
-            .env("STS_SECRET", SECRET);
+            .env("STS_SECRET", SECRET)
+            .envs(env.iter().copied());
         let (child, issuer) = announced(command, "sts listening on ");
         Self { child, issuer }
     }
@@ -497,7 +509,7 @@ async fn a_cached_exchanged_token_expires_and_then_calls_fail_closed_while_the_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entra_obo_and_id_jag_shapes_against_oidc_provider() {
+async fn entra_obo_id_jag_and_private_key_jwt_against_oidc_provider() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let broker = format!("http://{listen}");
@@ -505,12 +517,27 @@ async fn entra_obo_and_id_jag_shapes_against_oidc_provider() {
     let sts_port = free_port();
     let sts_issuer = format!("http://127.0.0.1:{sts_port}");
     let protected = Protected::start(&ws, &format!("{sts_issuer}/jwks"), &sts_issuer);
-    let sts = Sts::start(
+    // Mandate's `private_key_jwt` key at the STS (client `mandate-pkjwt`).
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    {
+        use p256::pkcs8::EncodePrivateKey;
+        ws.write(
+            "pkjwt.pem",
+            &key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap(),
+        );
+    }
+    let point =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "kid": "pk-1", "alg": "ES256", "use": "sig",
+        "x": b64.encode(point.x().unwrap()), "y": b64.encode(point.y().unwrap()) });
+    let sts = Sts::start_with(
         &broker,
         &[&protected.url],
         "who.read who.list",
         300,
         sts_port,
+        &[("STS_PKJWT_JWK", &jwk.to_string())],
     );
     ws.write("sts-secret", SECRET);
     ws.write(
@@ -518,6 +545,15 @@ async fn entra_obo_and_id_jag_shapes_against_oidc_provider() {
         &format!(
             r#"[server]
 listen = "{listen}"
+
+[[exchange]]
+name = "pk"
+kind = "rfc8693"
+token_endpoint = "{sts_issuer}/token"
+client_id = "mandate-pkjwt"
+client_auth = "private_key_jwt"
+private_key_file = "pkjwt.pem"
+private_key_id = "pk-1"
 
 [[exchange]]
 name = "entra"
@@ -557,9 +593,10 @@ client_secret_file = "sts-secret"
             .replace("exchange = \"jag\"", "exchange = \"corp\"")
             .replace("scopes = [\"who.read\"]", "scopes = [\"needs_user\"]"),
     );
+    protected_manifest(&ws, "pkjwt", &protected.url, "exchange = \"pk\"");
     ws.mission(
         "corp/prod/who",
-        r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }, { tool = "corp/consent/whoami", as = "whoami_consent" }"#,
+        r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }, { tool = "corp/consent/whoami", as = "whoami_consent" }, { tool = "corp/pkjwt/whoami", as = "whoami_pk" }"#,
         "",
     );
     ws.pin();
@@ -592,6 +629,11 @@ client_secret_file = "sts-secret"
     for subject in stats["subjects"].as_array().unwrap() {
         assert!(subject.as_str().unwrap() != alice && subject.as_str().unwrap() != app);
     }
+
+    // RFC 8693 with `private_key_jwt` client authentication (pinned the same way).
+    let seen = call(&url, &alice, "whoami_pk").await.unwrap();
+    assert_eq!(seen["sub"], "alice@acme.example");
+    assert_eq!(seen["act"], json!({ "sub": "mandate-pkjwt" }));
 
     // `interaction_required` tells the agent to get the user.
     let prompt = call(&url, &alice, "whoami_consent").await.unwrap_err();

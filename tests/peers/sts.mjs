@@ -19,7 +19,8 @@
 //
 // Environment: STS_NODE_MODULES (the npm peers' node_modules), MANDATE_ISSUER, MANDATE_JWKS (URL), STS_TARGETS (space-separated), STS_SCOPES
 // (space-separated), STS_TTL (seconds, default 300), STS_SECRET (client secret of `mandate` and
-// `mandate-post`), STS_PORT (default: any free port). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts
+// `mandate-post`), STS_PKJWT_JWK (public JWK of the `private_key_jwt` client `mandate-pkjwt`),
+// STS_PORT (default: any free port). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts
 // and every subject token / assertion it received.
 
 import http from 'node:http';
@@ -58,6 +59,7 @@ const grantTypes = [TE, JWT_BEARER, 'client_credentials'];
 const provider = new Provider(issuer, {
   clients: [
     { client_id: 'mandate', client_secret: secret, grant_types: grantTypes, redirect_uris: [], response_types: [], id_token_signed_response_alg: 'ES256', token_endpoint_auth_method: 'client_secret_basic' },
+    ...(process.env.STS_PKJWT_JWK ? [{ client_id: 'mandate-pkjwt', grant_types: grantTypes, redirect_uris: [], response_types: [], id_token_signed_response_alg: 'ES256', token_endpoint_auth_method: 'private_key_jwt', token_endpoint_auth_signing_alg: 'ES256', jwks: { keys: [JSON.parse(process.env.STS_PKJWT_JWK)] } }] : []),
     { client_id: 'mandate-post', client_secret: secret, grant_types: grantTypes, redirect_uris: [], response_types: [], id_token_signed_response_alg: 'ES256', token_endpoint_auth_method: 'client_secret_post' },
   ],
   jwks: { keys: [jwk] },
