@@ -9,7 +9,9 @@
 //!   token's). After that the next call exchanges again; if the identity provider is unavailable
 //!   then, the old token serves until it really expires (retrying at most every
 //!   [`RETRY_AFTER_SECS`]), and after that calls fail closed.
-//! - Failures are never cached. At [`CAPACITY`] expired entries are purged, then arbitrary ones.
+//! - Failures are never cached. Expired entries (a token never outlives its caller token) are
+//!   dropped by a miss at most every [`PURGE_EVERY_SECS`]; at [`CAPACITY`] expired entries are
+//!   purged, then arbitrary ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use crate::authn::unix_now;
 pub const CAPACITY: usize = 50_000;
 /// While the identity provider is unavailable, how often a stale token's key retries.
 pub const RETRY_AFTER_SECS: u64 = 5;
+/// How often a miss also drops the expired entries (tokens of expired caller tokens).
+pub const PURGE_EVERY_SECS: u64 = 60;
 
 /// Cache key: the caller token's SHA-256 and the target's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +61,8 @@ pub struct TokenCache {
     slots: Mutex<HashMap<Key, Slot>>,
     capacity: usize,
     generation: AtomicU64,
+    /// Unix seconds of the next purge of expired entries.
+    next_purge: AtomicU64,
 }
 
 impl TokenCache {
@@ -65,6 +71,7 @@ impl TokenCache {
             slots: Mutex::new(HashMap::new()),
             capacity,
             generation: AtomicU64::new(1),
+            next_purge: AtomicU64::new(0),
         }
     }
 
@@ -151,7 +158,12 @@ impl TokenCache {
             }
             None => None,
         };
-        if slots.len() >= self.capacity {
+        let purge_due = now >= self.next_purge.load(Ordering::Relaxed);
+        if purge_due {
+            self.next_purge
+                .store(now + PURGE_EVERY_SECS, Ordering::Relaxed);
+        }
+        if purge_due || slots.len() >= self.capacity {
             slots.retain(|_, slot| match slot {
                 Slot::Ready(issued, _) => now < issued.expires_at,
                 Slot::Flight(..) => true,
@@ -399,6 +411,28 @@ mod tests {
         cache.forget_agent("bot");
         assert_eq!(cache.len(), 1);
         assert!(cache.fresh(&key(3), now).is_some());
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_dropped_by_a_later_miss() {
+        let cache = TokenCache::new(10);
+        let now = unix_now();
+        let short = issued("bot", now + 1, now + 2);
+        cache
+            .get_or_exchange(Some(key(1)), "bot", now, move || {
+                async move { Ok(short) }.boxed()
+            })
+            .await
+            .unwrap();
+        let later = now + PURGE_EVERY_SECS + 3;
+        let other = issued("bot", later + 100, later + 200);
+        cache
+            .get_or_exchange(Some(key(2)), "bot", later, move || {
+                async move { Ok(other) }.boxed()
+            })
+            .await
+            .unwrap();
+        assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test]

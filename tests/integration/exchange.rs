@@ -738,3 +738,34 @@ scopes = ["who.read"]
     assert!(!seen.to_string().contains(&token));
     server.stop();
 }
+
+#[test]
+fn a_missing_client_secret_stops_pin_naming_the_variable() {
+    let ws = Workspace::new();
+    ws.write(
+        "mandate.toml",
+        r#"[[exchange]]
+name = "corp"
+kind = "rfc8693"
+token_endpoint = "http://127.0.0.1:9/token"
+client_id = "mandate"
+client_secret_env = "MANDATE_TEST_SECRET_THAT_IS_NOT_SET"
+"#,
+    );
+    protected_manifest(
+        &ws,
+        "protected",
+        "http://127.0.0.1:9/mcp",
+        "exchange = \"corp\"",
+    );
+    ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
+    let out = ws.mandate(&["pin"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "the client secret of `mandate` is missing: set the environment variable `MANDATE_TEST_SECRET_THAT_IS_NOT_SET`"
+        ),
+        "{err}"
+    );
+}
