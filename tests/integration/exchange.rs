@@ -266,7 +266,21 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
         &protected.url,
         "exchange = \"embedded\"\nscopes = [\"who.list\"]",
     );
-    ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
+    // The same downstream spoken to statelessly (2026-07-28): calls take the rmcp path.
+    ws.write(
+        "tool-manifests/corp/stateless.toml",
+        &std::fs::read_to_string(ws.path().join("tool-manifests/corp/protected.toml"))
+            .unwrap()
+            .replace(
+                "kind = \"http\"",
+                "kind = \"http\"\nprotocol = \"2026-07-28\"",
+            ),
+    );
+    ws.mission(
+        "corp/prod/who",
+        r#""corp/protected/whoami", { tool = "corp/stateless/whoami", as = "whoami_stateless" }"#,
+        "",
+    );
     // Mandate pins the protected downstream as itself.
     ws.pin();
     let server = ws.serve_on(&listen);
@@ -289,6 +303,11 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
     // A second call reuses the cached token.
     let again = call(&url, &token, "whoami").await.unwrap();
     assert_eq!(again["jti"], first_jti.as_str());
+
+    // The rmcp path carries the call's own token too.
+    let stateless = call(&url, &token, "whoami_stateless").await.unwrap();
+    assert_eq!(stateless["sub"], "alice@acme.example");
+    assert_eq!(stateless["aud"], protected.url.as_str());
 
     // Mandate's own traffic (handshake, tools/list, at pin and at start) carried Mandate's own
     // token: subject Mandate, no actor; every request carried a token.
