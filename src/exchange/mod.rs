@@ -144,7 +144,7 @@ pub enum ExchangeError {
     )]
     AppOnly,
     #[error(
-        "exchange profile `{0}` needs the caller's token, which was not kept for this caller: report this to the Mandate operators"
+        "the token exchange at `{0}` needs the caller's token, which was not kept for this caller: report this to the Mandate operators"
     )]
     NoSubjectToken(String),
     #[error("cannot mint a downstream token: {0}")]
