@@ -242,6 +242,15 @@ async fn broker_jwks(ws: &Workspace, listen: &str) -> PathBuf {
     path
 }
 
+/// `mandate pin`, then `mandate serve` on `listen`: the server, the mission's URL and alice's token.
+fn pin_and_serve(ws: &Workspace, listen: &str) -> (Server, String, String) {
+    ws.pin();
+    let server = ws.serve_on(listen);
+    let url = server.mission_url("corp/prod/who");
+    let token = ws.token(Some("corp/prod/who"));
+    (server, url, token)
+}
+
 /// A workspace for the `embedded` profile: its listen address and issuer URL fixed (so that
 /// `mandate pin` mints with the server's issuer) and the broker's JWKS in a file.
 async fn embedded_workspace() -> (Workspace, String, String, PathBuf) {
@@ -282,10 +291,7 @@ async fn embedded_exchange_gives_the_downstream_a_short_lived_token_for_it_and_n
         "",
     );
     // Mandate pins the protected downstream as itself.
-    ws.pin();
-    let server = ws.serve_on(&listen);
-    let url = server.mission_url("corp/prod/who");
-    let token = ws.token(Some("corp/prod/who"));
+    let (server, url, token) = pin_and_serve(&ws, &listen);
 
     let seen = call(&url, &token, "whoami").await.unwrap();
     assert_eq!(seen["sub"], "alice@acme.example");
@@ -408,10 +414,7 @@ async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_clo
     let (ws, protected, mut sts, listen, sts_port) = rfc8693_setup(300).await;
     let broker = format!("http://{listen}");
     // Mandate pins and connects the protected downstream with its own client credentials.
-    ws.pin();
-    let server = ws.serve_on(&listen);
-    let url = server.mission_url("corp/prod/who");
-    let alice = ws.token(Some("corp/prod/who"));
+    let (server, url, alice) = pin_and_serve(&ws, &listen);
     let exchanges = |stats: &Value| stats["grants"]["token_exchange"].as_u64().unwrap_or(0);
 
     let seen = call(&url, &alice, "whoami").await.unwrap();
@@ -508,10 +511,7 @@ async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_clo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_exchanged_token_expires_and_then_calls_fail_closed_while_the_idp_is_down() {
     let (ws, _protected, mut sts, listen, _) = rfc8693_setup(3).await;
-    ws.pin();
-    let server = ws.serve_on(&listen);
-    let url = server.mission_url("corp/prod/who");
-    let alice = ws.token(Some("corp/prod/who"));
+    let (server, url, alice) = pin_and_serve(&ws, &listen);
     let seen = call(&url, &alice, "whoami").await.unwrap();
     sts.stop();
     // Still fresh: served from the cache with the provider gone.
@@ -618,10 +618,7 @@ client_secret_file = "sts-secret"
         r#"{ tool = "corp/entra/whoami", as = "whoami_entra" }, { tool = "corp/jag/whoami", as = "whoami_jag" }, { tool = "corp/consent/whoami", as = "whoami_consent" }, { tool = "corp/pkjwt/whoami", as = "whoami_pk" }"#,
         "",
     );
-    ws.pin();
-    let server = ws.serve_on(&listen);
-    let url = server.mission_url("corp/prod/who");
-    let alice = ws.token(Some("corp/prod/who"));
+    let (server, url, alice) = pin_and_serve(&ws, &listen);
 
     // Entra OBO: jwt-bearer with `requested_token_use=on_behalf_of`, client_secret_post.
     let seen = call(&url, &alice, "whoami_entra").await.unwrap();
@@ -742,10 +739,7 @@ scopes = ["who.read"]
         r#"{ tool = "corp/local/whoami", as = "whoami_local" }, { tool = "corp/quiet/whoami", as = "whoami_quiet" }"#,
         "",
     );
-    ws.pin();
-    let server = ws.serve_on(&listen);
-    let url = server.mission_url("corp/prod/who");
-    let token = ws.token(Some("corp/prod/who"));
+    let (server, url, token) = pin_and_serve(&ws, &listen);
 
     let seen = call(&url, &token, "whoami_local").await.unwrap();
     assert_eq!(seen["sub"], "alice@acme.example");
