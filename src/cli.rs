@@ -320,6 +320,35 @@ fn check(dir: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The token exchange for `mandate pin`, when a downstream it pins is protected: Mandate
+/// authenticates to it as itself (its own token from the store's issuer key, or client
+/// credentials at the profile's identity provider).
+fn pin_exchange(
+    config: &Config,
+    only: Option<&str>,
+) -> anyhow::Result<Option<Arc<crate::exchange::Exchanger>>> {
+    let protected = config.manifests.values().any(|m| {
+        m.auth.is_some()
+            && matches!(m.transport, config::Transport::Http { .. })
+            && only.is_none_or(|id| id == m.id)
+    });
+    if !protected {
+        return Ok(None);
+    }
+    let store = match Store::open(&config.settings.store_path) {
+        Ok(s) => s,
+        Err(StoreError::Locked(path)) => bail!(
+            "store `{}` is in use by `mandate serve`: a protected downstream is pinned with Mandate's own key, so stop the server to pin it",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
+    Ok(Some(Arc::new(crate::exchange::Exchanger::new(
+        config, issuer,
+    )?)))
+}
+
 async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
@@ -334,15 +363,25 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
         );
     }
     let http = downstream::http_client();
+    let exchange = pin_exchange(&config, only)?;
     let mut failed = false;
     for manifest in config.manifests.values() {
         if only.is_some_and(|id| id != manifest.id) {
             continue;
         }
         let routes = Arc::new(downstream::Routes::default());
+        let auth = exchange.as_ref().and_then(|e| e.service_auth(manifest));
         let result = async {
-            let service =
-                downstream::connect(manifest, routes, &http, &manifest.id, None, None).await?;
+            let service = downstream::connect(
+                manifest,
+                routes,
+                &http,
+                &manifest.id,
+                None,
+                None,
+                auth.clone(),
+            )
+            .await?;
             let tools =
                 tokio::time::timeout(Duration::from_secs(30), service.peer().list_all_tools())
                     .await
@@ -960,8 +999,9 @@ async fn serve(
     }
     audit.record_durable(event).await?;
 
+    let exchange = Arc::new(crate::exchange::Exchanger::new(&config, issuer.clone())?);
     let config = Arc::new(config);
-    let pool = Pool::start(&config, &audit);
+    let pool = Pool::start_with_exchange(&config, &audit, Some(exchange.clone()));
     let mut states = BTreeMap::new();
     let now = crate::authn::unix_now();
     for (id, runtime) in &missions {
@@ -1025,6 +1065,7 @@ async fn serve(
                 pool: pool.clone(),
                 missions: states.clone(),
                 admin_token,
+                exchange: exchange.clone(),
             });
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected or failed to

@@ -127,6 +127,25 @@ pub struct Event {
     /// SHA-256 of the canonical JSON result returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_digest: Option<String>,
+    /// The downstream token the call carried (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeRecord>,
+}
+
+/// What an audit record says about a call's token exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    /// The exchange profile.
+    pub profile: String,
+    /// The token's audience (the downstream).
+    pub audience: String,
+    /// The token's `jti`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Whether the token came from the cache.
+    pub cached: bool,
 }
 
 impl Event {
@@ -153,6 +172,7 @@ impl Event {
             detail: None,
             latency_us: None,
             output_digest: None,
+            exchange: None,
         }
     }
 

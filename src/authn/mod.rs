@@ -19,6 +19,7 @@ pub use token::Refusal;
 pub use verifier::{InsufficientScope, Verifier};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -71,6 +72,48 @@ pub struct Caller {
     pub scopes: Vec<String>,
     /// Claims mapped for policy (groups, department, region, clearance, ...), by attribute name.
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The bearer token itself, for the token exchange only (a secret: never logged; compared
+    /// and printed by its digest).
+    pub token: CallerToken,
+}
+
+/// A caller's bearer token: the secret and its SHA-256 (the token-exchange cache key). Only the
+/// `rfc8693`-style exchanges of a token an external issuer issued ever send it, and only to that
+/// issuer's token endpoint.
+#[derive(Clone, Default)]
+pub struct CallerToken {
+    secret: Option<Arc<secrecy::SecretString>>,
+    digest: [u8; 32],
+}
+
+impl CallerToken {
+    pub fn new(token: &str) -> Self {
+        Self {
+            secret: Some(Arc::new(secrecy::SecretString::from(token))),
+            digest: sha2::Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+    /// The token, when the verifier kept it.
+    pub fn secret(&self) -> Option<&secrecy::SecretString> {
+        self.secret.as_deref()
+    }
+    /// SHA-256 of the token; `None` when it was not kept (then nothing is cached for it).
+    pub fn digest(&self) -> Option<&[u8; 32]> {
+        self.secret.as_ref().map(|_| &self.digest)
+    }
+}
+
+impl PartialEq for CallerToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for CallerToken {}
+
+impl std::fmt::Debug for CallerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallerToken(sha256:{})", hex::encode(&self.digest[..8]))
+    }
 }
 
 impl Caller {
@@ -327,6 +370,15 @@ impl Issuer {
                 )
             })
             .collect()
+    }
+
+    /// Signs arbitrary claims with the current key (ES256, `kid`, the given `typ`): the embedded
+    /// STS's downstream tokens.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 }
 

@@ -186,13 +186,10 @@ impl Verifier {
         };
         let keys = keys.as_deref().unwrap_or(&self.embedded_keys);
         token::verify_signature(&parsed, rules, keys)?;
-        let caller = Arc::new(token::caller(
-            &parsed,
-            rules,
-            audiences,
-            unix_now(),
-            &digest,
-        )?);
+        let mut caller = token::caller(&parsed, rules, audiences, unix_now(), &digest)?;
+        // Kept (as a secret) only for exchanges that must present it to its own issuer.
+        caller.token = super::CallerToken::new(token);
+        let caller = Arc::new(caller);
         let all_audiences = match parsed.claims.get("aud") {
             Some(serde_json::Value::Array(items)) => items
                 .iter()

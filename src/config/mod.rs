@@ -6,6 +6,7 @@
 //! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
 
 pub mod diag;
+pub mod exchange;
 pub mod fields;
 pub mod issuers;
 pub mod raw;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// External issuers (`[[identity.issuers]]`), besides the embedded one.
     pub issuers: Vec<issuers::IssuerSettings>,
+    /// Token exchange profiles (always including `embedded`).
+    pub exchange: Vec<exchange::ExchangeProfile>,
 }
 
 /// A validated tool manifest.
@@ -69,6 +72,8 @@ pub struct ToolManifest {
     pub lock: Option<LockFile>,
     /// Whether callers share one downstream session (`[isolation]`).
     pub isolation: Isolation,
+    /// Outbound credentials; `None` when the exchange is `none`.
+    pub auth: Option<exchange::Auth>,
 }
 
 /// Default most per-principal instances of one downstream.
@@ -456,7 +461,16 @@ pub fn build(
     let manifests_dir = root.join("tool-manifests");
     for (path, text, lock) in &sources.manifests {
         let src = Source { path, text };
-        match build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags) {
+        let built = build_manifest(
+            root,
+            &manifests_dir,
+            &src,
+            lock,
+            require_locks,
+            &settings.exchange,
+            &mut diags,
+        );
+        match built {
             Some(m) => {
                 manifests.insert(m.id.clone(), m);
             }
@@ -574,15 +588,7 @@ fn build_settings(
         None => format!("http://{listen}"),
     };
     let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
-    for ex in &raw.exchange {
-        diags.push(src.at(
-            ex.span().start,
-            format!(
-                "token exchange profile `{}` is not supported yet: remove it (downstream calls carry no caller token)",
-                ex.get_ref().name
-            ),
-        ));
-    }
+    let exchange = exchange::build_profiles(root, &src, &raw.exchange, diags);
     Settings {
         listen,
         public_url,
@@ -595,6 +601,7 @@ fn build_settings(
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
         issuers,
+        exchange,
     }
 }
 
@@ -604,6 +611,7 @@ fn build_manifest(
     src: &Source,
     lock: &Result<Option<LockFile>, String>,
     require_locks: bool,
+    profiles: &[exchange::ExchangeProfile],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ToolManifest> {
     let raw: RawManifest = fields::parse(src, fields::MANIFEST, diags)?;
@@ -666,18 +674,7 @@ fn build_manifest(
             }
         }
     };
-    if let Some(auth) = &raw.auth {
-        let ex = &auth.get_ref().exchange;
-        if ex.get_ref() != "none" && ex.get_ref() != "embedded" {
-            diags.push(src.at(
-                ex.span().start,
-                format!(
-                    "unknown exchange profile `{}` (expected `none` or `embedded`)",
-                    ex.get_ref()
-                ),
-            ));
-        }
-    }
+    let auth = exchange::build_auth(src, &id, raw.auth.as_ref(), &transport, profiles, diags);
     let timeout = raw
         .timeout
         .as_ref()
@@ -818,6 +815,7 @@ fn build_manifest(
         tools,
         lock,
         isolation,
+        auth,
     })
 }
 

@@ -109,14 +109,47 @@ pub struct RawIssuer {
     pub jwks_min_interval: Option<Spanned<String>>,
 }
 
+/// `[[exchange]]`: a token exchange profile that tool manifests name in `[auth] exchange`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExchange {
-    pub name: String,
-    pub kind: String,
-    pub token_endpoint: Option<String>,
+    /// The profile's name (`none` is reserved; `embedded` may be redefined to change its `ttl`).
+    pub name: Spanned<String>,
+    /// `embedded` (Mandate's own STS), `rfc8693`, `entra-obo` or `id-jag`.
+    pub kind: Spanned<String>,
+    /// The identity provider's token endpoint (every kind but `embedded`).
+    pub token_endpoint: Option<Spanned<String>>,
+    /// Mandate's client id at the identity provider.
     pub client_id: Option<String>,
+    /// Name of the environment variable holding the client secret (never the secret itself).
     pub client_secret_env: Option<String>,
+    /// File holding the client secret, relative to the configuration directory.
+    pub client_secret_file: Option<String>,
+    /// `client_secret_basic` (default with a secret), `client_secret_post`, or
+    /// `private_key_jwt` (with `private_key_file`).
+    pub client_auth: Option<Spanned<String>>,
+    /// PEM private key (EC P-256 → ES256, or RSA → RS256) that signs `private_key_jwt`
+    /// client assertions, relative to the configuration directory.
+    pub private_key_file: Option<String>,
+    /// `kid` header of `private_key_jwt` client assertions.
+    pub private_key_id: Option<String>,
+    /// `rfc8693`: also send an actor token (a `client_credentials` token of Mandate's own) so the
+    /// identity provider records Mandate as the actor (default `false`).
+    #[serde(default)]
+    pub actor_token: bool,
+    /// `embedded`: lifetime of minted downstream tokens, at most `5m` (default `5m`).
+    pub ttl: Option<Spanned<String>>,
+    /// `id-jag`: the token endpoint of the downstream's own authorization server, which redeems
+    /// the ID-JAG with a jwt-bearer grant.
+    pub resource_token_endpoint: Option<Spanned<String>>,
+    /// `id-jag`: the issuer of the downstream's authorization server (the ID-JAG's audience).
+    pub resource_issuer: Option<String>,
+    /// `id-jag`: Mandate's client id at the downstream's authorization server.
+    pub resource_client_id: Option<String>,
+    /// `id-jag`: environment variable holding that client's secret.
+    pub resource_client_secret_env: Option<String>,
+    /// `id-jag`: file holding that client's secret.
+    pub resource_client_secret_file: Option<String>,
 }
 
 /// `tool-manifests/<domain>/<name>.toml`: one downstream.
@@ -201,6 +234,9 @@ pub struct RawAuth {
     /// Scopes requested for every call.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Where the exchanged token goes: `header` (`Authorization: Bearer`, HTTP downstreams, the
+    /// default there) or `meta` (`_meta["io.mandate/authorization"]`, stdio downstreams, opt-in).
+    pub deliver: Option<Spanned<String>>,
 }
 
 /// `[[tools]]`.

@@ -50,6 +50,8 @@ pub struct Broker {
     pub missions: BTreeMap<String, Arc<MissionState>>,
     /// Credential of the admin API (written to the store directory with mode 0600).
     pub admin_token: String,
+    /// The token exchange: `forget_agent` on suspension, the `/oauth/token` exchange grant.
+    pub exchange: Arc<crate::exchange::Exchanger>,
 }
 
 struct Gate {

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod broker;
 mod config_files;
+mod exchange;
 mod identity;
 mod interop;
 mod isolation;
