@@ -67,6 +67,14 @@ pub const SETTINGS: &[Field] = &[
             ("client_secret_env", V),
         ]),
     ),
+    (
+        "agents",
+        Shape::Table(&[
+            ("register_mission_agents", V),
+            ("sweep_interval", V),
+            ("max_idle", V),
+        ]),
+    ),
 ];
 
 /// A tool manifest.
