@@ -1284,6 +1284,11 @@ async fn serve_stdio(
             state.runtime.mission.id
         );
     }
+    if let Some(agents) = state.agents()
+        && let Err(refusal) = agents.admit(&caller.agent, id, crate::authn::unix_now())
+    {
+        bail!("MANDATE_TOKEN may not use mission `{id}`: {refusal}");
+    }
     let handler = MissionHandler::new(
         state.clone(),
         audit.clone(),

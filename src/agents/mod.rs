@@ -540,11 +540,14 @@ impl Registry {
                 "suspended"
             }
             Change::Resume => {
-                if current.status == Status::Active {
+                // An active agent past its expiry or review date (not swept yet) can be renewed.
+                let lapsed = current.expires_at.is_some_and(|at| at <= now)
+                    || current.review_at.is_some_and(|at| at <= now);
+                if current.status == Status::Active && !lapsed {
                     return Err(LifecycleError::WrongStatus {
                         agent: agent.to_owned(),
                         status: "active",
-                        what: "only a suspended agent can be resumed",
+                        what: "only a suspended (or expired) agent can be resumed",
                     });
                 }
                 let mut problems = Vec::new();

@@ -67,6 +67,11 @@ impl MissionState {
         })
     }
 
+    /// The agent registry this mission consults, if any.
+    pub fn agents(&self) -> Option<&Arc<crate::agents::Registry>> {
+        self.agents.as_ref()
+    }
+
     /// Consults `agents` on every request of this mission (stdio included).
     pub fn with_agents(mut self, agents: Arc<crate::agents::Registry>) -> Self {
         self.agents = Some(agents);
