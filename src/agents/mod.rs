@@ -1025,6 +1025,79 @@ mod tests {
         assert!(matches!(usable(&r, 5), Err(AgentRefusal::Expired { .. })));
     }
 
+    /// A configuration with one mission naming `bot`, and a registry on a fresh store.
+    async fn registry(dir: &std::path::Path) -> (Config, Arc<Registry>, Auditor) {
+        let write = |rel: &str, text: &str| {
+            let path = dir.join(rel);
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(dir));
+            let _ = std::fs::write(path, text);
+        };
+        write(
+            "tool-manifests/finance/ledger.toml",
+            "description = \"l\"\nenvironments = [\"prod\"]\nregion = \"eu\"\n[transport]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/mcp\"\n[[tools]]\nname = \"t\"\neffect = \"read\"\n",
+        );
+        write(
+            "missions/finance/prod/review.toml",
+            "description = \"m\"\ntenant = \"acme\"\nowner = \"alice\"\nexpires = 2099-12-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/t\"]\n",
+        );
+        let config = crate::config::load(dir, false).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let store = crate::store::Store::open(&dir.join(".mandate"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let (audit, _writer) = Auditor::start(&store).unwrap_or_else(|e| unreachable!("{e}"));
+        let agents = store.agents().unwrap_or_else(|e| unreachable!("{e}"));
+        let registry = Registry::load(Arc::new(agents), audit.clone())
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        (config, registry, audit)
+    }
+
+    #[tokio::test]
+    async fn revocation_hooks_fire_on_suspension_and_offboarding_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let (config, registry, _audit) = registry(dir.path()).await;
+        registry
+            .register_declared(&config)
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let revoked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = revoked.clone();
+        registry.on_revoke(Arc::new(move |agent: &str| {
+            if let Ok(mut v) = seen.lock() {
+                v.push(agent.to_owned());
+            }
+        }));
+        let mission = "finance/prod/review";
+        assert!(registry.admit("bot", mission, 10).is_ok());
+        let req = ChangeRequest::default();
+        for change in [Change::Suspend, Change::Resume, Change::Offboard] {
+            registry
+                .change("bot", change, &req, "test")
+                .await
+                .unwrap_or_else(|e| unreachable!("{e}"));
+        }
+        assert_eq!(
+            revoked.lock().map(|v| v.clone()).ok(),
+            Some(vec!["bot".to_owned(), "bot".to_owned()])
+        );
+        assert!(matches!(
+            registry.admit("bot", mission, 10),
+            Err(AgentRefusal::Offboarded(_))
+        ));
+        // Configuration does not bring it back, and a reload reads the same state.
+        registry
+            .register_declared(&config)
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            registry.get("bot").map(|r| r.status),
+            Some(Status::Offboarded)
+        );
+        assert!(matches!(
+            registry.admit("ghost", mission, 10),
+            Err(AgentRefusal::Unregistered(_))
+        ));
+    }
+
     #[test]
     fn secrets_and_times() {
         let s = new_secret();
