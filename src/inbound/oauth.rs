@@ -96,31 +96,66 @@ async fn metadata(State(server): State<Arc<AuthServer>>) -> Response {
 
 async fn authorize() -> Response {
     OAuthError::new(
-        "unsupported_response_type",
+        Code::UnsupportedResponseType,
         "this authorization server issues tokens to registered agents only: use the `client_credentials` grant at `/oauth/token`",
     )
     .into_response()
 }
 
+/// The RFC 6749 §5.2 (and RFC 8707, RFC 6749 §4.1.2.1) error codes this server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    InvalidRequest,
+    InvalidClient,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    InvalidTarget,
+    UnsupportedResponseType,
+    TemporarilyUnavailable,
+}
+
+impl Code {
+    fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::InvalidClient => "invalid_client",
+            Code::UnauthorizedClient => "unauthorized_client",
+            Code::UnsupportedGrantType => "unsupported_grant_type",
+            Code::InvalidScope => "invalid_scope",
+            Code::InvalidTarget => "invalid_target",
+            Code::UnsupportedResponseType => "unsupported_response_type",
+            Code::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidClient => StatusCode::UNAUTHORIZED,
+            Code::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::InvalidRequest
+            | Code::UnauthorizedClient
+            | Code::UnsupportedGrantType
+            | Code::InvalidScope
+            | Code::InvalidTarget
+            | Code::UnsupportedResponseType => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
 /// An RFC 6749 §5.2 error answer.
 #[derive(Debug)]
 struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
+    code: Code,
     description: String,
     /// `WWW-Authenticate: Basic` for a failed `client_secret_basic`.
     basic: bool,
 }
 
 impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
-        let status = match error {
-            "invalid_client" => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::BAD_REQUEST,
-        };
+    fn new(code: Code, description: impl Into<String>) -> Self {
         Self {
-            status,
-            error,
+            code,
             description: description.into(),
             basic: false,
         }
@@ -130,8 +165,8 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let mut response = (
-            self.status,
-            Json(serde_json::json!({ "error": self.error, "error_description": self.description })),
+            self.code.status(),
+            Json(serde_json::json!({ "error": self.code.as_str(), "error_description": self.description })),
         )
             .into_response();
         let headers = response.headers_mut();
@@ -152,12 +187,12 @@ struct Form(HashMap<String, String>);
 impl Form {
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
         let text = std::str::from_utf8(body)
-            .map_err(|_| OAuthError::new("invalid_request", "the request body is not UTF-8"))?;
+            .map_err(|_| OAuthError::new(Code::InvalidRequest, "the request body is not UTF-8"))?;
         let mut params = HashMap::new();
         for (name, value) in form_pairs(text) {
             if params.insert(name.clone(), value).is_some() {
                 return Err(OAuthError::new(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("parameter `{name}` is repeated: send it once"),
                 ));
             }
@@ -217,7 +252,7 @@ async fn token(
 ) -> Response {
     let result = match body.len() > MAX_FORM_BYTES {
         true => Err(OAuthError::new(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("the request body exceeds {MAX_FORM_BYTES} bytes"),
         )),
         false => match Form::parse(&body) {
@@ -247,13 +282,13 @@ impl AuthServer {
     ) -> Result<serde_json::Value, OAuthError> {
         match form.get("grant_type") {
             None => Err(OAuthError::new(
-                "invalid_request",
+                Code::InvalidRequest,
                 "`grant_type` is missing: send `grant_type=client_credentials`",
             )),
             Some(CLIENT_CREDENTIALS) => self.client_credentials(form, headers, peer).await,
             Some(TOKEN_EXCHANGE) => token_exchange(form),
             Some(other) => Err(OAuthError::new(
-                "unsupported_grant_type",
+                Code::UnsupportedGrantType,
                 format!(
                     "grant type `{other}` is not supported: this server supports `client_credentials`"
                 ),
@@ -283,7 +318,7 @@ impl AuthServer {
         let broker = &self.broker;
         let minted = match broker.issuer.mint_scoped(&request, &scope) {
             Ok(m) => m,
-            Err(e) => return Err(OAuthError::new("invalid_request", e.to_string())),
+            Err(e) => return Err(OAuthError::new(Code::InvalidRequest, e.to_string())),
         };
         let mut event = Event::new(EventKind::TokenIssued);
         event.tenant = Some(minted.claims.tenant.clone());
@@ -297,12 +332,10 @@ impl AuthServer {
             minted.claims.exp
         ));
         if let Err(e) = broker.audit.record_durable(event).await {
-            return Err(OAuthError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                error: "temporarily_unavailable",
-                description: format!("the audit log is unavailable, so no token is issued: {e}"),
-                basic: false,
-            });
+            return Err(OAuthError::new(
+                Code::TemporarilyUnavailable,
+                format!("the audit log is unavailable, so no token is issued: {e}"),
+            ));
         }
         let mut body = serde_json::json!({
             "access_token": minted.token,
@@ -354,7 +387,7 @@ impl AuthServer {
                 event,
             );
             let mut e = OAuthError::new(
-                "invalid_client",
+                Code::InvalidClient,
                 "client authentication failed: check the client id and its secret or key (`mandate agents list`)",
             );
             e.basic = basic;
@@ -370,7 +403,7 @@ impl AuthServer {
                 &claimed,
                 event,
             );
-            OAuthError::new("unauthorized_client", refusal.to_string())
+            OAuthError::new(Code::UnauthorizedClient, refusal.to_string())
         })
     }
 
@@ -489,7 +522,7 @@ impl AuthServer {
                         Ok((r.to_owned(), vec![m.runtime.mission.id.clone()]))
                     }
                     _ => Err(OAuthError::new(
-                        "invalid_target",
+                        Code::InvalidTarget,
                         format!(
                             "resource `{r}` is not a mission agent `{}` may use: name a mission URL it is onboarded for, or `{public_url}`",
                             agent.id
@@ -522,7 +555,7 @@ impl AuthServer {
             .collect();
         if granted.is_empty() {
             return Err(OAuthError::new(
-                "invalid_scope",
+                Code::InvalidScope,
                 format!(
                     "none of the requested scopes is used by a tool this token reaches (available: {})",
                     available.into_iter().collect::<Vec<_>>().join(" ")
@@ -536,7 +569,7 @@ impl AuthServer {
 /// The token-exchange grant (RFC 8693): the embedded STS plugs in here.
 fn token_exchange(_form: &Form) -> Result<serde_json::Value, OAuthError> {
     Err(OAuthError::new(
-        "unsupported_grant_type",
+        Code::UnsupportedGrantType,
         "grant type `urn:ietf:params:oauth:grant-type:token-exchange` is not served by this broker yet: use `client_credentials`",
     ))
 }
@@ -548,7 +581,7 @@ fn client_auth(form: &Form, headers: &HeaderMap) -> Result<ClientAuth, OAuthErro
         None => None,
         Some(value) => Some(parse_basic(value).ok_or_else(|| {
             let mut e = OAuthError::new(
-                "invalid_client",
+                Code::InvalidClient,
                 "malformed `Authorization` header: expected `Basic base64(client_id:client_secret)`",
             );
             e.basic = true;
@@ -562,14 +595,14 @@ fn client_auth(form: &Form, headers: &HeaderMap) -> Result<ClientAuth, OAuthErro
         + usize::from(assertion.is_some());
     if methods > 1 {
         return Err(OAuthError::new(
-            "invalid_request",
+            Code::InvalidRequest,
             "use one client authentication method per request",
         ));
     }
     if let Some((client_id, secret)) = basic {
         if form.get("client_id").is_some_and(|id| id != client_id) {
             return Err(OAuthError::new(
-                "invalid_request",
+                Code::InvalidRequest,
                 "`client_id` differs from the one in `Authorization`",
             ));
         }
@@ -582,7 +615,7 @@ fn client_auth(form: &Form, headers: &HeaderMap) -> Result<ClientAuth, OAuthErro
     if let Some(secret) = post {
         let Some(client_id) = form.get("client_id") else {
             return Err(OAuthError::new(
-                "invalid_request",
+                Code::InvalidRequest,
                 "`client_secret` needs `client_id`",
             ));
         };
@@ -595,7 +628,7 @@ fn client_auth(form: &Form, headers: &HeaderMap) -> Result<ClientAuth, OAuthErro
     if let Some(assertion) = assertion {
         if form.get("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
             return Err(OAuthError::new(
-                "invalid_request",
+                Code::InvalidRequest,
                 format!("`client_assertion_type` must be `{JWT_BEARER_ASSERTION}`"),
             ));
         }
@@ -605,7 +638,7 @@ fn client_auth(form: &Form, headers: &HeaderMap) -> Result<ClientAuth, OAuthErro
         });
     }
     let mut e = OAuthError::new(
-        "invalid_client",
+        Code::InvalidClient,
         "no client authentication: send the agent's client id and secret (`client_secret_basic` or `client_secret_post`) or a `private_key_jwt` assertion",
     );
     e.basic = true;
