@@ -858,3 +858,24 @@ async fn python_sdk_client_credentials_find_the_embedded_authorization_server_fr
             .any(|(a, d)| a == "jwt-bot" && d.contains("private_key_jwt"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_stdio_refuses_a_suspended_agent_at_start() {
+    let ws = agents_ws(&["bot"], "");
+    let token = ws.token(Some(MISSION));
+    agents_ok(&ws, &["suspend", "bot", "--reason", "on leave"]);
+    let out = Command::new(mandate_bin())
+        .args(["serve", "--stdio", "--mission", MISSION])
+        .current_dir(ws.path())
+        .env("MANDATE_TOKEN", &token)
+        .env("MANDATE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent `bot` is suspended (on leave)"),
+        "{stderr}"
+    );
+}
