@@ -119,6 +119,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage the agent registry: agents are non-human identities with an accountable owner,
+    /// the missions they may use, an expiry, a review date and a credential for the embedded
+    /// authorization server (`/oauth/token`).
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
@@ -133,6 +140,87 @@ enum Command {
         /// Launch Mandate over stdio instead of connecting over HTTP.
         #[arg(long)]
         stdio: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Register an agent. Without `--public-key` it gets a client secret, printed once (only its
+    /// hash is stored); with it, it authenticates with `private_key_jwt` (ES256). Each mission
+    /// must list the agent in its `agents`.
+    Onboard {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id (its OAuth client id and the `azp` of its tokens).
+        id: String,
+        /// The agent's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The accountable human, e.g. alice@acme.example.
+        #[arg(long)]
+        owner: String,
+        /// A mission the agent may use (repeatable).
+        #[arg(long = "mission", required = true)]
+        missions: Vec<String>,
+        /// When it stops working: a date (end of that day, UTC) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// When its owner must have reviewed it, or it is suspended: a date or an RFC 3339 time.
+        #[arg(long)]
+        review: Option<String>,
+        /// A file with the agent's ES256 public key as a JWK, for `private_key_jwt`.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every agent with its status; agents the zombie sweep suspended are marked ZOMBIE.
+    List {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend an agent at once: its next request is refused, its cached downstream tokens are
+    /// dropped. `resume` undoes it.
+    Suspend {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// Why (recorded in the audit log and shown to the agent).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended agent (give a new `--expires` or `--review` if those had passed).
+    Resume {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// A new expiry: a date or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A new review date: a date or an RFC 3339 time.
+        #[arg(long)]
+        review: Option<String>,
+    },
+    /// Offboard an agent for good: it never calls again (configuration does not bring it back).
+    Offboard {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -280,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client,
             stdio,
         } => client_config(&config, &mission, client, stdio),
+        Command::Agents { command } => agents_command(command).await,
     }
 }
 
@@ -978,6 +1067,7 @@ async fn serve(
         issuer.clone(),
         &config.settings.issuers,
     )?);
+    let agents = crate::agents::Registry::load(Arc::new(store.agents()?), audit.clone()).await?;
     let mut event = Event::new(EventKind::ConfigLoad);
     event.detail = Some(format!(
         "{} mission(s): {}; {} tool manifest(s)",
@@ -998,6 +1088,8 @@ async fn serve(
         detail.push_str(&format!("; {}", files.join("; ")));
     }
     audit.record_durable(event).await?;
+    // Agents named by missions are registered ("declared by mission"; see `crate::agents`).
+    agents.register_declared(&config).await?;
 
     let exchange = Arc::new(crate::exchange::Exchanger::new(&config, issuer.clone())?);
     let config = Arc::new(config);
@@ -1009,10 +1101,17 @@ async fn serve(
         if now > runtime.mission.expires_at {
             continue;
         }
-        let state = MissionState::new(runtime.clone(), &pool).map_err(anyhow::Error::msg)?;
+        let state = MissionState::new(runtime.clone(), &pool)
+            .map_err(anyhow::Error::msg)?
+            .with_agents(agents.clone());
         states.insert(id.clone(), Arc::new(state));
     }
     let shutdown = CancellationToken::new();
+    // The zombie sweep: now, then every `[agents] sweep_interval`.
+    let sweeper = agents.spawn_sweeper(config.settings.agents.clone(), shutdown.clone());
+    // Suspension and offboarding act at once: the agent's cached downstream tokens go too.
+    let cache = exchange.clone();
+    agents.on_revoke(Arc::new(move |agent: &str| cache.forget_agent(agent)));
     tokio::spawn(signal_shutdown(shutdown.clone()));
     verifier.start(&shutdown);
     let result = match listener {
@@ -1066,6 +1165,7 @@ async fn serve(
                 missions: states.clone(),
                 admin_token,
                 exchange: exchange.clone(),
+                agents: agents.clone(),
             });
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected or failed to
@@ -1111,6 +1211,11 @@ async fn serve(
         }
     };
     shutdown.cancel();
+    let _ = sweeper.await;
+    // When each agent was last seen is kept in memory; a last sweep writes it down.
+    if let Err(e) = agents.sweep(&config.settings.agents).await {
+        tracing::warn!(error = %e, "agents' last-seen times could not be saved");
+    }
     pool.shutdown().await;
     drop(states);
     if let Err(e) = audit.stop().await {
@@ -1232,6 +1337,11 @@ async fn serve_stdio(
             state.runtime.mission.id
         );
     }
+    if let Some(agents) = state.agents()
+        && let Err(refusal) = agents.admit(&caller.agent, id, crate::authn::unix_now())
+    {
+        bail!("MANDATE_TOKEN may not use mission `{id}`: {refusal}");
+    }
     let handler = MissionHandler::new(
         state.clone(),
         audit.clone(),
@@ -1263,4 +1373,255 @@ async fn signal_shutdown(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// `mandate agents …`: on the store directly, or through the running server's admin API.
+async fn agents_command(command: AgentsCommand) -> anyhow::Result<ExitCode> {
+    use crate::agents::{Change, ChangeRequest, OnboardRequest};
+    /// One operation, whichever way it goes.
+    enum Op {
+        Onboard(OnboardRequest, bool),
+        List(bool),
+        Change(String, Change, ChangeRequest),
+    }
+    let (dir, op) = match command {
+        AgentsCommand::Onboard {
+            config,
+            id,
+            tenant,
+            owner,
+            missions,
+            expires,
+            review,
+            public_key,
+            json,
+        } => {
+            let public_jwk = match public_key {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read `{}`", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("`{}` is not a JWK (JSON)", path.display()))?,
+                    )
+                }
+            };
+            let request = OnboardRequest {
+                id,
+                tenant,
+                owner,
+                missions,
+                expires,
+                review,
+                public_jwk,
+            };
+            (config, Op::Onboard(request, json))
+        }
+        AgentsCommand::List { config, json } => (config, Op::List(json)),
+        AgentsCommand::Suspend { config, id, reason } => (
+            config,
+            Op::Change(
+                id,
+                Change::Suspend,
+                ChangeRequest {
+                    reason,
+                    ..ChangeRequest::default()
+                },
+            ),
+        ),
+        AgentsCommand::Resume {
+            config,
+            id,
+            expires,
+            review,
+        } => (
+            config,
+            Op::Change(
+                id,
+                Change::Resume,
+                ChangeRequest {
+                    reason: None,
+                    expires,
+                    review,
+                },
+            ),
+        ),
+        AgentsCommand::Offboard { config, id, reason } => (
+            config,
+            Op::Change(
+                id,
+                Change::Offboard,
+                ChangeRequest {
+                    reason,
+                    ..ChangeRequest::default()
+                },
+            ),
+        ),
+    };
+    let config = match load(&dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let public_url = config.settings.public_url.clone();
+    match backend(&config)? {
+        Backend::Direct(store) => {
+            let (audit, writer) = Auditor::start(&store)?;
+            let registry =
+                crate::agents::Registry::load(Arc::new(store.agents()?), audit.clone()).await?;
+            let result: anyhow::Result<()> = async {
+                registry.register_declared(&config).await?;
+                match op {
+                    Op::Onboard(request, json) => {
+                        let onboarded = registry.onboard(&config, request, "cli").await?;
+                        print_onboarded(&onboarded, json, &public_url)?;
+                    }
+                    Op::List(json) => print_agents(&registry.list(), json)?,
+                    Op::Change(id, change, request) => {
+                        let record = registry.change(&id, change, &request, "cli").await?;
+                        print_changed(&record);
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            drop(registry);
+            audit.stop().await?;
+            let _ = writer.await;
+            result?;
+        }
+        Backend::Admin(cred) => {
+            let client = reqwest::Client::new();
+            let (request, json) = match &op {
+                Op::Onboard(request, json) => (
+                    client
+                        .post(format!("{}/admin/agents", cred.url))
+                        .json(request),
+                    *json,
+                ),
+                Op::List(json) => (client.get(format!("{}/admin/agents", cred.url)), *json),
+                Op::Change(id, change, request) => {
+                    let verb = match change {
+                        Change::Suspend => "suspend",
+                        Change::Resume => "resume",
+                        Change::Offboard => "offboard",
+                    };
+                    let mut url = reqwest::Url::parse(&format!("{}/admin/agents/", cred.url))
+                        .with_context(|| format!("invalid admin URL `{}`", cred.url))?;
+                    url.path_segments_mut()
+                        .map_err(|()| anyhow::anyhow!("invalid admin URL `{}`", cred.url))?
+                        .pop_if_empty()
+                        .push(id)
+                        .push(verb);
+                    (client.post(url).json(request), false)
+                }
+            };
+            let response = request
+                .bearer_auth(&cred.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                bail!("{}", body.trim());
+            }
+            let unexpected = "the running server answered with something else";
+            match op {
+                Op::Onboard(..) => print_onboarded(
+                    &serde_json::from_str(&body).context(unexpected)?,
+                    json,
+                    &public_url,
+                )?,
+                Op::List(_) => {
+                    let agents: Vec<crate::agents::AgentRecord> =
+                        serde_json::from_str(&body).context(unexpected)?;
+                    print_agents(&agents, json)?
+                }
+                Op::Change(..) => print_changed(&serde_json::from_str(&body).context(unexpected)?),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_onboarded(
+    onboarded: &crate::agents::Onboarded,
+    json: bool,
+    public_url: &str,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(onboarded)?);
+        return Ok(());
+    }
+    let a = &onboarded.agent;
+    println!(
+        "onboarded agent `{}` (tenant {}, owner {}) for mission(s): {}",
+        a.id,
+        a.tenant,
+        a.owner,
+        a.missions.join(", ")
+    );
+    println!("client_id: {}", a.id);
+    match &onboarded.client_secret {
+        Some(secret) => {
+            println!("client_secret: {secret}");
+            eprintln!("note: the client secret is shown only now (Mandate keeps only its hash)");
+        }
+        None => println!("authentication: private_key_jwt (ES256) with the registered key"),
+    }
+    println!("token endpoint: {public_url}/oauth/token");
+    Ok(())
+}
+
+fn print_agents(agents: &[crate::agents::AgentRecord], json: bool) -> anyhow::Result<()> {
+    use crate::agents::{Origin, time_text};
+    if json {
+        println!("{}", serde_json::to_string_pretty(agents)?);
+        return Ok(());
+    }
+    if agents.is_empty() {
+        println!("no agents registered");
+        return Ok(());
+    }
+    let when = |t: Option<u64>| t.map(time_text).unwrap_or_else(|| "-".into());
+    println!("ID\tSTATUS\tORIGIN\tTENANT\tOWNER\tMISSIONS\tEXPIRES\tREVIEW\tLAST SEEN\tCREDENTIAL");
+    for a in agents {
+        let mut status = a.status.as_str().to_uppercase();
+        if a.zombie {
+            status.push_str(" ZOMBIE");
+        }
+        if let Some(reason) = &a.reason {
+            status.push_str(&format!(" ({reason})"));
+        }
+        let origin = match a.origin {
+            Origin::Onboarded => "onboarded",
+            Origin::DeclaredByMission => "declared by mission",
+        };
+        println!(
+            "{}\t{status}\t{origin}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            a.id,
+            a.tenant,
+            a.owner,
+            a.missions.join(","),
+            when(a.expires_at),
+            when(a.review_at),
+            when(a.last_seen),
+            a.credential.method()
+        );
+    }
+    Ok(())
+}
+
+fn print_changed(record: &crate::agents::AgentRecord) {
+    let reason = record
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    println!(
+        "agent `{}` is {}{reason}",
+        record.id,
+        record.status.as_str()
+    );
 }

@@ -54,6 +54,9 @@ pub enum EventKind {
     TokenIssued,
     /// Resource or prompt access through a mission.
     Access,
+    /// An agent was onboarded, suspended, resumed or offboarded (by a person, by configuration
+    /// or by the zombie sweep).
+    AgentLifecycle,
 }
 
 /// The agent's stated reasoning for a call (`_meta["io.mandate/reasoning"]`).

@@ -324,6 +324,20 @@ impl Issuer {
 
     /// Mints an access token.
     pub fn mint(&self, request: &TokenRequest) -> anyhow::Result<MintedToken> {
+        self.mint_with_scope(request, None)
+    }
+
+    /// Mints an access token that also carries `scope` (space-separated OAuth scopes): what the
+    /// embedded authorization server's `/oauth/token` issues.
+    pub fn mint_scoped(&self, request: &TokenRequest, scope: &str) -> anyhow::Result<MintedToken> {
+        self.mint_with_scope(request, Some(scope))
+    }
+
+    fn mint_with_scope(
+        &self,
+        request: &TokenRequest,
+        scope: Option<&str>,
+    ) -> anyhow::Result<MintedToken> {
         if request.ttl.is_zero() || request.ttl > MAX_TTL {
             anyhow::bail!("`ttl` must be between 1s and 24h");
         }
@@ -352,7 +366,22 @@ impl Issuer {
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(TOKEN_TYPE.to_owned());
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
+        let token = match scope {
+            None => jsonwebtoken::encode(&header, &claims, &self.encoding)?,
+            Some(scope) => {
+                #[derive(Serialize)]
+                struct WithScope<'a> {
+                    #[serde(flatten)]
+                    claims: &'a Claims,
+                    scope: &'a str,
+                }
+                let body = WithScope {
+                    claims: &claims,
+                    scope,
+                };
+                jsonwebtoken::encode(&header, &body, &self.encoding)?
+            }
+        };
         Ok(MintedToken { token, claims })
     }
 

@@ -87,6 +87,14 @@ pub const SETTINGS: &[Field] = &[
             ("resource_client_secret_file", V),
         ]),
     ),
+    (
+        "agents",
+        Shape::Table(&[
+            ("register_mission_agents", V),
+            ("sweep_interval", V),
+            ("max_idle", V),
+        ]),
+    ),
 ];
 
 /// A tool manifest.

@@ -55,6 +55,29 @@ pub struct Settings {
     pub issuers: Vec<issuers::IssuerSettings>,
     /// Token exchange profiles (always including `embedded`).
     pub exchange: Vec<exchange::ExchangeProfile>,
+    /// `[agents]`: the agent registry.
+    pub agents: AgentSettings,
+}
+
+/// `[agents]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSettings {
+    /// Register the agents missions name at start ("declared by mission").
+    pub register_mission_agents: bool,
+    /// Period of the zombie sweep.
+    pub sweep_interval: Duration,
+    /// Suspend agents idle longer than this (`None`: never for idleness).
+    pub max_idle: Option<Duration>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            register_mission_agents: true,
+            sweep_interval: Duration::from_secs(3600),
+            max_idle: None,
+        }
+    }
 }
 
 /// A validated tool manifest.
@@ -602,7 +625,44 @@ fn build_settings(
             .map(|t| (root.join(t.cert), root.join(t.key))),
         issuers,
         exchange,
+        agents: build_agent_settings(&src, &raw.agents, diags),
     }
+}
+
+/// `[agents]`: durations of at least one second.
+fn build_agent_settings(
+    src: &Source,
+    raw: &raw::RawAgents,
+    diags: &mut Vec<Diagnostic>,
+) -> AgentSettings {
+    let mut settings = AgentSettings::default();
+    if let Some(on) = raw.register_mission_agents {
+        settings.register_mission_agents = on;
+    }
+    let mut period = |value: &Spanned<String>, name: &str| -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            _ => {
+                diags.push(src.at(
+                    value.span().start,
+                    format!(
+                        "`{name}` must be a duration of at least 1s like `1h` or `30d`, not `{}`",
+                        value.get_ref()
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(v) = &raw.sweep_interval
+        && let Some(d) = period(v, "sweep_interval")
+    {
+        settings.sweep_interval = d;
+    }
+    if let Some(v) = &raw.max_idle {
+        settings.max_idle = period(v, "max_idle");
+    }
+    settings
 }
 
 fn build_manifest(

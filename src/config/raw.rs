@@ -20,6 +20,24 @@ pub struct RawSettings {
     /// Token exchange profiles.
     #[serde(default)]
     pub exchange: Vec<Spanned<RawExchange>>,
+    /// The agent registry.
+    #[serde(default)]
+    pub agents: RawAgents,
+}
+
+/// `[agents]`: the agent registry and its zombie sweep.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgents {
+    /// Register at start every agent a mission's `agents` names that is not registered yet
+    /// ("declared by mission"; default `true`). `false`: only agents onboarded with
+    /// `mandate agents onboard` may call.
+    pub register_mission_agents: Option<bool>,
+    /// How often agents past their expiry or review date, or idle too long, are suspended
+    /// (default `1h`; also done at start).
+    pub sweep_interval: Option<Spanned<String>>,
+    /// Suspend an agent not seen for this long, e.g. `30d` (default: never for idleness).
+    pub max_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

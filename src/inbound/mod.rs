@@ -7,9 +7,11 @@
 //! tenant or agent, or for an expired mission, is a 403. The MCP handler then finds the verified
 //! [`Caller`] in the request.
 
+mod agents_admin;
 pub mod handler;
 pub(crate) mod ingress;
 pub mod native;
+pub mod oauth;
 mod rebinding;
 pub mod session;
 pub mod tls;
@@ -52,6 +54,8 @@ pub struct Broker {
     pub admin_token: String,
     /// The token exchange: `forget_agent` on suspension, the `/oauth/token` exchange grant.
     pub exchange: Arc<crate::exchange::Exchanger>,
+    /// The agent registry, consulted on every request.
+    pub agents: Arc<crate::agents::Registry>,
 }
 
 struct Gate {
@@ -63,6 +67,7 @@ struct Gate {
     sessions: Arc<session::Sessions>,
     allowed: rebinding::Allowed,
     verifier: Arc<Verifier>,
+    agents: Arc<crate::agents::Registry>,
     public_url: String,
     metadata_url: String,
 }
@@ -120,6 +125,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
                 origins: origins.clone(),
             },
             verifier: broker.verifier.clone(),
+            agents: broker.agents.clone(),
             public_url: settings.public_url.clone(),
             metadata_url: format!(
                 "{}/.well-known/oauth-protected-resource{}",
@@ -152,6 +158,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     }
     let metadata_broker = broker.clone();
     let admin = broker.clone();
+    let authorization_server = oauth::routes(broker.clone(), aggregate.clone());
     let unknown_broker = broker.clone();
     app.route(
         // Paths of missions this broker does not serve: answered like a mission would.
@@ -178,15 +185,11 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
         get({
             let b = broker.clone();
             move || async move {
-                let base = &b.config.settings.public_url;
-                Json(serde_json::json!({
-                    "issuer": b.issuer.issuer(),
-                    "jwks_uri": format!("{base}/.well-known/jwks.json"),
-                    "id_token_signing_alg_values_supported": ["ES256"],
-                    "token_endpoint_auth_methods_supported": [],
-                    "response_types_supported": [],
-                    "subject_types_supported": ["public"],
-                }))
+                // The authorization server's metadata, plus what OpenID discovery requires.
+                let mut document = oauth::metadata_document(&b);
+                document["id_token_signing_alg_values_supported"] = serde_json::json!(["ES256"]);
+                document["subject_types_supported"] = serde_json::json!(["public"]);
+                Json(document)
             }
         }),
     )
@@ -221,7 +224,13 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     .route("/admin/token", post(admin_token))
     .route("/admin/audit/export", get(admin_export))
     .route("/admin/audit/verify", get(admin_verify))
+    .route(
+        "/admin/agents",
+        get(agents_admin::list).post(agents_admin::onboard),
+    )
+    .route("/admin/agents/{id}/{change}", post(agents_admin::change))
     .with_state(admin)
+    .merge(authorization_server)
 }
 
 /// The protected-resource metadata (RFC 9728) of `/mcp/<mission>`. It answers for any path, known
@@ -382,6 +391,24 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             "this token may not use this mission (tenant, agent or mission expiry)\n",
         )
             .into_response();
+    }
+    // The agent registry, on every request: a suspension acts on the next one.
+    if let Err(refusal) = gate.agents.admit(
+        &caller.agent,
+        &gate.runtime.mission.id,
+        crate::authn::unix_now(),
+    ) {
+        let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
+        event.outcome = Some("forbidden".into());
+        event.detail = Some(refusal.to_string());
+        gate.aggregate.record(
+            &format!("forbidden: {}", refusal.label()),
+            &crate::call::principal_key(&caller),
+            event,
+        );
+        drain(request).await;
+        // No `insufficient_scope` challenge: no other token of this agent would do.
+        return (StatusCode::FORBIDDEN, format!("{refusal}\n")).into_response();
     }
     request.extensions_mut().insert(caller.clone());
     let session_id = request

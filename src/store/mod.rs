@@ -9,7 +9,7 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`] and [`KeyStore`]. Declared for the issues that move agents,
+//! Implemented now: [`AuditLog`], [`KeyStore`] and [`AgentStore`]. Declared for the issues that move
 //! approvals, handoffs and quotas into the store: [`AgentStore`], [`ApprovalStore`],
 //! [`HandoffStore`], [`QuotaStore`] (their shapes may be refined by those issues, but they stay
 //! narrow: keyed records with compare-and-swap, no query language).
@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
-    AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAuditLog, SledKeyStore, Store,
-    StoreError,
+    AGENTS_TREE, AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAgentStore,
+    SledAuditLog, SledKeyStore, Store, StoreError,
 };
 
 /// A storage operation failed (the backend's message, for the operator).
@@ -95,7 +95,8 @@ pub trait KeyStore: Send + Sync {
     fn remove(&self, name: &str) -> Result<(), StorageError>;
 }
 
-/// Registered agents and their lifecycle state (declared; implemented with the agent registry).
+/// Registered agents and their lifecycle state (see `crate::agents`): one opaque record per
+/// agent id. Every write is durable when it returns.
 pub trait AgentStore: Send + Sync {
     fn get(&self, agent: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Replaces the record if it still equals `expected` (None: absent); false on a lost race.
@@ -105,7 +106,8 @@ pub trait AgentStore: Send + Sync {
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool, StorageError>;
-    fn list(&self) -> Entries<'_>;
+    /// Every agent id and record, in id order.
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }
 
 /// Pending and decided approval requests (declared; implemented with approvals).
