@@ -7,6 +7,7 @@
 //! tenant or agent, or for an expired mission, is a 403. The MCP handler then finds the verified
 //! [`Caller`] in the request.
 
+pub mod bridge;
 pub mod handler;
 pub(crate) mod ingress;
 pub mod native;
@@ -154,7 +155,10 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             move |axum::extract::Path(rest): axum::extract::Path<String>, request: Request| {
                 let broker = unknown_broker.clone();
                 let aggregate = aggregate.clone();
-                async move { unknown_mission(&broker, &aggregate, &rest, &request) }
+                async move {
+                    let response = unknown_mission(&broker, &aggregate, &rest, &request);
+                    drained(request, response).await
+                }
             },
         ),
     )
@@ -213,6 +217,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     .route("/admin/token", post(admin_token))
     .route("/admin/audit/export", get(admin_export))
     .route("/admin/audit/verify", get(admin_verify))
+    .route("/admin/keys/rotate", post(admin_keys_rotate))
     .with_state(admin)
 }
 
@@ -321,8 +326,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             event.detail = Some(format!("{e} (from {peer})"));
             gate.aggregate
                 .record(&format!("unauthenticated: {e}"), &peer, event);
-            drain(request).await;
-            return unauthorized(&gate, &e);
+            return drained(request, unauthorized(&gate, &e)).await;
         }
     };
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
@@ -334,12 +338,11 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             &crate::call::principal_key(&caller),
             event,
         );
-        drain(request).await;
         let challenge = format!(
             "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
             gate.metadata_url
         );
-        return (
+        let response = (
             StatusCode::FORBIDDEN,
             [(
                 header::WWW_AUTHENTICATE,
@@ -348,6 +351,7 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             "this token may not use this mission (tenant, agent or mission expiry)\n",
         )
             .into_response();
+        return drained(request, response).await;
     }
     request.extensions_mut().insert(caller.clone());
     let session_id = request
@@ -515,13 +519,31 @@ fn hold_until_finished<G: Send + Sync + 'static>(response: Response, guard: G) -
     Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
-/// Largest request body read (and discarded) before a refusal: reading it lets the connection
-/// stay open for the next request instead of being closed under a client still sending.
-const DRAIN_BYTES: usize = 64 * 1024;
-
-/// Reads and discards a refused request's body (bounded by [`DRAIN_BYTES`]).
-async fn drain(request: Request) {
-    let _ = axum::body::to_bytes(request.into_body(), DRAIN_BYTES).await;
+/// Reads and discards a refused request's body, then gives `response`: a body left unread would
+/// make the server close the kept-alive connection (without an answer when the close races the
+/// client's next request). Bodies are read as a stream up to [`MAX_BODY_BYTES`] (what an accepted
+/// request may carry) without being held; a longer one is not read further, and the response
+/// says `Connection: close` so the client knows the connection ends after it.
+async fn drained(request: Request, mut response: Response) -> Response {
+    use futures::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0usize;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                read += bytes.len();
+                if read > MAX_BODY_BYTES {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    break;
+                }
+            }
+            // The client broke off its body: the connection is gone either way.
+            Err(_) => break,
+        }
+    }
+    response
 }
 
 /// Largest accepted request body.
@@ -537,11 +559,16 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
-            jsonrpc_error(
+            let mut response = jsonrpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 -32600,
                 &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
-            )
+            );
+            // The rest of the body is not read: the connection ends after this answer.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
         })
 }
 
@@ -766,4 +793,52 @@ pub async fn serve_http(
     // Counts gathered since the last window are written before the audit log closes.
     aggregate.flush();
     served
+}
+
+/// What `POST /admin/keys/rotate` answers (and `mandate keys rotate` prints).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct AdminRotation {
+    /// `kid` of the key that signs new tokens.
+    pub current: String,
+    /// `kid` of the rotated-out key.
+    pub retired: String,
+    /// Unix seconds until which the rotated-out key stays published.
+    pub published_until: u64,
+}
+
+/// Rotates the embedded issuer's signing key of the running server: the store gets the new key,
+/// and the issuer in memory signs with it from this answer on.
+async fn admin_keys_rotate(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !admin_authorized(&broker, peer, &headers) {
+        return forbidden_admin();
+    }
+    let (store, issuer) = (broker.store.clone(), broker.issuer.clone());
+    let rotated = tokio::task::spawn_blocking(move || {
+        let rotation = Issuer::rotate(&store)?;
+        store.flush()?;
+        issuer.reload(&store)?;
+        anyhow::Ok(rotation)
+    })
+    .await;
+    match rotated {
+        Ok(Ok(r)) => {
+            tracing::info!(kid = %r.current, retired = %r.retired, "issuer signing key rotated");
+            Json(AdminRotation {
+                current: r.current,
+                retired: r.retired,
+                published_until: r.published_until,
+            })
+            .into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("key rotation failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
