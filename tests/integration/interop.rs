@@ -33,7 +33,7 @@ async fn start_http_fixture() -> (tokio::process::Child, String) {
     (fixture, url)
 }
 
-fn conformance_workspace(http: Option<&str>) -> Workspace {
+pub(crate) fn conformance_workspace(http: Option<&str>) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     let tools = [
@@ -330,7 +330,7 @@ async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
 
 /// An MCP client that answers `roots/list` with its own root.
 #[derive(Clone)]
-struct Roots(&'static str);
+pub(crate) struct Roots(pub &'static str);
 
 #[allow(deprecated)]
 impl rmcp::ClientHandler for Roots {

@@ -1,0 +1,533 @@
+//! Operating one configuration (issue 7 items 6, 11, 14 and `keys rotate`): `serve --stdio`
+//! bridged to a running broker, a start no CLI command can break, key rotation while serving,
+//! refusals that keep the connection, and a broker behind a TLS-terminating proxy.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const MISSION: &str = "finance/prod/review";
+
+fn call(name: &str, arguments: Value) -> CallToolRequestParams {
+    let mut p = CallToolRequestParams::new(name.to_owned());
+    p.arguments = arguments.as_object().cloned();
+    p
+}
+
+fn ledger_ws(tools: &str) -> Workspace {
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission(MISSION, tools, "");
+    ws.pin();
+    ws
+}
+
+/// An MCP client over `mandate serve --stdio --mission <mission>` with `token`.
+async fn stdio_client<H: ClientHandler>(
+    ws: &Workspace,
+    mission: &str,
+    token: &str,
+    handler: H,
+) -> Result<RunningService<RoleClient, H>, rmcp::service::ClientInitializeError> {
+    use rmcp::transport::TokioChildProcess;
+    let mut cmd = tokio::process::Command::new(mandate_bin());
+    cmd.args(["serve", "--stdio", "--mission", mission])
+        .current_dir(ws.path())
+        .env("MANDATE_TOKEN", token)
+        .env("MANDATE_LOG", "warn");
+    handler.serve(TokioChildProcess::new(cmd).unwrap()).await
+}
+
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Vec<f64>>>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.0.lock().unwrap().push(params.progress);
+    }
+}
+
+/// Item 11: with a broker serving the configuration, `serve --stdio` relays to it; both
+/// transports run at once, the calls land in one audit chain, and it verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_is_bridged_to_the_running_broker_and_both_transports_share_one_chain() {
+    let ws = ledger_ws(r#""finance/ledger/get_invoice", "finance/ledger/slow_report""#);
+    let server = ws.serve();
+    // Over HTTP, as alice.
+    let alice = client(&server.mission_url(MISSION), &ws.token(Some(MISSION))).await;
+    // Over stdio on the same configuration, as bob, while alice's session stays open.
+    let bob_token = ws.token_for("bob@acme.example", "acme", "bot", Some(MISSION));
+    let progress = Progress::default();
+    let bob = stdio_client(&ws, MISSION, &bob_token, progress.clone())
+        .await
+        .expect("serve --stdio must start while the broker runs");
+    let r = alice
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1001"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    let r = bob
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    // Notifications cross the bridge: progress of a slow call reaches the stdio client.
+    let r = bob
+        .call_tool(call("slow_report", json!({"seconds": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    eventually(5, "progress over the bridge", || {
+        !progress.0.lock().unwrap().is_empty()
+    })
+    .await;
+    bob.cancel().await.unwrap();
+    alice.cancel().await.unwrap();
+
+    // A token the broker refuses fails the stdio client's start (the broker decides).
+    let refused = stdio_client(&ws, MISSION, "not-a-token", ()).await;
+    assert!(refused.is_err(), "a garbage MANDATE_TOKEN must not connect");
+
+    // Both calls are in the broker's chain (read through its admin API while it runs).
+    let records = audit_records(&ws);
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "get_invoice" && r["outcome"] == "ok")
+        .collect();
+    for sub in ["alice@acme.example", "bob@acme.example"] {
+        assert!(
+            calls.iter().any(|r| r["subject"] == sub),
+            "{sub}'s call is audited: {calls:?}"
+        );
+    }
+    assert_eq!(calls[0]["chain"], calls[1]["chain"], "{calls:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "auth_failure" && r["outcome"] == "unauthenticated"),
+        "the refused stdio token is audited by the broker"
+    );
+    server.stop();
+    let out = ws.mandate(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Item 11: a credential left by a broker that is gone (killed) does not send `serve --stdio`
+/// to a dead address: it serves standalone on the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_runs_standalone_when_the_broker_that_left_a_credential_is_gone() {
+    let ws = ledger_ws(r#""finance/ledger/get_invoice""#);
+    let token = ws.token(Some(MISSION));
+    let server = ws.serve();
+    let url = server.url.clone();
+    server.kill9();
+    assert!(ws.path().join(".mandate/admin.json").exists());
+    assert!(reqwest::get(format!("{url}/healthz")).await.is_err());
+    let client = stdio_client(&ws, MISSION, &token, ()).await.unwrap();
+    let r = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    client.cancel().await.unwrap();
+    let out = ws.mandate(&["audit", "verify"]);
+    assert!(out.status.success());
+}
+
+/// Item 11: server→client requests cross the bridge too (`roots/list` from a downstream that
+/// asks during a call, answered by the stdio client).
+#[tokio::test(flavor = "multi_thread")]
+async fn server_requests_cross_the_stdio_bridge() {
+    let ws = crate::interop::conformance_workspace(None);
+    let server = ws.serve();
+    let token = ws.token_for(
+        "alice@example.com",
+        "conformance",
+        "conformance-suite",
+        Some("conformance/dev/suite"),
+    );
+    let client = stdio_client(
+        &ws,
+        "conformance/dev/suite",
+        &token,
+        crate::interop::Roots("file:///home/alice-over-stdio"),
+    )
+    .await
+    .unwrap();
+    let r = client
+        .call_tool(CallToolRequestParams::new("test_roots"))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&r.content).unwrap();
+    assert!(text.contains("file:///home/alice-over-stdio"), "{text}");
+    client.cancel().await.unwrap();
+    server.stop();
+}
+
+/// Item 11, race-free start: CLI commands run while the broker starts (before, during and
+/// right after it takes the store) all succeed, and the broker always comes up.
+#[test]
+fn cli_commands_racing_a_starting_broker_never_take_it_down() {
+    let ws = Workspace::new();
+    ws.mission(MISSION, "", "");
+    for attempt in 0..10 {
+        let mut broker = Command::new(mandate_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(ws.path())
+            .env("MANDATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // At once, without waiting for the port.
+        for args in [
+            &[
+                "token",
+                "--sub",
+                "a@acme.example",
+                "--tenant",
+                "acme",
+                "--agent",
+                "bot",
+                "--mission",
+                MISSION,
+            ][..],
+            &["audit", "verify"][..],
+            &[
+                "token",
+                "--sub",
+                "b@acme.example",
+                "--tenant",
+                "acme",
+                "--agent",
+                "bot",
+                "--mission",
+                MISSION,
+            ][..],
+        ] {
+            let out = ws.mandate(args);
+            assert!(
+                out.status.success(),
+                "attempt {attempt}: `mandate {}` failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut lines = BufReader::new(broker.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        if !first.starts_with("mandate listening on") {
+            let _ = broker.kill();
+            let out = broker.wait_with_output().unwrap();
+            panic!(
+                "attempt {attempt}: the broker did not come up: {first}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::spawn(move || for _ in lines {});
+        // Right after the port opens, through the admin API.
+        let out = ws.mandate(&["audit", "verify"]);
+        assert!(out.status.success(), "attempt {attempt}");
+        assert!(
+            broker.try_wait().unwrap().is_none(),
+            "attempt {attempt}: broker exited"
+        );
+        // A second broker on the same store is refused at once, naming the first.
+        if attempt == 9 {
+            let second = ws.mandate(&["serve", "--listen", "127.0.0.1:0"]);
+            assert!(!second.status.success());
+            let err = String::from_utf8_lossy(&second.stderr);
+            assert!(
+                err.contains(&format!("pid {}", broker.id())),
+                "the refusal names the running server: {err}"
+            );
+        }
+        Command::new("kill")
+            .args(["-TERM", &broker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(broker.wait().unwrap().success(), "attempt {attempt}");
+    }
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// `mandate keys rotate` while the broker runs: the new key signs new tokens at once, the old
+/// one stays in the JWKS and its tokens stay valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotate_while_serving_signs_new_tokens_at_once() {
+    let ws = Workspace::new();
+    ws.mission(MISSION, "", "");
+    let server = ws.serve();
+    let old = ws.token(Some(MISSION));
+    let out = ws.mandate(&["keys", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&kid(&old)), "names the retired key: {said}");
+    let new = ws.token(Some(MISSION));
+    assert_ne!(
+        kid(&old),
+        kid(&new),
+        "the running server signs with the new key"
+    );
+    assert!(said.contains(&kid(&new)), "names the new key: {said}");
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2, "{jwks}");
+    assert!(kids.contains(&kid(&old).as_str()) && kids.contains(&kid(&new).as_str()));
+    for token in [&old, &new] {
+        let c = client(&server.mission_url(MISSION), token).await;
+        c.list_all_tools().await.unwrap();
+        c.cancel().await.unwrap();
+    }
+    server.stop();
+    // The rotation is in the store: after a restart the new key still signs.
+    let server = ws.serve();
+    assert_eq!(kid(&ws.token(Some(MISSION))), kid(&new));
+    server.stop();
+}
+
+/// Reads one HTTP/1.1 response (Content-Length framed) from `socket`; returns its head.
+fn read_response(socket: &mut std::net::TcpStream, buffer: &mut Vec<u8>, i: usize) -> String {
+    let (head_end, length, head) = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .unwrap_or(0);
+            break (end + 4, length, head);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "request {i}: the connection was closed without a response"
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    while buffer.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).unwrap();
+        assert!(n > 0, "request {i}: the connection was closed mid-response");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    buffer.drain(..head_end + length);
+    head
+}
+
+/// Item 14: thousands of refusals of every shape on ONE kept-alive connection — garbage and
+/// missing tokens, no body, small and chunked bodies, bodies far larger than the old drain
+/// bound, a valid token of another tenant (403), an unknown mission path — each gets its answer
+/// and the connection stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_of_every_shape_keep_one_connection_alive() {
+    let ws = Workspace::new();
+    ws.mission(MISSION, "", "");
+    ws.write(
+        "missions/hr/prod/other.toml",
+        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
+    );
+    let server = ws.serve();
+    let foreign = ws.token_for("eve@globex.example", "globex", "bot", None);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket.set_nodelay(true).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let small = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}}"#;
+        let large = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"pad":"{}"}}}}}}"#,
+            "x".repeat(300 * 1024)
+        );
+        let head = |method: &str, path: &str, auth: &str| {
+            format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n")
+        };
+        let mission = format!("/mcp/{MISSION}");
+        let garbage = "Authorization: Bearer not-a-token\r\n";
+        let mut buffer = Vec::new();
+        for i in 0..3000 {
+            let (request, expected) = match i % 7 {
+                0 => (
+                    format!("{}Content-Length: {}\r\n\r\n{small}", head("POST", &mission, garbage), small.len()),
+                    "401",
+                ),
+                1 => (format!("{}Content-Length: 0\r\n\r\n", head("POST", &mission, "")), "401"),
+                2 => (format!("{}\r\n", head("GET", &mission, garbage)), "401"),
+                3 => (
+                    format!(
+                        "{}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{small}\r\n0\r\n\r\n",
+                        head("POST", &mission, garbage),
+                        small.len()
+                    ),
+                    "401",
+                ),
+                4 => (
+                    format!(
+                        "{}Content-Length: {}\r\n\r\n{small}",
+                        head("POST", "/mcp/nowhere/prod/none", garbage),
+                        small.len()
+                    ),
+                    "401",
+                ),
+                5 => (
+                    format!(
+                        "{}Content-Length: {}\r\n\r\n{small}",
+                        head("POST", &mission, &format!("Authorization: Bearer {foreign}\r\n")),
+                        small.len()
+                    ),
+                    "403",
+                ),
+                // Far beyond what used to be read before answering (64 KiB), now and then.
+                _ if i % 70 == 6 => (
+                    format!("{}Content-Length: {}\r\n\r\n{large}", head("POST", &mission, garbage), large.len()),
+                    "401",
+                ),
+                _ => (
+                    format!("{}Content-Length: {}\r\n\r\n{small}", head("POST", &mission, "Authorization: Basic Zm9vOmJhcg==\r\n"), small.len()),
+                    "401",
+                ),
+            };
+            socket.write_all(request.as_bytes()).unwrap();
+            let head = read_response(&mut socket, &mut buffer, i);
+            assert!(
+                head.starts_with(&format!("http/1.1 {expected}")),
+                "request {i}: {head}"
+            );
+            assert!(!head.contains("connection: close"), "request {i}: {head}");
+        }
+    })
+    .await
+    .unwrap();
+    server.stop();
+}
+
+/// `mandate serve --listen <addr>` that must exit at once; its stderr.
+fn serve_refused(ws: &Workspace, listen: &str) -> String {
+    let mut child = Command::new(mandate_bin())
+        .args(["serve", "--listen", listen])
+        .current_dir(ws.path())
+        .env("MANDATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "`serve --listen {listen}` must be refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Item 6: beyond loopback without `[server] tls`, the start is refused naming both ways out;
+/// an https `public_url` (TLS terminated by a proxy in front) is allowed, and the broker then
+/// answers the proxy's plain HTTP with URLs of the public https origin.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_tls_terminating_proxy_an_https_public_url_allows_a_plain_listener() {
+    let ws = Workspace::new();
+    ws.mission(MISSION, "", "");
+    let err = serve_refused(&ws, "0.0.0.0:0");
+    assert!(err.contains("add `[server] tls"), "{err}");
+    assert!(err.contains("public_url = \"https://"), "{err}");
+    // An http public URL is not a TLS-terminating proxy.
+    ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"http://mandate.example.com\"\n",
+    );
+    let err = serve_refused(&ws, "0.0.0.0:0");
+    assert!(err.contains("add `[server] tls"), "{err}");
+
+    ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"https://mandate.example.com\"\n",
+    );
+    let server = ws.serve_on("0.0.0.0:0");
+    assert_eq!(server.url, "https://mandate.example.com");
+    let cred: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path().join(".mandate/admin.json")).unwrap(),
+    )
+    .unwrap();
+    let direct = format!("{}/mcp/{MISSION}", cred["url"].as_str().unwrap());
+    // What the proxy forwards: plain HTTP with the public Host.
+    let http = reqwest::Client::new();
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let r = http
+        .post(&direct)
+        .header("host", "mandate.example.com")
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"https://mandate.example.com/.well-known/oauth-protected-resource/mcp/{MISSION}\""
+        )),
+        "{challenge}"
+    );
+    let token = ws.token(Some(MISSION));
+    let r = http
+        .post(&direct)
+        .header("host", "mandate.example.com")
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(&token)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    server.stop();
+}
