@@ -28,7 +28,8 @@ pub struct RawServer {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: Option<Spanned<String>>,
     /// Canonical public base URL: the issuer of embedded tokens and the base of every mission's
-    /// resource URL (default `http://<listen>`).
+    /// resource URL (default `http://<listen>`). An `https://` URL without `tls` means a
+    /// TLS-terminating proxy in front forwards plain HTTP here.
     pub public_url: Option<Spanned<String>>,
     /// Extra `Host` values accepted besides `localhost`, `127.0.0.1`, `::1` and the public URL's
     /// host (DNS-rebinding protection).
@@ -39,7 +40,8 @@ pub struct RawServer {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Serve HTTPS with this certificate chain and private key (PEM files, relative to the
-    /// configuration directory). Required to listen on anything but loopback.
+    /// configuration directory). Required to listen on anything but loopback, unless an
+    /// `https://` `public_url` says a TLS-terminating proxy is in front.
     pub tls: Option<RawTls>,
 }
 
