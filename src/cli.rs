@@ -119,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write JSON Schemas of the configuration files for editors.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
@@ -146,6 +151,22 @@ enum KeysCommand {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Write mandate.schema.json, mission.schema.json and tool-manifest.schema.json, generated
+    /// from the configuration types. Point a TOML file at one with a first line like
+    /// `#:schema ../../../schemas/mission.schema.json` and VS Code (Even Better TOML) or taplo
+    /// validate and complete it while you type.
+    Manifests {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Where to write the schemas (default: `schemas/` in the configuration directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -256,6 +277,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Rotate { config },
         } => keys_rotate(&config).await,
+        Command::Schema {
+            command: SchemaCommand::Manifests { config, out },
+        } => schema_manifests(&config, out.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,
@@ -638,6 +662,19 @@ async fn admin_get(
     query: &[(&str, &str)],
 ) -> anyhow::Result<String> {
     Ok(admin_request(cred, path, query).await?.text().await?)
+}
+
+/// `mandate schema manifests`: writes the editor schemas of the configuration files.
+fn schema_manifests(dir: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let out = out.map_or_else(|| dir.join("schemas"), Path::to_path_buf);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    for file in config::schema::manifests()? {
+        let path = out.join(file.name);
+        std::fs::write(&path, &file.text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `mandate keys rotate`: in the store, or through the running server's admin API (which

@@ -8,6 +8,7 @@
 pub mod diag;
 pub mod fields;
 pub mod raw;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

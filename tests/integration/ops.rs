@@ -531,3 +531,108 @@ async fn behind_a_tls_terminating_proxy_an_https_public_url_allows_a_plain_liste
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     server.stop();
 }
+
+/// A TOML document as the JSON an editor validates (dates and times as strings).
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => json!(i),
+        toml::Value::Float(f) => json!(f),
+        toml::Value::Boolean(b) => json!(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+fn toml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            toml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+}
+
+/// The errors of `text` (TOML) against the JSON Schema `schema`.
+fn schema_errors(schema: &Value, text: &str) -> Vec<String> {
+    let validator = jsonschema::validator_for(schema).unwrap();
+    let instance = toml_to_json(toml::Value::Table(toml::from_str(text).unwrap()));
+    validator
+        .iter_errors(&instance)
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// Item 15: `mandate schema manifests` writes the schemas that ship in `schemas/` (they are
+/// current), every shipped mission and tool manifest points at its schema with `#:schema` and
+/// validates against it, and a misspelt field is rejected in each file type.
+#[test]
+fn editor_schemas_are_current_and_every_shipped_file_validates() {
+    let out = tempfile::tempdir().unwrap();
+    let written = Command::new(mandate_bin())
+        .args(["schema", "manifests", "--out"])
+        .arg(out.path())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(written.status.success());
+    let schemas = repo().join("schemas");
+    let mut by_name = std::collections::BTreeMap::new();
+    for name in [
+        "mandate.schema.json",
+        "mission.schema.json",
+        "tool-manifest.schema.json",
+    ] {
+        let generated = std::fs::read_to_string(out.path().join(name)).unwrap();
+        let shipped = std::fs::read_to_string(schemas.join(name)).unwrap_or_default();
+        assert_eq!(
+            generated, shipped,
+            "schemas/{name} is out of date: run `mandate schema manifests` and commit it"
+        );
+        by_name.insert(name, serde_json::from_str::<Value>(&generated).unwrap());
+    }
+    let mut files = Vec::new();
+    toml_files(&repo().join("missions"), &mut files);
+    toml_files(&repo().join("tool-manifests"), &mut files);
+    assert!(files.len() >= 4, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expected = if file.starts_with(repo().join("missions")) {
+            "mission.schema.json"
+        } else {
+            "tool-manifest.schema.json"
+        };
+        let directive = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("#:schema "))
+            .unwrap_or_else(|| panic!("{} has no `#:schema` first line", file.display()));
+        let target = file.parent().unwrap().join(directive.trim());
+        assert_eq!(
+            target.canonicalize().unwrap(),
+            schemas.join(expected).canonicalize().unwrap(),
+            "{}",
+            file.display()
+        );
+        let errors = schema_errors(&by_name[expected], &text);
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+    // A misspelt field is rejected, in each file type.
+    let mission =
+        std::fs::read_to_string(repo().join("missions/finance/prod/invoice-review.toml")).unwrap();
+    let misspelt = mission.replacen("tenant = ", "tennant = ", 1);
+    assert!(!schema_errors(&by_name["mission.schema.json"], &misspelt).is_empty());
+    let manifest =
+        std::fs::read_to_string(repo().join("tool-manifests/finance/ledger.toml")).unwrap();
+    let misspelt = manifest.replacen("effect = ", "effct = ", 1);
+    assert_ne!(misspelt, manifest);
+    assert!(!schema_errors(&by_name["tool-manifest.schema.json"], &misspelt).is_empty());
+    let settings = &by_name["mandate.schema.json"];
+    assert!(schema_errors(settings, "[server]\nlisten = \"127.0.0.1:8080\"\n").is_empty());
+    assert!(!schema_errors(settings, "[server]\nlisen = \"127.0.0.1:8080\"\n").is_empty());
+}
