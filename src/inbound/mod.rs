@@ -289,9 +289,18 @@ fn unknown_mission(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_str(&refusal).unwrap_or(HeaderValue::from_static("Bearer")),
         )],
-        "this token may not use this mission (tenant, agent or mission expiry)\n",
+        // What a mission of another tenant answers: no token opens a mission that is not there,
+        // and the answer does not tell a missing mission from another tenant's.
+        forbidden_text(crate::mission::Denied::Tenant),
     )
         .into_response()
+}
+
+/// The body of a 403 for an authenticated caller: the rule that refused it, and what to do.
+fn forbidden_text(denied: crate::mission::Denied) -> String {
+    format!(
+        "this token may not use this mission: {denied} (use a token of the mission's tenant and one of its agents, for a mission that has not expired)\n"
+    )
 }
 
 impl Gate {
@@ -342,13 +351,14 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
             gate.metadata_url
         );
+        // The caller is authenticated: it learns which rule refused it (as the audit does).
         let response = (
             StatusCode::FORBIDDEN,
             [(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
             )],
-            "this token may not use this mission (tenant, agent or mission expiry)\n",
+            forbidden_text(denied),
         )
             .into_response();
         return drained(request, response).await;

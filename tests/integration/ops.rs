@@ -636,3 +636,62 @@ fn editor_schemas_are_current_and_every_shipped_file_validates() {
     assert!(schema_errors(settings, "[server]\nlisten = \"127.0.0.1:8080\"\n").is_empty());
     assert!(!schema_errors(settings, "[server]\nlisen = \"127.0.0.1:8080\"\n").is_empty());
 }
+
+/// Item 5: an authenticated caller refused for a mission learns which rule refused it (and the
+/// audit record has it); an unknown path answers another tenant's caller like a mission of
+/// another tenant does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_caller_learns_which_rule_refused_it() {
+    let ws = Workspace::new();
+    ws.mission(MISSION, "", "");
+    ws.write(
+        "missions/finance/prod/helpdesk.toml",
+        "description = \"x\"\ntenant = \"acme\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"helper\"]\ntools = []\n",
+    );
+    ws.write(
+        "missions/hr/prod/other.toml",
+        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
+    );
+    let server = ws.serve();
+    let http = reqwest::Client::new();
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let refusal = |path: String, token: String| {
+        let request = http
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let other_agent = ws.token_for("alice@acme.example", "acme", "helper", None);
+    let other_tenant = ws.token_for("eve@globex.example", "globex", "bot", None);
+    let (status, body) = refusal(format!("/mcp/{MISSION}"), other_agent).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("agent is not allowed on this mission"),
+        "{body}"
+    );
+    let (status, body) = refusal(format!("/mcp/{MISSION}"), other_tenant.clone()).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("tenant is not the mission's tenant"),
+        "{body}"
+    );
+    assert_eq!(
+        refusal("/mcp/finance/prod/nothing-here".into(), other_tenant).await,
+        (status, body)
+    );
+    server.stop();
+    let records = audit_records(&ws);
+    assert!(
+        records.iter().any(|r| r["kind"] == "auth_failure"
+            && r["outcome"] == "forbidden"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("agent is not allowed"))),
+        "the audit names the rule too"
+    );
+}
