@@ -20,7 +20,7 @@ use rmcp::transport::{StreamableHttpClientTransport, Transport};
 pub enum BridgeError {
     #[error("cannot build the HTTP client for the bridge: {0}")]
     Client(String),
-    #[error("the running server at `{url}` refused or dropped the connection{}: restart the client, and check MANDATE_TOKEN (mint one with `mandate token … --mission <id>`)", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    #[error("the running server at `{url}` refused or ended the connection{}: check MANDATE_TOKEN (mint one with `mandate token … --mission <id>`), then restart the client", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Upstream { url: String, reason: Option<String> },
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
@@ -47,12 +47,14 @@ async fn relay<Up, Down>(mut up: Up, mut down: Down, url: &str) -> Result<(), Br
 where
     Up: Transport<rmcp::RoleServer>,
     Down: Transport<rmcp::RoleClient>,
-    Down::Error: std::fmt::Display,
+    Down::Error: std::error::Error,
 {
     // Posts in flight: a request whose post fails is answered here, as rmcp's own service
     // does, so the client is never left waiting.
     let mut posts = FuturesUnordered::new();
     let mut last_failure: Option<String> = None;
+    // Whether the server ever answered: a client that was never let in ends with an error.
+    let mut connected = false;
     loop {
         tokio::select! {
             message = up.receive() => {
@@ -69,26 +71,53 @@ where
                     // The server side ended; answer what is still waiting, then stop.
                     while let Some((id, result)) = posts.next().await {
                         if let Err(e) = result {
-                            last_failure = Some(e.to_string());
-                            answer_failure(&mut up, id, &e.to_string()).await?;
+                            let why = reason(&e);
+                            answer_failure(&mut up, id, &why).await?;
+                            last_failure = Some(why);
                         }
                     }
                     let _ = up.close().await;
                     return Err(BridgeError::Upstream { url: url.to_owned(), reason: last_failure });
                 };
+                connected = true;
                 up.send(message).await.map_err(|e| BridgeError::Stdout(std::io::Error::other(e.to_string())))?;
             }
             Some((id, result)) = posts.next(), if !posts.is_empty() => {
                 if let Err(e) = result {
-                    tracing::warn!(error = %e, "the running server refused a relayed message");
-                    last_failure = Some(e.to_string());
-                    answer_failure(&mut up, id, &e.to_string()).await?;
+                    let why = reason(&e);
+                    tracing::warn!(error = %why, "the running server refused a relayed message");
+                    answer_failure(&mut up, id, &why).await?;
+                    last_failure = Some(why);
                 }
             }
         }
     }
     let _ = down.close().await;
-    Ok(())
+    match (connected, last_failure) {
+        (false, Some(reason)) => Err(BridgeError::Upstream {
+            url: url.to_owned(),
+            reason: Some(reason),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What the server said, for the client and the operator: the `error_description` of a
+/// refusal's `WWW-Authenticate` when there is one (`malformed bearer token: …`), otherwise the
+/// error and its causes.
+fn reason(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    const KEY: &str = "error_description=\"";
+    text.find(KEY)
+        .map(|start| &text[start + KEY.len()..])
+        .and_then(|rest| rest.split_once('"'))
+        .map_or(text.clone(), |(description, _)| description.to_owned())
 }
 
 /// The id of a request (what a failed post must be answered with).

@@ -155,7 +155,7 @@ async fn run_conformance(http: Option<&str>) {
 
 /// A workspace fronting PyPI `mcp-server-time` (mcp 2.x: speaks 2026-07-28 and the handshake
 /// revisions) with one mission; `protocol` is the revision Mandate speaks to it.
-fn time_workspace(protocol: &str) -> Workspace {
+pub(crate) fn time_workspace(protocol: &str) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     ws.write(

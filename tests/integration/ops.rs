@@ -97,8 +97,14 @@ async fn stdio_is_bridged_to_the_running_broker_and_both_transports_share_one_ch
     alice.cancel().await.unwrap();
 
     // A token the broker refuses fails the stdio client's start (the broker decides).
-    let refused = stdio_client(&ws, MISSION, "not-a-token", ()).await;
-    assert!(refused.is_err(), "a garbage MANDATE_TOKEN must not connect");
+    let Err(refused) = stdio_client(&ws, MISSION, "not-a-token", ()).await else {
+        panic!("a garbage MANDATE_TOKEN must not connect");
+    };
+    // The client learns the broker's reason.
+    assert!(
+        refused.to_string().contains("malformed bearer token"),
+        "{refused}"
+    );
 
     // Both calls are in the broker's chain (read through its admin API while it runs).
     let records = audit_records(&ws);
@@ -694,4 +700,82 @@ async fn a_refused_caller_learns_which_rule_refused_it() {
                 .is_some_and(|d| d.contains("agent is not allowed"))),
         "the audit names the rule too"
     );
+}
+
+const PY_STDIO_CLIENT: &str = r#"
+import sys, json, anyio
+from mcp import Client
+from mcp.client.stdio import stdio_client, StdioServerParameters
+binary, config, mission, token, mode = sys.argv[1:6]
+async def main():
+    params = StdioServerParameters(command=binary, args=["serve", "--stdio", "--mission", mission, "--config", config],
+                                   env={"MANDATE_TOKEN": token, "MANDATE_LOG": "warn"})
+    async with Client(stdio_client(params), mode=mode) as c:
+        tools = await c.list_tools()
+        r = await c.call_tool("get_current_time", {"timezone": "Etc/UTC"})
+        print(json.dumps({"protocol": str(c.protocol_version), "tools": [t.name for t in tools.tools],
+                          "is_error": r.is_error, "timezone": (r.structured_content or {}).get("timezone")}))
+anyio.run(main)
+"#;
+
+/// Item 11 with a client nobody here wrote: the Python `mcp` SDK's stdio client, in `auto`
+/// (2026-07-28, no handshake) and `legacy` (2025-11-25) modes, through `serve --stdio` bridged to
+/// the running broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_stdio_client_through_the_bridge_in_both_revisions() {
+    let ws = crate::interop::time_workspace("2025-11-25");
+    let server = ws.serve();
+    let token = ws.token(Some("ops/prod/clock"));
+    for (mode, protocol) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
+        let out = Command::new(peers().join("venv/bin/python"))
+            .args(["-c", PY_STDIO_CLIENT])
+            .arg(mandate_bin())
+            .arg(ws.path())
+            .args(["ops/prod/clock", &token, mode])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "python stdio client ({mode}) failed: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        let v: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        assert_eq!(v["protocol"], protocol, "{v}");
+        assert_eq!(v["tools"], json!(["get_current_time"]), "{v}");
+        assert_eq!(v["is_error"], false, "{v}");
+        assert_eq!(v["timezone"], "Etc/UTC", "{v}");
+    }
+    server.stop();
+    let calls = audit_records(&ws)
+        .into_iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "get_current_time" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(calls, 2, "both stdio calls are in the broker's audit log");
+}
+
+/// Item 11 on a broker serving HTTPS: the bridge reaches the mission on the broker's plain
+/// loopback port (the one the CLI uses), and the broker still verifies the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stdio_bridge_reaches_a_broker_that_serves_https() {
+    let ws = ledger_ws(r#""finance/ledger/get_invoice""#);
+    certificate(&ws);
+    ws.write(
+        "mandate.toml",
+        "[server]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+    );
+    let server = ws.serve();
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let client = stdio_client(&ws, MISSION, &ws.token(Some(MISSION)), ())
+        .await
+        .unwrap();
+    let r = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    client.cancel().await.unwrap();
+    assert!(stdio_client(&ws, MISSION, "not-a-token", ()).await.is_err());
+    server.stop();
 }
