@@ -614,7 +614,7 @@ fn backend(config: &Config) -> anyhow::Result<Backend> {
         }
         if std::time::Instant::now() > deadline {
             bail!(
-                "store `{}` is locked by another process that published no admin credential: is another program using it?",
+                "store `{}` is held by a process that serves no admin API (a `mandate serve --stdio` started while no server ran, or another program): run `mandate serve` on this configuration, so that stdio clients and CLI commands all go through it",
                 path.display()
             )
         }
@@ -664,6 +664,33 @@ async fn admin_get(
     Ok(admin_request(cred, path, query).await?.text().await?)
 }
 
+/// Sends an admin POST (with a JSON `body`, if any) and reads its JSON answer; fails with the
+/// server's own text when it refuses (`what` names the request in other failures).
+async fn admin_post<R: serde::de::DeserializeOwned>(
+    cred: &AdminCredential,
+    path: &str,
+    body: Option<&impl Serialize>,
+    what: &str,
+) -> anyhow::Result<R> {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}", cred.url))
+        .bearer_auth(&cred.token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{}", text.trim());
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("the running server answered {what} with something else"))
+}
+
 /// `mandate schema manifests`: writes the editor schemas of the configuration files.
 fn schema_manifests(dir: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let out = out.map_or_else(|| dir.join("schemas"), Path::to_path_buf);
@@ -695,22 +722,7 @@ async fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         Backend::Admin(cred) => {
-            let response = reqwest::Client::new()
-                .post(format!("{}/admin/keys/rotate", cred.url))
-                .bearer_auth(&cred.token)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
-            let status = response.status();
-            let body = response.text().await?;
-            if !status.is_success() {
-                bail!(
-                    "the running server could not rotate the key: {}",
-                    body.trim()
-                );
-            }
-            serde_json::from_str::<inbound::AdminRotation>(&body)
-                .context("the running server answered the rotation with something else")?
+            admin_post(&cred, "/admin/keys/rotate", None::<&()>, "the rotation").await?
         }
     };
     let until = std::time::UNIX_EPOCH + Duration::from_secs(rotation.published_until);
@@ -743,20 +755,7 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
             }
         }
         Backend::Admin(cred) => {
-            let response = reqwest::Client::new()
-                .post(format!("{}/admin/token", cred.url))
-                .bearer_auth(&cred.token)
-                .json(&request)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
-            let status = response.status();
-            let body = response.text().await?;
-            if !status.is_success() {
-                bail!("{}", body.trim());
-            }
-            serde_json::from_str::<AdminTokenResponse>(&body)
-                .context("the running server answered the token request with something else")?
+            admin_post(&cred, "/admin/token", Some(&request), "the token request").await?
         }
     };
     if request.mission.is_none() {

@@ -2,19 +2,26 @@
 //! bridged to a running broker, a start no CLI command can break, key rotation while serving,
 //! refusals that keep the connection, and a broker behind a TLS-terminating proxy.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
-use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Value, json};
 
 use crate::common::*;
 
 const MISSION: &str = "finance/prod/review";
+
+/// The mission `hr/prod/other` of tenant globex (agent bot), without tools.
+fn other_tenant_mission(ws: &Workspace) {
+    ws.write(
+        "missions/hr/prod/other.toml",
+        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
+    );
+}
 
 fn call(name: &str, arguments: Value) -> CallToolRequestParams {
     let mut p = CallToolRequestParams::new(name.to_owned());
@@ -28,6 +35,17 @@ fn ledger_ws(tools: &str) -> Workspace {
     ws.mission(MISSION, tools, "");
     ws.pin();
     ws
+}
+
+/// `get_invoice` of the approved sample invoice answers it, through whatever `client` reaches.
+async fn assert_reads_an_approved_invoice<H: ClientHandler>(
+    client: &RunningService<RoleClient, H>,
+) {
+    let r = client
+        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content.unwrap()["status"], "approved");
 }
 
 /// An MCP client over `mandate serve --stdio --mission <mission>` with `token`.
@@ -46,19 +64,6 @@ async fn stdio_client<H: ClientHandler>(
     handler.serve(TokioChildProcess::new(cmd).unwrap()).await
 }
 
-#[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Vec<f64>>>);
-
-impl ClientHandler for Progress {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _ctx: NotificationContext<RoleClient>,
-    ) {
-        self.0.lock().unwrap().push(params.progress);
-    }
-}
-
 /// Item 11: with a broker serving the configuration, `serve --stdio` relays to it; both
 /// transports run at once, the calls land in one audit chain, and it verifies.
 #[tokio::test(flavor = "multi_thread")]
@@ -69,7 +74,7 @@ async fn stdio_is_bridged_to_the_running_broker_and_both_transports_share_one_ch
     let alice = client(&server.mission_url(MISSION), &ws.token(Some(MISSION))).await;
     // Over stdio on the same configuration, as bob, while alice's session stays open.
     let bob_token = ws.token_for("bob@acme.example", "acme", "bot", Some(MISSION));
-    let progress = Progress::default();
+    let progress = crate::broker::Progress::default();
     let bob = stdio_client(&ws, MISSION, &bob_token, progress.clone())
         .await
         .expect("serve --stdio must start while the broker runs");
@@ -78,11 +83,7 @@ async fn stdio_is_bridged_to_the_running_broker_and_both_transports_share_one_ch
         .await
         .unwrap();
     assert_eq!(r.is_error, Some(false));
-    let r = bob
-        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
-        .await
-        .unwrap();
-    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    assert_reads_an_approved_invoice(&bob).await;
     // Notifications cross the bridge: progress of a slow call reaches the stdio client.
     let r = bob
         .call_tool(call("slow_report", json!({"seconds": 1})))
@@ -146,11 +147,7 @@ async fn stdio_runs_standalone_when_the_broker_that_left_a_credential_is_gone() 
     assert!(ws.path().join(".mandate/admin.json").exists());
     assert!(reqwest::get(format!("{url}/healthz")).await.is_err());
     let client = stdio_client(&ws, MISSION, &token, ()).await.unwrap();
-    let r = client
-        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
-        .await
-        .unwrap();
-    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    assert_reads_an_approved_invoice(&client).await;
     client.cancel().await.unwrap();
     let out = ws.mandate(&["audit", "verify"]);
     assert!(out.status.success());
@@ -272,15 +269,7 @@ fn cli_commands_racing_a_starting_broker_never_take_it_down() {
     }
 }
 
-fn kid(token: &str) -> String {
-    use base64::Engine;
-    let header = token.split('.').next().unwrap();
-    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .unwrap();
-    let header: Value = serde_json::from_slice(&header).unwrap();
-    header["kid"].as_str().unwrap().to_owned()
-}
+use crate::security::kid;
 
 /// `mandate keys rotate` while the broker runs: the new key signs new tokens at once, the old
 /// one stays in the JWKS and its tokens stay valid.
@@ -305,20 +294,9 @@ async fn keys_rotate_while_serving_signs_new_tokens_at_once() {
         "the running server signs with the new key"
     );
     assert!(said.contains(&kid(&new)), "names the new key: {said}");
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert_eq!(kids.len(), 2, "{jwks}");
-    assert!(kids.contains(&kid(&old).as_str()) && kids.contains(&kid(&new).as_str()));
+    let kids = jwks_kids(&server.url).await;
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    assert!(kids.contains(&kid(&old)) && kids.contains(&kid(&new)));
     for token in [&old, &new] {
         let c = client(&server.mission_url(MISSION), token).await;
         c.list_all_tools().await.unwrap();
@@ -331,36 +309,6 @@ async fn keys_rotate_while_serving_signs_new_tokens_at_once() {
     server.stop();
 }
 
-/// Reads one HTTP/1.1 response (Content-Length framed) from `socket`; returns its head.
-fn read_response(socket: &mut std::net::TcpStream, buffer: &mut Vec<u8>, i: usize) -> String {
-    let (head_end, length, head) = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse::<usize>().unwrap())
-                .unwrap_or(0);
-            break (end + 4, length, head);
-        }
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).unwrap();
-        assert!(
-            n > 0,
-            "request {i}: the connection was closed without a response"
-        );
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    while buffer.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        let n = socket.read(&mut chunk).unwrap();
-        assert!(n > 0, "request {i}: the connection was closed mid-response");
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    buffer.drain(..head_end + length);
-    head
-}
-
 /// Item 14: thousands of refusals of every shape on ONE kept-alive connection — garbage and
 /// missing tokens, no body, small and chunked bodies, bodies far larger than the old drain
 /// bound, a valid token of another tenant (403), an unknown mission path — each gets its answer
@@ -369,10 +317,7 @@ fn read_response(socket: &mut std::net::TcpStream, buffer: &mut Vec<u8>, i: usiz
 async fn refusals_of_every_shape_keep_one_connection_alive() {
     let ws = Workspace::new();
     ws.mission(MISSION, "", "");
-    ws.write(
-        "missions/hr/prod/other.toml",
-        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
-    );
+    other_tenant_mission(&ws);
     let server = ws.serve();
     let foreign = ws.token_for("eve@globex.example", "globex", "bot", None);
     let address = server.url.trim_start_matches("http://").to_owned();
@@ -654,10 +599,7 @@ async fn a_refused_caller_learns_which_rule_refused_it() {
         "missions/finance/prod/helpdesk.toml",
         "description = \"x\"\ntenant = \"acme\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"helper\"]\ntools = []\n",
     );
-    ws.write(
-        "missions/hr/prod/other.toml",
-        "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
-    );
+    other_tenant_mission(&ws);
     let server = ws.serve();
     let http = reqwest::Client::new();
     let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
@@ -770,11 +712,7 @@ async fn the_stdio_bridge_reaches_a_broker_that_serves_https() {
     let client = stdio_client(&ws, MISSION, &ws.token(Some(MISSION)), ())
         .await
         .unwrap();
-    let r = client
-        .call_tool(call("get_invoice", json!({"invoice_id": "INV-1003"})))
-        .await
-        .unwrap();
-    assert_eq!(r.structured_content.unwrap()["status"], "approved");
+    assert_reads_an_approved_invoice(&client).await;
     client.cancel().await.unwrap();
     assert!(stdio_client(&ws, MISSION, "not-a-token", ()).await.is_err());
     server.stop();
