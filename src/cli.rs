@@ -626,6 +626,11 @@ fn backend(config: &Config) -> anyhow::Result<Backend> {
 /// (left by a server that is gone, or read while a new one is starting).
 fn live_admin_credential(store: &Path) -> Option<AdminCredential> {
     let cred = store::read_admin_credential(store)?;
+    // A credential of a process that is gone, whose port something else may have taken since.
+    #[cfg(target_os = "linux")]
+    if !Path::new(&format!("/proc/{}", cred.pid)).exists() {
+        return None;
+    }
     let url = reqwest::Url::parse(&cred.url).ok()?;
     let addrs = url.socket_addrs(|| None).ok()?;
     addrs

@@ -147,3 +147,18 @@ async fn answer_failure<Up: Transport<rmcp::RoleServer>>(
         .await
         .map_err(|e| BridgeError::Stdout(std::io::Error::other(e.to_string())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::reason;
+
+    #[test]
+    fn a_refusal_is_reported_by_its_description() {
+        let refusal = std::io::Error::other(
+            "authorization required: Bearer error=\"invalid_token\", error_description=\"token expired: mint a new one\", resource_metadata=\"http://x\"",
+        );
+        assert_eq!(reason(&refusal), "token expired: mint a new one");
+        let other = std::io::Error::other("connection refused");
+        assert_eq!(reason(&other), "connection refused");
+    }
+}
