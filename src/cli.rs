@@ -720,11 +720,16 @@ async fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
         Backend::Direct(store) => {
             let rotation = Issuer::rotate(&store)?;
             store.flush()?;
-            inbound::AdminRotation {
+            let rotation = inbound::AdminRotation {
                 current: rotation.current,
                 retired: rotation.retired,
                 published_until: rotation.published_until,
-            }
+            };
+            let (audit, writer) = Auditor::start(&store)?;
+            inbound::record_rotation(&audit, &rotation).await?;
+            audit.stop().await?;
+            let _ = writer.await;
+            rotation
         }
         Backend::Admin(cred) => {
             admin_post(&cred, "/admin/keys/rotate", None::<&()>, "the rotation").await?

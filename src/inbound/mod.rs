@@ -816,6 +816,17 @@ pub struct AdminRotation {
     pub published_until: u64,
 }
 
+/// Audits a key rotation (by key ids; key material never reaches the log).
+pub async fn record_rotation(audit: &Auditor, rotation: &AdminRotation) -> anyhow::Result<()> {
+    let mut event = Event::new(EventKind::KeyRotated);
+    event.detail = Some(format!(
+        "signing key `{}` replaces `{}`, which stays published until {}",
+        rotation.current, rotation.retired, rotation.published_until
+    ));
+    audit.record_durable(event).await?;
+    Ok(())
+}
+
 /// Rotates the embedded issuer's signing key of the running server: the store gets the new key,
 /// and the issuer in memory signs with it from this answer on.
 async fn admin_keys_rotate(
@@ -837,12 +848,19 @@ async fn admin_keys_rotate(
     match rotated {
         Ok(Ok(r)) => {
             tracing::info!(kid = %r.current, retired = %r.retired, "issuer signing key rotated");
-            Json(AdminRotation {
+            let rotation = AdminRotation {
                 current: r.current,
                 retired: r.retired,
                 published_until: r.published_until,
-            })
-            .into_response()
+            };
+            if let Err(e) = record_rotation(&broker.audit, &rotation).await {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the key was rotated, but the audit log could not record it: {e}\n"),
+                )
+                    .into_response();
+            }
+            Json(rotation).into_response()
         }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (

@@ -302,6 +302,12 @@ async fn keys_rotate_while_serving_signs_new_tokens_at_once() {
         c.list_all_tools().await.unwrap();
         c.cancel().await.unwrap();
     }
+    let records = audit_records(&ws);
+    assert!(
+        records.iter().any(|r| r["kind"] == "key_rotated"
+            && r["detail"].as_str().is_some_and(|d| d.contains(&kid(&new)))),
+        "the rotation is audited"
+    );
     server.stop();
     // The rotation is in the store: after a restart the new key still signs.
     let server = ws.serve();

@@ -127,6 +127,12 @@ async fn rotated_key_signs_new_tokens_and_the_old_one_stays_published_until_its_
         String::from_utf8_lossy(&out.stderr)
     );
     assert_ne!(kid(&ws.token(Some("finance/prod/review"))), kid(&new));
+    // Both rotations, with the server stopped and running, are audited.
+    let rotations = audit_records(&ws)
+        .into_iter()
+        .filter(|r| r["kind"] == "key_rotated")
+        .count();
+    assert_eq!(rotations, 2);
     server.stop();
 }
 
