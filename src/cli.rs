@@ -126,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         command: AgentsCommand,
     },
+    /// Write JSON Schemas of the configuration files for editors.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
@@ -228,11 +233,28 @@ enum AgentsCommand {
 enum KeysCommand {
     /// Sign new tokens with a new key. The old key's private part is deleted; its public part
     /// stays in the JWKS, and tokens it signed stay valid, until they have expired (at most 24h).
-    /// Run it while `mandate serve` is stopped: the server loads the keys at start.
+    /// While `mandate serve` runs it rotates there (admin API), and new tokens use the new key
+    /// at once.
     Rotate {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Write mandate.schema.json, mission.schema.json and tool-manifest.schema.json, generated
+    /// from the configuration types. Point a TOML file at one with a first line like
+    /// `#:schema ../../../schemas/mission.schema.json` and VS Code (Even Better TOML) or taplo
+    /// validate and complete it while you type.
+    Manifests {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Where to write the schemas (default: `schemas/` in the configuration directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -342,7 +364,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys {
             command: KeysCommand::Rotate { config },
-        } => keys_rotate(&config),
+        } => keys_rotate(&config).await,
+        Command::Schema {
+            command: SchemaCommand::Manifests { config, out },
+        } => schema_manifests(&config, out.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,
@@ -692,25 +717,54 @@ enum Backend {
     Admin(AdminCredential),
 }
 
+/// How long a command waits for a store another process holds: a CLI command finishing, or a
+/// server that owns the store but has not published its admin credential yet.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the store, or finds the running server that owns it. While the store is locked and no
+/// live admin credential is there (a server starting, another CLI command), it retries briefly.
 fn backend(config: &Config) -> anyhow::Result<Backend> {
     let path = &config.settings.store_path;
-    match Store::open(path) {
-        Ok(store) => Ok(Backend::Direct(store)),
-        Err(StoreError::Locked(_)) => {
-            // A server that just started may not have written its credential yet.
-            for _ in 0..100 {
-                if let Some(cred) = store::read_admin_credential(path) {
+    let deadline = std::time::Instant::now() + STORE_WAIT;
+    loop {
+        match Store::open(path) {
+            Ok(store) => {
+                // A credential beside a store nobody holds was left by a server that is gone.
+                store::remove_admin_credential(path);
+                return Ok(Backend::Direct(store));
+            }
+            Err(StoreError::Locked(_)) => {
+                if let Some(cred) = live_admin_credential(path) {
                     return Ok(Backend::Admin(cred));
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
+            Err(e) => return Err(e.into()),
+        }
+        if std::time::Instant::now() > deadline {
             bail!(
-                "store `{}` is locked by another process that published no admin credential: is another program using it?",
+                "store `{}` is held by a process that serves no admin API (a `mandate serve --stdio` started while no server ran, or another program): run `mandate serve` on this configuration, so that stdio clients and CLI commands all go through it",
                 path.display()
             )
         }
-        Err(e) => Err(e.into()),
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The admin credential of a server that answers at its URL; `None` for no file or a stale one
+/// (left by a server that is gone, or read while a new one is starting).
+fn live_admin_credential(store: &Path) -> Option<AdminCredential> {
+    let cred = store::read_admin_credential(store)?;
+    // A credential of a process that is gone, whose port something else may have taken since.
+    #[cfg(target_os = "linux")]
+    if !Path::new(&format!("/proc/{}", cred.pid)).exists() {
+        return None;
+    }
+    let url = reqwest::Url::parse(&cred.url).ok()?;
+    let addrs = url.socket_addrs(|| None).ok()?;
+    addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok())
+        .then_some(cred)
 }
 
 /// Sends an admin GET; fails unless the server answers with success.
@@ -743,22 +797,72 @@ async fn admin_get(
     Ok(admin_request(cred, path, query).await?.text().await?)
 }
 
-/// `mandate keys rotate`: only without a running server, which holds the keys in memory (the
-/// admin API has no rotation endpoint yet).
-fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
+/// Sends an admin POST (with a JSON `body`, if any) and reads its JSON answer; fails with the
+/// server's own text when it refuses (`what` names the request in other failures).
+async fn admin_post<R: serde::de::DeserializeOwned>(
+    cred: &AdminCredential,
+    path: &str,
+    body: Option<&impl Serialize>,
+    what: &str,
+) -> anyhow::Result<R> {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}", cred.url))
+        .bearer_auth(&cred.token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{}", text.trim());
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("the running server answered {what} with something else"))
+}
+
+/// `mandate schema manifests`: writes the editor schemas of the configuration files.
+fn schema_manifests(dir: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let out = out.map_or_else(|| dir.join("schemas"), Path::to_path_buf);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    for file in config::schema::manifests()? {
+        let path = out.join(file.name);
+        std::fs::write(&path, &file.text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mandate keys rotate`: in the store, or through the running server's admin API (which
+/// then signs with the new key at once).
+async fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = match backend(&config)? {
-        Backend::Direct(store) => store,
-        Backend::Admin(cred) => bail!(
-            "`mandate serve` (pid {}) is running and holds the signing keys: stop `mandate serve`, run `mandate keys rotate`, then start it again",
-            cred.pid
-        ),
+    let rotation = match backend(&config)? {
+        Backend::Direct(store) => {
+            let rotation = Issuer::rotate(&store)?;
+            store.flush()?;
+            let rotation = inbound::AdminRotation {
+                current: rotation.current,
+                retired: rotation.retired,
+                published_until: rotation.published_until,
+            };
+            let (audit, writer) = Auditor::start(&store)?;
+            inbound::record_rotation(&audit, &rotation).await?;
+            audit.stop().await?;
+            let _ = writer.await;
+            rotation
+        }
+        Backend::Admin(cred) => {
+            admin_post(&cred, "/admin/keys/rotate", None::<&()>, "the rotation").await?
+        }
     };
-    let rotation = Issuer::rotate(&store)?;
-    store.flush()?;
     let until = std::time::UNIX_EPOCH + Duration::from_secs(rotation.published_until);
     println!(
         "new signing key `{}`; the old key `{}` stays published in the JWKS until {} (when the last token it signed has expired)",
@@ -789,20 +893,7 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
             }
         }
         Backend::Admin(cred) => {
-            let response = reqwest::Client::new()
-                .post(format!("{}/admin/token", cred.url))
-                .bearer_auth(&cred.token)
-                .json(&request)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
-            let status = response.status();
-            let body = response.text().await?;
-            if !status.is_success() {
-                bail!("{}", body.trim());
-            }
-            serde_json::from_str::<AdminTokenResponse>(&body)
-                .context("the running server answered the token request with something else")?
+            admin_post(&cred, "/admin/token", Some(&request), "the token request").await?
         }
     };
     if request.mission.is_none() {
@@ -1024,6 +1115,20 @@ async fn serve(
         }
         config.missions.retain(|k, _| k == id);
     }
+    // The store first, before the port opens: a CLI command run as soon as the port answers
+    // then finds the store owned (and waits for the admin credential written below).
+    let store = if stdio {
+        match backend(&config)? {
+            Backend::Direct(store) => store,
+            // A server owns this configuration's store: relay to it, so the calls go through
+            // its keys and into its audit chain.
+            Backend::Admin(cred) => {
+                return bridge_stdio(&config, &cred, mission.as_deref()).await;
+            }
+        }
+    } else {
+        open_own_store(&config.settings.store_path).await?
+    };
     let listener = if stdio {
         None
     } else {
@@ -1053,14 +1158,6 @@ async fn serve(
         _ => None,
     };
     let missions = MissionRuntime::build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-    let store = match Store::open(&config.settings.store_path) {
-        Ok(s) => s,
-        Err(StoreError::Locked(path)) => bail!(
-            "store `{}` is in use by another `mandate serve`: stop it, or give this one its own store ([store] path in mandate.toml)",
-            path.display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
     let (audit, writer) = Auditor::start(&store)?;
     let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
     let verifier = Arc::new(crate::authn::Verifier::new(
@@ -1226,6 +1323,72 @@ async fn serve(
     result.map(|_| ExitCode::SUCCESS)
 }
 
+/// Opens the store for `mandate serve`. A CLI command may hold it for a moment (then this
+/// retries briefly instead of exiting); another server holding it stops the start.
+async fn open_own_store(path: &Path) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    loop {
+        match Store::open(path) {
+            Ok(store) => {
+                // Whatever credential is there was left by a server that is gone.
+                store::remove_admin_credential(path);
+                return Ok(store);
+            }
+            Err(StoreError::Locked(path)) => {
+                if let Some(cred) = live_admin_credential(&path) {
+                    bail!(
+                        "store `{}` is in use by another `mandate serve` (pid {}): stop it, or give this one its own store ([store] path in mandate.toml)",
+                        path.display(),
+                        cred.pid
+                    );
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "store `{}` is in use by another process (a `mandate serve --stdio` started while no server ran, or a long CLI command): stop it, or give this server its own store ([store] path in mandate.toml)",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `serve --stdio` while a server owns the store: checks what it can locally (mission served,
+/// token present), then relays MCP between stdin/stdout and the server's endpoint for the
+/// mission on loopback; the server verifies `MANDATE_TOKEN`.
+async fn bridge_stdio(
+    config: &Config,
+    cred: &AdminCredential,
+    mission: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(id) = mission else {
+        bail!("`--stdio` needs `--mission <id>`");
+    };
+    let Some(m) = config.missions.get(id) else {
+        bail!("unknown mission `{id}`: run `mandate check` to list the missions");
+    };
+    if crate::authn::unix_now() > m.expires_at {
+        bail!(
+            "mission `{id}` expired on {}: it is not served (move `expires` forward in `{}` to serve it again)",
+            m.expires,
+            m.path.display()
+        );
+    }
+    let token = std::env::var("MANDATE_TOKEN").map_err(|_| {
+        anyhow::anyhow!(
+            "no caller token: set MANDATE_TOKEN (mint one with `mandate token … --mission {id}`)"
+        )
+    })?;
+    let url = format!("{}{}", cred.url, m.http_path());
+    tracing::info!(%url, pid = cred.pid, "a server owns this configuration's store: relaying stdio to it");
+    inbound::bridge::relay_stdio(&url, token.trim())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The wildcard address of `local`'s family.
 fn unspecified(local: SocketAddr) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -1236,21 +1399,24 @@ fn unspecified(local: SocketAddr) -> std::net::IpAddr {
 }
 
 /// Refuses a start that would expose tokens or advertise a URL clients cannot use: listening
-/// beyond loopback needs TLS and a `public_url` naming this server as clients reach it, and with
-/// TLS the `public_url` is https.
+/// beyond loopback needs TLS (here, or at a proxy in front: an https `public_url`) and a
+/// `public_url` naming this server as clients reach it, and with TLS the `public_url` is https.
 fn check_exposure(settings: &config::Settings, local: SocketAddr) -> anyhow::Result<()> {
     let exposed = !local.ip().is_loopback();
-    if exposed && settings.tls.is_none() {
-        bail!(
-            "listening on `{local}` (beyond loopback) without TLS would send tokens in clear text: add `[server] tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}` to mandate.toml, or listen on 127.0.0.1 behind a TLS-terminating proxy"
-        );
-    }
     let url = reqwest::Url::parse(&settings.public_url).with_context(|| {
         format!(
             "`public_url` `{}` is not a URL: set `[server] public_url` to the URL clients will use",
             settings.public_url
         )
     })?;
+    // Behind a TLS-terminating proxy clients use https to the proxy, which forwards plain HTTP
+    // here: an explicit https `public_url` says so.
+    let proxied = settings.public_url_explicit && url.scheme() == "https";
+    if exposed && settings.tls.is_none() && !proxied {
+        bail!(
+            "listening on `{local}` (beyond loopback) without TLS would send tokens in clear text: add `[server] tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}` to mandate.toml, or, behind a TLS-terminating proxy, set `[server] public_url = \"https://…\"` to the URL clients use through the proxy"
+        );
+    }
     if settings.tls.is_some() && url.scheme() != "https" {
         bail!(
             "`public_url` `{}` is not https, but `[server] tls` serves HTTPS: set `[server] public_url = \"https://…\"` to the URL clients will use",

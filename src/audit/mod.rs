@@ -52,6 +52,8 @@ pub enum EventKind {
     ConfigLoad,
     /// An embedded-issuer token was minted.
     TokenIssued,
+    /// The embedded issuer's signing key was rotated (`mandate keys rotate`).
+    KeyRotated,
     /// Resource or prompt access through a mission.
     Access,
     /// An agent was onboarded, suspended, resumed or offboarded (by a person, by configuration

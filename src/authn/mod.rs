@@ -178,10 +178,16 @@ impl AuthnError {
 /// The embedded issuer: an ES256 key kept in the store, published as a JWKS.
 pub struct Issuer {
     issuer: String,
+    /// The keys in use; replaced as a whole when a running server rotates ([`Issuer::reload`]).
+    keys: std::sync::RwLock<Arc<SigningKeys>>,
+}
+
+/// The signing key and the keys that verify, loaded together from the store.
+struct SigningKeys {
     kid: String,
     encoding: EncodingKey,
     /// Keys that verify tokens, by `kid`: the current one and the retired ones still published.
-    verifying: HashMap<String, DecodingKey>,
+    verifying: Arc<token::KeySet>,
     jwks: serde_json::Value,
 }
 
@@ -244,26 +250,43 @@ impl Issuer {
     /// Loads the issuer key from the store, creating it on first use, and the rotated-out keys
     /// still published (forgetting those whose tokens have all expired).
     pub fn load_or_create(store: &Store, issuer: &str) -> anyhow::Result<Self> {
-        let keys = store.keys()?;
-        let pem = current_pem(&keys)?;
-        let now = unix_now();
-        let mut retired = Vec::new();
-        for (name, value) in keys.list(ISSUER_RETIRED_PREFIX)? {
-            let key: RetiredKey = serde_json::from_slice(&value).map_err(|e| {
-                anyhow::anyhow!("retired issuer key `{name}` in the store is unreadable ({e}): restore the store from a backup")
-            })?;
-            if key.published_until() < now {
-                keys.remove(&name)?;
-            } else {
-                retired.push(key.public);
-            }
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            keys: std::sync::RwLock::new(Arc::new(SigningKeys::load(store)?)),
+        })
+    }
+
+    /// Reloads the keys from the store (after [`Issuer::rotate`] in a running server): new
+    /// tokens are signed with the new key at once; tokens of the old one stay valid.
+    pub fn reload(&self, store: &Store) -> anyhow::Result<()> {
+        let fresh = Arc::new(SigningKeys::load(store)?);
+        match self.keys.write() {
+            Ok(mut keys) => *keys = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        Self::from_keys(&pem, &retired, issuer)
+        Ok(())
+    }
+
+    /// An issuer of the given keys (unit tests build one without a store).
+    #[cfg(test)]
+    fn from_keys(pem: &str, retired: &[PublicJwk], issuer: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            keys: std::sync::RwLock::new(Arc::new(SigningKeys::from_keys(pem, retired)?)),
+        })
+    }
+
+    /// The keys in use now.
+    fn keys(&self) -> Arc<SigningKeys> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Replaces the signing key with a new one. The old key's private part is deleted; its public
-    /// part stays published until the tokens it signed have expired. Takes effect for a server
-    /// at its next start.
+    /// part stays published until the tokens it signed have expired. A running server takes it
+    /// up with [`Issuer::reload`].
     pub fn rotate(store: &Store) -> anyhow::Result<Rotation> {
         let keys = store.keys()?;
         let old_pem = current_pem(&keys)?;
@@ -294,32 +317,12 @@ impl Issuer {
         })
     }
 
-    fn from_keys(pem: &str, retired: &[PublicJwk], issuer: &str) -> anyhow::Result<Self> {
-        let current = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(pem)?)?;
-        let mut verifying = HashMap::new();
-        let mut published = Vec::new();
-        for key in std::iter::once(&current).chain(retired) {
-            verifying.insert(
-                key.kid.clone(),
-                DecodingKey::from_ec_components(&key.x, &key.y)?,
-            );
-            published.push(key.json());
-        }
-        Ok(Self {
-            issuer: issuer.trim_end_matches('/').to_owned(),
-            kid: current.kid,
-            encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
-            verifying,
-            jwks: serde_json::json!({ "keys": published }),
-        })
-    }
-
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
 
-    pub fn jwks(&self) -> &serde_json::Value {
-        &self.jwks
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys().jwks.clone()
     }
 
     /// Mints an access token.
@@ -365,9 +368,10 @@ impl Issuer {
         };
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(TOKEN_TYPE.to_owned());
-        header.kid = Some(self.kid.clone());
+        let keys = self.keys();
+        header.kid = Some(keys.kid.clone());
         let token = match scope {
-            None => jsonwebtoken::encode(&header, &claims, &self.encoding)?,
+            None => jsonwebtoken::encode(&header, &claims, &keys.encoding)?,
             Some(scope) => {
                 #[derive(Serialize)]
                 struct WithScope<'a> {
@@ -379,35 +383,70 @@ impl Issuer {
                     claims: &claims,
                     scope,
                 };
-                jsonwebtoken::encode(&header, &body, &self.encoding)?
+                jsonwebtoken::encode(&header, &body, &keys.encoding)?
             }
         };
         Ok(MintedToken { token, claims })
     }
 
     /// The keys that verify its tokens, by `kid` (ES256 only).
-    pub fn key_set(&self) -> token::KeySet {
-        self.verifying
-            .iter()
-            .map(|(kid, decoding)| {
-                (
-                    kid.clone(),
-                    token::Key {
-                        decoding: decoding.clone(),
-                        algorithms: vec![Algorithm::ES256],
-                    },
-                )
-            })
-            .collect()
+    /// The keys in use now: a rotation in a running server ([`Issuer::reload`]) shows at once.
+    pub fn key_set(&self) -> Arc<token::KeySet> {
+        self.keys().verifying.clone()
     }
 
     /// Signs arbitrary claims with the current key (ES256, `kid`, the given `typ`): the embedded
     /// STS's downstream tokens.
     pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
+        let keys = self.keys();
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(typ.to_owned());
-        header.kid = Some(self.kid.clone());
-        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+        header.kid = Some(keys.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &keys.encoding)?)
+    }
+}
+
+impl SigningKeys {
+    /// The issuer key from the store, created on first use, and the rotated-out keys still
+    /// published (forgetting those whose tokens have all expired).
+    fn load(store: &Store) -> anyhow::Result<Self> {
+        let keys = store.keys()?;
+        let pem = current_pem(&keys)?;
+        let now = unix_now();
+        let mut retired = Vec::new();
+        for (name, value) in keys.list(ISSUER_RETIRED_PREFIX)? {
+            let key: RetiredKey = serde_json::from_slice(&value).map_err(|e| {
+                anyhow::anyhow!("retired issuer key `{name}` in the store is unreadable ({e}): restore the store from a backup")
+            })?;
+            if key.published_until() < now {
+                keys.remove(&name)?;
+            } else {
+                retired.push(key.public);
+            }
+        }
+        Self::from_keys(&pem, &retired)
+    }
+
+    fn from_keys(pem: &str, retired: &[PublicJwk]) -> anyhow::Result<Self> {
+        let current = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(pem)?)?;
+        let mut verifying = HashMap::new();
+        let mut published = Vec::new();
+        for key in std::iter::once(&current).chain(retired) {
+            verifying.insert(
+                key.kid.clone(),
+                token::Key {
+                    decoding: DecodingKey::from_ec_components(&key.x, &key.y)?,
+                    algorithms: vec![Algorithm::ES256],
+                },
+            );
+            published.push(key.json());
+        }
+        Ok(Self {
+            kid: current.kid,
+            encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
+            verifying: Arc::new(verifying),
+            jwks: serde_json::json!({ "keys": published }),
+        })
     }
 }
 

@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod fields;
 pub mod issuers;
 pub mod raw;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -15,4 +15,5 @@ mod identity;
 mod interop;
 mod isolation;
 mod native;
+mod ops;
 mod security;
