@@ -1024,6 +1024,11 @@ async fn serve(
                 verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
+                handoffs: Arc::new(crate::handoff::Handoffs::new(
+                    issuer.clone(),
+                    Arc::new(store.handoffs()?),
+                    &config,
+                )),
                 admin_token,
             });
             // Accept connections (and admin requests) at once; announce readiness once the
@@ -1185,6 +1190,11 @@ async fn serve_stdio(
     if let Err(missing) = verifier.check_scopes(&caller) {
         bail!("MANDATE_TOKEN refused: {missing}");
     }
+    if caller.act.is_some() {
+        bail!(
+            "MANDATE_TOKEN refused: a handoff token opens its mission over HTTP only (`mandate serve`), where the handoff ledger checks it"
+        );
+    }
     if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
         bail!(
             "MANDATE_TOKEN may not use mission `{}`: {denied}",
@@ -1193,7 +1203,11 @@ async fn serve_stdio(
     }
     let handler = MissionHandler::new(
         state.clone(),
-        audit.clone(),
+        crate::call::Core {
+            audit: audit.clone(),
+            // Handoff downstreams need the HTTP broker (its recipients call it back over HTTP).
+            handoffs: None,
+        },
         Some(caller),
         crate::inbound::handler::SessionState::new(),
     );

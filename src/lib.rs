@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod exchange;
+pub mod handoff;
 pub mod inbound;
 pub mod mission;
 pub mod policy;

@@ -127,6 +127,26 @@ pub struct Event {
     /// SHA-256 of the canonical JSON result returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_digest: Option<String>,
+    /// The issuer that authenticated the caller (the token's `iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// A handoff's earlier actors, most recent first, as verified against the handoff ledger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<crate::handoff::Actor>,
+    /// The handoff token minted for this call's downstream (its id, never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffIssued>,
+}
+
+/// A handoff token minted for a call, as the audit record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffIssued {
+    /// The token's `jti` (its handoff ledger key).
+    pub jti: String,
+    /// The mission it opens.
+    pub to: String,
+    /// Unix seconds.
+    pub expires: u64,
 }
 
 impl Event {
@@ -153,6 +173,9 @@ impl Event {
             detail: None,
             latency_us: None,
             output_digest: None,
+            issuer: None,
+            actors: Vec::new(),
+            handoff: None,
         }
     }
 

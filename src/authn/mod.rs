@@ -71,6 +71,13 @@ pub struct Caller {
     pub scopes: Vec<String>,
     /// Claims mapped for policy (groups, department, region, clearance, ...), by attribute name.
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The token's `act` claim as presented, not yet verified: it grants nothing. Only a handoff
+    /// token of the embedded issuer may carry one ([`crate::handoff`] verifies it).
+    pub act: Option<serde_json::Value>,
+    /// The earlier actors of a handoff, most recent first, each verified against the handoff
+    /// ledger; empty for a direct call. Recorded and able to revoke, never granting (RFC 8693
+    /// §4.1: decisions use the subject and the current actor, [`Caller::agent`]).
+    pub actors: Vec<crate::handoff::Actor>,
 }
 
 impl Caller {
@@ -306,11 +313,17 @@ impl Issuer {
             azp: request.agent.clone(),
             roles: request.roles.clone(),
         };
+        let token = self.sign(&claims)?;
+        Ok(MintedToken { token, claims })
+    }
+
+    /// Signs `claims` as an ES256 `at+jwt` with the current key (handoff tokens; the caller
+    /// builds and bounds the claims).
+    pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(TOKEN_TYPE.to_owned());
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
-        Ok(MintedToken { token, claims })
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 
     /// The keys that verify its tokens, by `kid` (ES256 only).

@@ -367,6 +367,8 @@ pub fn caller(
         expires_at: exp,
         scopes: scopes(c),
         attributes,
+        act: c.get("act").cloned(),
+        actors: Vec::new(),
     })
 }
 

@@ -65,6 +65,8 @@ impl CallRecord {
         e.subject = Some(caller.subject.clone());
         e.agent = Some(caller.agent.clone());
         e.token_id = Some(caller.token_id.clone());
+        e.issuer = Some(caller.issuer.clone());
+        e.actors = caller.actors.clone();
         e.mission = Some(mission.to_owned());
         e.request_id = Some(bounded(&request.request_id, super::limits::REQUEST_ID));
         e.trace_id = trace_id(request.traceparent.as_deref());
@@ -103,6 +105,13 @@ impl CallRecord {
             e.argument_keys = authorized.arguments().keys().cloned().collect();
             e.decision = Some("allow".into());
             e.policy = Some(authorized.policy().into());
+        }
+    }
+
+    /// The handoff token minted for the downstream call, if any (its id, never the token).
+    pub fn exchanged(&mut self, credentialed: &crate::exchange::Credentialed) {
+        if let Some(e) = &mut self.event {
+            e.handoff = credentialed.handoff().cloned();
         }
     }
 

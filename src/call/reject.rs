@@ -4,6 +4,7 @@
 
 use crate::audit::EventKind;
 use crate::downstream::DownstreamError;
+use crate::handoff::HandoffError;
 use crate::mission::{Denied, Invalid};
 use crate::policy::{PolicyDenied, SCOPE_POLICY};
 
@@ -47,6 +48,10 @@ pub enum Reject {
     /// The result violates the pinned output schema; it is withheld.
     #[error("output violates the pinned schema: {0}")]
     InvalidOutput(Invalid),
+    /// A handoff to another mission's agent was refused (edge, depth, recipient) or could not
+    /// be recorded.
+    #[error("handoff refused: {0}")]
+    Handoff(#[from] HandoffError),
 }
 
 /// What the caller gets for a [`Reject`].
@@ -101,6 +106,8 @@ impl Reject {
                 | DownstreamError::Mcp(_) => (EventKind::Call, "downstream_error"),
             },
             Reject::InvalidOutput(_) => (EventKind::ValidationFailure, "invalid_output"),
+            Reject::Handoff(HandoffError::Ledger(_)) => (EventKind::Call, "refused"),
+            Reject::Handoff(_) => (EventKind::Denial, "handoff_refused"),
         }
     }
 
@@ -117,7 +124,8 @@ impl Reject {
             | Reject::InvalidArguments(_)
             | Reject::AuditUnavailable(_)
             | Reject::Downstream(_)
-            | Reject::InvalidOutput(_) => None,
+            | Reject::InvalidOutput(_)
+            | Reject::Handoff(_) => None,
         }
     }
 
@@ -170,6 +178,8 @@ impl Reject {
             Reject::InvalidOutput(invalid) => Answer::ToolError(format!(
                 "tool `{tool}` returned output that violates its pinned schema: {invalid}"
             )),
+            // The agent reads why its handoff was refused (the edge, the depth) and can adapt.
+            Reject::Handoff(_) => Answer::ToolError(self.to_string()),
         }
     }
 }

@@ -76,6 +76,7 @@ pub const SETTINGS: &[Field] = &[
             ("client_secret_env", V),
         ]),
     ),
+    ("handoff", Shape::Table(&[("max_depth", V), ("ttl", V)])),
 ];
 
 /// A tool manifest.
@@ -101,7 +102,13 @@ pub const MANIFEST: &[Field] = &[
     ),
     (
         "auth",
-        Shape::Table(&[("exchange", V), ("audience", V), ("scopes", V)]),
+        Shape::Table(&[
+            ("exchange", V),
+            ("audience", V),
+            ("scopes", V),
+            ("mission", V),
+            ("agent", V),
+        ]),
     ),
     ("timeout", V),
     (

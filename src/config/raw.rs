@@ -20,6 +20,21 @@ pub struct RawSettings {
     /// Token exchange profiles.
     #[serde(default)]
     pub exchange: Vec<Spanned<RawExchange>>,
+    /// `[handoff]`: handoffs between agents (single-use tokens Mandate mints for a mission's
+    /// agent handing work to another mission's agent).
+    #[serde(default)]
+    pub handoff: RawHandoff,
+}
+
+/// `[handoff]` in `mandate.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    /// Longest actor chain a handoff may carry: the agents that handed the work on, the first
+    /// one included (default 3). A handoff that would make it longer is refused.
+    pub max_depth: Option<Spanned<i64>>,
+    /// Lifetime of a handoff token, e.g. `2m` (default and most `5m`).
+    pub ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +216,12 @@ pub struct RawAuth {
     /// Scopes requested for every call.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// With `exchange = "handoff"`: the mission whose agent this downstream is. Missions using
+    /// this manifest must list it in `handoffs`.
+    pub mission: Option<Spanned<String>>,
+    /// With `exchange = "handoff"`: the agent (listed in `mission`'s `agents`) the handoff token
+    /// is for.
+    pub agent: Option<Spanned<String>>,
 }
 
 /// `[[tools]]`.

@@ -794,6 +794,13 @@ pub async fn call(
             )
             .await;
     }
+    if permit.authorization().is_some() {
+        // rmcp's client has no per-request headers: a call whose credential it cannot carry
+        // fails closed rather than going out without it.
+        return Err(downstream.unavailable(
+            "its per-call credential can only be sent on the native HTTP path, which is not ready: retry shortly",
+        ));
+    }
     let mut params = CallToolRequestParams::new(tool.tool.clone());
     params.arguments = Some(permit.arguments().clone());
     if let Some(tp) = traceparent {

@@ -8,11 +8,14 @@
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit::HandoffIssued;
 use crate::call::Reject;
 use crate::call::journal::Journaled;
+use crate::config::HandoffTarget;
 use crate::downstream::Downstream;
+use crate::handoff::{HandoffError, Handoffs};
 use crate::mission::ExposedTool;
 
 /// A journaled call with the credential its downstream call carries: the only thing a
@@ -21,6 +24,8 @@ pub struct Credentialed {
     journaled: Journaled,
     /// `Authorization` header value for this call, when the downstream gets one.
     authorization: Option<SecretString>,
+    /// The handoff token minted for this call (its id), when the downstream is an agent.
+    handoff: Option<HandoffIssued>,
 }
 
 impl Credentialed {
@@ -36,6 +41,9 @@ impl Credentialed {
     pub fn authorization(&self) -> Option<&SecretString> {
         self.authorization.as_ref()
     }
+    pub fn handoff(&self) -> Option<&HandoffIssued> {
+        self.handoff.as_ref()
+    }
     /// The arguments as the caller sent them (validated), as raw JSON for splicing.
     pub fn raw_arguments(&self) -> &str {
         self.journaled.authorized().raw_arguments()
@@ -47,9 +55,42 @@ impl Credentialed {
 }
 
 /// Stage 6: obtain the downstream credential.
-pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
+pub async fn credential(
+    journaled: Journaled,
+    handoffs: Option<&Handoffs>,
+) -> Result<Credentialed, Reject> {
+    let downstream = journaled.downstream().clone();
+    match &downstream.manifest.handoff {
+        None => Ok(Credentialed {
+            journaled,
+            authorization: None,
+            handoff: None,
+        }),
+        Some(target) => handoff(journaled, handoffs, target).await,
+    }
+}
+
+/// A downstream that is another mission's agent: a single-use handoff token for it.
+async fn handoff(
+    journaled: Journaled,
+    handoffs: Option<&Handoffs>,
+    target: &HandoffTarget,
+) -> Result<Credentialed, Reject> {
+    let Some(handoffs) = handoffs else {
+        return Err(HandoffError::UnknownMission(target.mission.clone()).into());
+    };
+    let authorized = journaled.authorized();
+    let minted = handoffs
+        .mint(authorized.caller(), &authorized.mission().mission.id, target)
+        .await?;
+    let authorization = SecretString::from(format!("Bearer {}", minted.token.expose_secret()));
     Ok(Credentialed {
         journaled,
-        authorization: None,
+        authorization: Some(authorization),
+        handoff: Some(HandoffIssued {
+            jti: minted.jti,
+            to: minted.to,
+            expires: minted.expires,
+        }),
     })
 }
