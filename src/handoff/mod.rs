@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::authn::{Caller, Issuer, LEEWAY_SECS, random_id, unix_now};
+use crate::authn::{Caller, Issuer, random_id, unix_now};
 use crate::config::{Config, HandoffSettings, HandoffTarget, Mission};
 use crate::store::{HandoffStore, StorageError};
 
@@ -329,8 +329,9 @@ impl Handoffs {
         {
             return Err(HandoffError::WrongRecipient);
         }
+        // Mandate issued the token and checks it on the same clock: no leeway.
         let now = unix_now();
-        if now > record.expires + LEEWAY_SECS {
+        if now > record.expires {
             return Err(HandoffError::Expired);
         }
         self.check_chain(&record).await?;

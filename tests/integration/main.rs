@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod broker;
 mod config_files;
+mod handoff;
 mod identity;
 mod interop;
 mod isolation;
