@@ -1,10 +1,11 @@
 //! The exchange stage: the credential a downstream call carries. Never the caller's token.
 //!
-//! Today no exchange profile is implemented (manifests use `exchange = "none"` or `"embedded"`
-//! and downstream calls carry no per-call credential); the identity issue fills
-//! [`Credentialed::authorization`] with a fresh audience-bound On-Behalf-Of token per call,
-//! cached per (caller token, audience, scopes). The permit exists now so that the downstream
-//! already accepts nothing else.
+//! Today one profile is implemented: `handoff` (a downstream that is another mission's agent
+//! gets a single-use handoff token from [`crate::handoff`], minted per call). Other downstreams
+//! (`exchange = "none"` or `"embedded"`) carry no per-call credential yet; the identity issue
+//! fills [`Credentialed::authorization`] for them with a fresh audience-bound On-Behalf-Of token
+//! per call, cached per (caller token, audience, scopes). The downstream accepts nothing but a
+//! [`Credentialed`] call.
 
 use std::sync::Arc;
 

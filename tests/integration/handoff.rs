@@ -387,11 +387,9 @@ async fn b_cannot_use_its_handoff_token_on_a_s_mission() {
         && r["downstream_tool"] == "finance/ledger/pay_invoice"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
-    // The handoff is minted, then (while B's agent still holds the token) the broker restarts
-    // with a-bot taken off mission A. B's call with the token is refused: an earlier actor that
-    // is gone revokes the chain (the agent registry's suspension plugs in at the same check).
+/// Mints a handoff to B's agent, then (while B's agent still holds the token, waiting) restarts
+/// the broker with mission A rewritten to `changed_a`; returns the audit record of B's call.
+async fn restart_while_b_holds_the_token(changed_a: &str) -> Value {
     let s = setup("", B);
     let server = s.serve();
     let token = s.token_a();
@@ -412,14 +410,7 @@ async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     server.kill9();
-    s.ws.write(
-        &format!("missions/{A}.toml"),
-        &mission(
-            "other-bot",
-            r#""finance/ledger/list_invoices", "agents/payments/ask""#,
-            &format!("\"{B}\""),
-        ),
-    );
+    s.ws.write(&format!("missions/{A}.toml"), changed_a);
     let server = s.serve();
     let ws = &s.ws;
     eventually(15, "B's refused call", || {
@@ -431,10 +422,23 @@ async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
     call_a.abort();
     server.stop();
     let records = audit_records(&s.ws);
-    let refused = records_of(&records, B)
+    assert!(!records_of(&records, B).iter().any(|r| r["kind"] == "call"));
+    records_of(&records, B)
         .into_iter()
         .find(|r| r["kind"] == "auth_failure")
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
+    // a-bot is taken off mission A after it handed on: an earlier actor that is gone revokes
+    // the chain (the agent registry's suspension plugs in at the same check, `actor_active`).
+    let refused = restart_while_b_holds_the_token(&mission(
+        "other-bot",
+        r#""finance/ledger/list_invoices", "agents/payments/ask""#,
+        &format!("\"{B}\""),
+    ))
+    .await;
     assert_eq!(refused["outcome"], "forbidden");
     assert!(
         refused["detail"]
@@ -443,7 +447,25 @@ async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
             .contains("agent `a-bot` in the handoff chain is no longer active on mission `finance/prod/review`"),
         "{refused}"
     );
-    assert!(!records_of(&records, B).iter().any(|r| r["kind"] == "call"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_edge_removed_after_minting_refuses_the_token() {
+    // A no longer lists B in `handoffs` (nor uses B's agent): the token minted before is
+    // refused, since every edge is re-checked against the missions when it is used.
+    let refused = restart_while_b_holds_the_token(&mission(
+        "a-bot",
+        r#""finance/ledger/list_invoices""#,
+        "",
+    ))
+    .await;
+    assert_eq!(refused["outcome"], "forbidden");
+    assert!(
+        refused["detail"].as_str().unwrap().contains(
+            "mission `finance/prod/review` may not hand work to mission `finance/prod/payments`"
+        ),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -485,4 +507,38 @@ fn a_handoff_downstream_needs_the_edge_an_existing_mission_and_its_agent() {
         ),
         "{stderr}"
     );
+}
+
+#[test]
+fn handoff_settings_and_handoff_auth_fields_are_validated() {
+    let s = setup("", B);
+    s.ws.write(
+        "mandate.toml",
+        "[server]\npublic_url = \"http://127.0.0.1:1\"\n[handoff]\nmax_dept = 2\nttl = \"10m\"\n",
+    );
+    // A stdio downstream cannot be a handoff, and a handoff names its mission and agent.
+    let ledger = std::fs::read_to_string(s.ws.path().join("tool-manifests/finance/ledger.toml"))
+        .unwrap();
+    s.ws.write(
+        "tool-manifests/finance/ledger.toml",
+        &format!("{ledger}\n[auth]\nexchange = \"handoff\"\n"),
+    );
+    // `mission` without `exchange = "handoff"`.
+    let audit = std::fs::read_to_string(s.ws.path().join("tool-manifests/agents/audit.toml"))
+        .unwrap()
+        .replace("exchange = \"handoff\"", "exchange = \"none\"");
+    s.ws.write("tool-manifests/agents/audit.toml", &audit);
+    let out = s.ws.mandate(&["check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "mandate.toml:4:1: unknown field `max_dept` in `[handoff]` (did you mean `max_depth`?)",
+        "mandate.toml:5:7: `ttl` must be a duration between `1s` and `5m`, not `10m`",
+        "tool-manifests/finance/ledger.toml:37:12: `exchange = \"handoff\"` needs `[transport] kind = \"http\"`",
+        "tool-manifests/finance/ledger.toml:36:1: `exchange = \"handoff\"` needs `mission` (the mission whose agent this downstream is) and `agent`",
+        "tool-manifests/agents/audit.toml:11:11: `mission` in `[auth]` needs `exchange = \"handoff\"`",
+        "tool-manifests/agents/audit.toml:12:9: `agent` in `[auth]` needs `exchange = \"handoff\"`",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+    }
 }
