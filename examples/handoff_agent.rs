@@ -77,7 +77,11 @@ fn tools() -> Vec<Tool> {
 /// The bearer token of the HTTP request that carried this call.
 fn bearer(ctx: &RequestContext<RoleServer>) -> Option<String> {
     let parts = ctx.extensions.get::<http::request::Parts>()?;
-    let value = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -86,7 +90,12 @@ fn bearer(ctx: &RequestContext<RoleServer>) -> Option<String> {
 
 impl Agent {
     /// One attempt: a session on Mandate's mission with `token`, one tool call.
-    async fn attempt(&self, token: &str, tool: &str, arguments: Option<Map<String, Value>>) -> Value {
+    async fn attempt(
+        &self,
+        token: &str,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Value {
         let config =
             StreamableHttpClientTransportConfig::with_uri(self.mandate.as_str()).auth_header(token);
         let client = match ().serve(StreamableHttpClientTransport::from_config(config)).await {
@@ -106,8 +115,9 @@ impl Agent {
 
 impl ServerHandler for Agent {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("handoff-agent", env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new("handoff-agent", env!("CARGO_PKG_VERSION")),
+        )
     }
 
     async fn list_tools(
@@ -139,7 +149,9 @@ impl ServerHandler for Agent {
             ])))
         };
         let Some(token) = bearer(&context) else {
-            return fail("no handoff token: this agent is reached through Mandate, which sends one per call");
+            return fail(
+                "no handoff token: this agent is reached through Mandate, which sends one per call",
+            );
         };
         let args = request.arguments.unwrap_or_default();
         let Some(tool) = args.get("tool").and_then(Value::as_str) else {

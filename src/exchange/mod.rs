@@ -82,7 +82,11 @@ async fn handoff(
     };
     let authorized = journaled.authorized();
     let minted = handoffs
-        .mint(authorized.caller(), &authorized.mission().mission.id, target)
+        .mint(
+            authorized.caller(),
+            &authorized.mission().mission.id,
+            target,
+        )
         .await?;
     let authorization = SecretString::from(format!("Bearer {}", minted.token.expose_secret()));
     Ok(Credentialed {

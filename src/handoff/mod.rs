@@ -123,7 +123,9 @@ pub enum HandoffError {
     TooDeep(usize),
     #[error("agent `{agent}` in the handoff chain is no longer active on mission `{mission}`")]
     ActorInactive { agent: String, mission: String },
-    #[error("mission `{from}` may not hand work to mission `{to}`: add it to `handoffs` of `{from}`")]
+    #[error(
+        "mission `{from}` may not hand work to mission `{to}`: add it to `handoffs` of `{from}`"
+    )]
     EdgeNotAllowed { from: String, to: String },
     #[error("handoff target mission `{0}` is not served by this broker")]
     UnknownMission(String),

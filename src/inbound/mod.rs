@@ -687,7 +687,14 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
 fn handoff_refused(gate: &Gate, caller: &Caller, e: &crate::handoff::HandoffError) -> Response {
     let invalid = e.invalid_token();
     let mut event = gate.caller_event(EventKind::AuthFailure, caller);
-    event.outcome = Some(if invalid { "unauthenticated" } else { "forbidden" }.into());
+    event.outcome = Some(
+        if invalid {
+            "unauthenticated"
+        } else {
+            "forbidden"
+        }
+        .into(),
+    );
     event.detail = Some(format!("handoff refused: {e}"));
     gate.aggregate.record(
         &format!("handoff refused: {e}"),

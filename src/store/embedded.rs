@@ -430,7 +430,12 @@ impl HandoffStore for SledHandoffStore {
             .map(|v| v.to_vec()))
     }
 
-    fn compare_and_swap(&self, jti: &str, expected: &[u8], new: &[u8]) -> Result<bool, StorageError> {
+    fn compare_and_swap(
+        &self,
+        jti: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
         let swapped = self
             .tree
             .compare_and_swap(jti.as_bytes(), Some(expected), Some(new))

@@ -128,8 +128,12 @@ pub trait HandoffStore: Send + Sync {
     fn insert(&self, jti: &str, record: &[u8]) -> Result<bool, StorageError>;
     fn get(&self, jti: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Replaces the record if it still equals `expected` (marking a use); false on a lost race.
-    fn compare_and_swap(&self, jti: &str, expected: &[u8], new: &[u8])
-    -> Result<bool, StorageError>;
+    fn compare_and_swap(
+        &self,
+        jti: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError>;
 }
 
 /// Usage counters per key and window (declared; implemented with quotas).

@@ -200,7 +200,10 @@ async fn a_handoff_to_b_and_on_to_c_works_and_every_record_carries_the_chain() {
     assert_eq!(b_list["agent"], "b-bot");
     assert_eq!(b_list["issuer"], issuer.as_str());
     assert_eq!(b_list["token_id"], first_jti.as_str());
-    assert_eq!(b_list["actors"], json!([{ "agent": "a-bot", "mission": A }]));
+    assert_eq!(
+        b_list["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
     // C's call: two earlier hops, most recent first; B's hop names the handoff it came by.
     let c_get = records_of(&records, C)
         .into_iter()
@@ -234,10 +237,7 @@ async fn a_handoff_token_opens_one_session_and_a_replay_is_refused_and_audited()
     .await;
     assert_eq!(attempts[0]["ok"], true, "{attempts:?}");
     assert_eq!(attempts[1]["ok"], false, "{attempts:?}");
-    assert!(
-        refused_401(&attempts[1]),
-        "{attempts:?}"
-    );
+    assert!(refused_401(&attempts[1]), "{attempts:?}");
     server.stop();
     let records = audit_records(&s.ws);
     let refused = records_of(&records, B)
@@ -309,10 +309,7 @@ async fn a_chain_deeper_than_max_depth_is_refused_and_audited() {
     assert_eq!(attempts[0]["ok"], true, "{attempts:?}");
     let result = &attempts[0]["result"];
     assert_eq!(result["isError"], true, "{attempts:?}");
-    assert!(
-        result.to_string().contains("max_depth"),
-        "{attempts:?}"
-    );
+    assert!(result.to_string().contains("max_depth"), "{attempts:?}");
     server.stop();
     let records = audit_records(&s.ws);
     let refused = records_of(&records, B)
@@ -321,7 +318,10 @@ async fn a_chain_deeper_than_max_depth_is_refused_and_audited() {
         .unwrap_or_else(|| panic!("no record of B's handoff: {records:#?}"));
     assert_eq!(refused["kind"], "denial");
     assert_eq!(refused["outcome"], "handoff_refused");
-    assert_eq!(refused["actors"], json!([{ "agent": "a-bot", "mission": A }]));
+    assert_eq!(
+        refused["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
     assert!(refused["handoff"].is_null(), "no token was minted");
     assert!(records_of(&records, C).iter().all(|r| r["kind"] != "call"));
 }
@@ -353,9 +353,15 @@ async fn b_cannot_do_for_a_what_b_s_mission_does_not_allow() {
         .find(|r| r["kind"] == "denial" && r["tool"] == "pay_invoice")
         .unwrap_or_else(|| panic!("no denial on B: {records:#?}"));
     assert_eq!(denial["agent"], "b-bot");
-    assert_eq!(denial["actors"], json!([{ "agent": "a-bot", "mission": A }]));
-    assert!(!records.iter().any(|r| r["kind"] == "call"
-        && r["downstream_tool"] == "finance/ledger/pay_invoice"));
+    assert_eq!(
+        denial["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "call" && r["downstream_tool"] == "finance/ledger/pay_invoice")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,10 +377,7 @@ async fn b_cannot_use_its_handoff_token_on_a_s_mission() {
     )
     .await;
     assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
-    assert!(
-        refused_401(&attempts[0]),
-        "{attempts:?}"
-    );
+    assert!(refused_401(&attempts[0]), "{attempts:?}");
     server.stop();
     let records = audit_records(&s.ws);
     assert!(
@@ -383,8 +386,11 @@ async fn b_cannot_use_its_handoff_token_on_a_s_mission() {
             .any(|r| r["kind"] == "auth_failure" && r["mission"] == A),
         "{records:#?}"
     );
-    assert!(!records.iter().any(|r| r["kind"] == "call"
-        && r["downstream_tool"] == "finance/ledger/pay_invoice"));
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "call" && r["downstream_tool"] == "finance/ledger/pay_invoice")
+    );
 }
 
 /// Mints a handoff to B's agent, then (while B's agent still holds the token, waiting) restarts
@@ -397,7 +403,10 @@ async fn restart_while_b_holds_the_token(changed_a: &str) -> Value {
     let call_a = tokio::spawn(async move {
         let client = client(&url, &token).await;
         let _ = client
-            .call_tool(call("ask", json!({ "tool": "list_invoices", "wait_ms": 6000 })))
+            .call_tool(call(
+                "ask",
+                json!({ "tool": "list_invoices", "wait_ms": 6000 }),
+            ))
             .await;
     });
     // Wait until the handoff was minted (the ledger write precedes the call to B's agent).
@@ -453,12 +462,9 @@ async fn an_actor_no_longer_on_its_mission_revokes_the_handoff() {
 async fn a_handoff_edge_removed_after_minting_refuses_the_token() {
     // A no longer lists B in `handoffs` (nor uses B's agent): the token minted before is
     // refused, since every edge is re-checked against the missions when it is used.
-    let refused = restart_while_b_holds_the_token(&mission(
-        "a-bot",
-        r#""finance/ledger/list_invoices""#,
-        "",
-    ))
-    .await;
+    let refused =
+        restart_while_b_holds_the_token(&mission("a-bot", r#""finance/ledger/list_invoices""#, ""))
+            .await;
     assert_eq!(refused["outcome"], "forbidden");
     assert!(
         refused["detail"].as_str().unwrap().contains(
@@ -479,12 +485,14 @@ fn a_handoff_downstream_needs_the_edge_an_existing_mission_and_its_agent() {
     // C's agent manifest names an unknown mission; B's names an agent B does not list.
     let audit = std::fs::read_to_string(s.ws.path().join("tool-manifests/agents/audit.toml"))
         .unwrap()
-        .replace(&format!("mission = \"{C}\""), "mission = \"finance/prod/audti\"");
+        .replace(
+            &format!("mission = \"{C}\""),
+            "mission = \"finance/prod/audti\"",
+        );
     s.ws.write("tool-manifests/agents/audit.toml", &audit);
-    let payments =
-        std::fs::read_to_string(s.ws.path().join("tool-manifests/agents/payments.toml"))
-            .unwrap()
-            .replace("agent = \"b-bot\"", "agent = \"a-bot\"");
+    let payments = std::fs::read_to_string(s.ws.path().join("tool-manifests/agents/payments.toml"))
+        .unwrap()
+        .replace("agent = \"b-bot\"", "agent = \"a-bot\"");
     s.ws.write("tool-manifests/agents/payments.toml", &payments);
     let out = s.ws.mandate(&["check"]);
     assert!(!out.status.success());
@@ -517,8 +525,8 @@ fn handoff_settings_and_handoff_auth_fields_are_validated() {
         "[server]\npublic_url = \"http://127.0.0.1:1\"\n[handoff]\nmax_dept = 2\nttl = \"10m\"\n",
     );
     // A stdio downstream cannot be a handoff, and a handoff names its mission and agent.
-    let ledger = std::fs::read_to_string(s.ws.path().join("tool-manifests/finance/ledger.toml"))
-        .unwrap();
+    let ledger =
+        std::fs::read_to_string(s.ws.path().join("tool-manifests/finance/ledger.toml")).unwrap();
     s.ws.write(
         "tool-manifests/finance/ledger.toml",
         &format!("{ledger}\n[auth]\nexchange = \"handoff\"\n"),
@@ -539,6 +547,9 @@ fn handoff_settings_and_handoff_auth_fields_are_validated() {
         "tool-manifests/agents/audit.toml:11:11: `mission` in `[auth]` needs `exchange = \"handoff\"`",
         "tool-manifests/agents/audit.toml:12:9: `agent` in `[auth]` needs `exchange = \"handoff\"`",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
     }
 }
