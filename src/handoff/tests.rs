@@ -189,6 +189,25 @@ mod ledger {
         assert_eq!(wrong.err(), Some(HandoffError::WrongRecipient));
     }
 
+    #[test]
+    fn a_session_opened_with_a_handoff_token_takes_no_other_token() {
+        use crate::inbound::session::Principal;
+        let direct = user_of_a();
+        let mut handed = user_of_a();
+        handed.token_id = "jti-1".into();
+        handed.actors = vec![actor("z-bot", "acme/prod/z", None)];
+        let mut other = handed.clone();
+        other.token_id = "jti-2".into();
+        let session = Principal::of(&handed);
+        assert!(session.matches(&handed));
+        assert!(
+            !session.matches(&other),
+            "another handoff token of the same user and agent"
+        );
+        assert!(!session.matches(&direct), "the agent's own token");
+        assert!(!Principal::of(&direct).matches(&handed));
+    }
+
     #[tokio::test]
     async fn act_that_the_ledger_did_not_issue_is_refused() {
         let f = fixture();

@@ -326,18 +326,32 @@ async fn a_chain_deeper_than_max_depth_is_refused_and_audited() {
     assert!(records_of(&records, C).iter().all(|r| r["kind"] != "call"));
 }
 
+/// A's agent asks B's agent to pay an invoice (A's mission may; B's may not).
+async fn ask_b_to_pay(s: &Setup, server: &Server) -> Vec<Value> {
+    hand_to_b(
+        server,
+        &s.token_a(),
+        json!({ "tool": "pay_invoice", "arguments": { "invoice_id": "INV-1003", "amount_cents": 1250000 } }),
+    )
+    .await
+}
+
+/// No `pay_invoice` reached the ledger.
+fn assert_never_paid(records: &[Value]) {
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "call" && r["downstream_tool"] == "finance/ledger/pay_invoice")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn b_cannot_do_for_a_what_b_s_mission_does_not_allow() {
     // Confused deputy: A's mission may pay invoices, B's may not. A asks B to pay: B's handoff
     // token gives B nothing of A's, so the tool does not exist for it.
     let s = setup("", B);
     let server = s.serve();
-    let attempts = hand_to_b(
-        &server,
-        &s.token_a(),
-        json!({ "tool": "pay_invoice", "arguments": { "invoice_id": "INV-1003", "amount_cents": 1250000 } }),
-    )
-    .await;
+    let attempts = ask_b_to_pay(&s, &server).await;
     assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
     assert!(
         attempts[0]["error"]
@@ -357,11 +371,7 @@ async fn b_cannot_do_for_a_what_b_s_mission_does_not_allow() {
         denial["actors"],
         json!([{ "agent": "a-bot", "mission": A }])
     );
-    assert!(
-        !records
-            .iter()
-            .any(|r| r["kind"] == "call" && r["downstream_tool"] == "finance/ledger/pay_invoice")
-    );
+    assert_never_paid(&records);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,12 +380,7 @@ async fn b_cannot_use_its_handoff_token_on_a_s_mission() {
     // user may pay invoices). The token's audience is B's mission: refused.
     let s = setup("", A);
     let server = s.serve();
-    let attempts = hand_to_b(
-        &server,
-        &s.token_a(),
-        json!({ "tool": "pay_invoice", "arguments": { "invoice_id": "INV-1003", "amount_cents": 1250000 } }),
-    )
-    .await;
+    let attempts = ask_b_to_pay(&s, &server).await;
     assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
     assert!(refused_401(&attempts[0]), "{attempts:?}");
     server.stop();
@@ -386,11 +391,7 @@ async fn b_cannot_use_its_handoff_token_on_a_s_mission() {
             .any(|r| r["kind"] == "auth_failure" && r["mission"] == A),
         "{records:#?}"
     );
-    assert!(
-        !records
-            .iter()
-            .any(|r| r["kind"] == "call" && r["downstream_tool"] == "finance/ledger/pay_invoice")
-    );
+    assert_never_paid(&records);
 }
 
 /// Mints a handoff to B's agent, then (while B's agent still holds the token, waiting) restarts
