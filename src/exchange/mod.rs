@@ -78,7 +78,7 @@ async fn handoff(
     target: &HandoffTarget,
 ) -> Result<Credentialed, Reject> {
     let Some(handoffs) = handoffs else {
-        return Err(HandoffError::UnknownMission(target.mission.clone()).into());
+        return Err(HandoffError::NeedsHttp.into());
     };
     let authorized = journaled.authorized();
     let minted = handoffs

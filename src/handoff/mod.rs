@@ -129,6 +129,10 @@ pub enum HandoffError {
     EdgeNotAllowed { from: String, to: String },
     #[error("handoff target mission `{0}` is not served by this broker")]
     UnknownMission(String),
+    #[error(
+        "this mission runs over stdio and cannot hand work on: handoffs need `mandate serve`, which the receiving agent calls back over HTTP"
+    )]
+    NeedsHttp,
     #[error("the handoff ledger is unavailable: try again shortly")]
     Ledger(String),
 }
@@ -146,6 +150,7 @@ impl HandoffError {
             | HandoffError::ActorInactive { .. }
             | HandoffError::EdgeNotAllowed { .. }
             | HandoffError::UnknownMission(_)
+            | HandoffError::NeedsHttp
             | HandoffError::Ledger(_) => false,
         }
     }
