@@ -1260,6 +1260,14 @@ async fn serve(
                 verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
+                handoffs: Arc::new(
+                    crate::handoff::Handoffs::new(
+                        issuer.clone(),
+                        Arc::new(store.handoffs()?),
+                        &config,
+                    )
+                    .with_agents(agents.clone()),
+                ),
                 admin_token,
                 exchange: exchange.clone(),
                 agents: agents.clone(),
@@ -1497,6 +1505,11 @@ async fn serve_stdio(
     if let Err(missing) = verifier.check_scopes(&caller) {
         bail!("MANDATE_TOKEN refused: {missing}");
     }
+    if caller.act.is_some() {
+        bail!(
+            "MANDATE_TOKEN refused: a handoff token opens its mission over HTTP only (`mandate serve`), where the handoff ledger checks it"
+        );
+    }
     if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
         bail!(
             "MANDATE_TOKEN may not use mission `{}`: {denied}",
@@ -1510,7 +1523,11 @@ async fn serve_stdio(
     }
     let handler = MissionHandler::new(
         state.clone(),
-        audit.clone(),
+        crate::call::Core {
+            audit: audit.clone(),
+            // Handoff downstreams need the HTTP broker (its recipients call it back over HTTP).
+            handoffs: None,
+        },
         Some(caller),
         crate::inbound::handler::SessionState::new(),
     );

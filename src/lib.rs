@@ -8,7 +8,8 @@
 //!
 //! Every tool call runs one pipeline, in order (see [`inbound::handler`]):
 //!
-//! 1. **authn** — the bearer token is verified ([`authn`]) → [`authn::Caller`]
+//! 1. **authn** — the bearer token is verified ([`authn`]) → [`authn::Caller`]; a handoff token's
+//!    actor chain is re-verified hop by hop against the handoff ledger ([`handoff`])
 //! 2. **scope** — the tool is in the mission's toolset and not quarantined → [`mission::Scoped`]
 //! 3. **validate** — arguments against the pinned input schema → [`mission::Valid`]
 //! 4. **policy** — the decision ([`policy`]) → [`policy::Authorized`]
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod exchange;
+pub mod handoff;
 pub mod inbound;
 pub mod mission;
 pub mod policy;

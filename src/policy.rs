@@ -40,6 +40,10 @@ impl Authorized {
     pub fn policy(&self) -> &'static str {
         self.policy
     }
+    /// The mission the call was checked against.
+    pub fn mission(&self) -> &Arc<MissionRuntime> {
+        self.valid.mission()
+    }
 }
 
 /// Why the policy stage denied.

@@ -135,6 +135,15 @@ pub struct Event {
     /// The downstream token the call carried (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<ExchangeRecord>,
+    /// The issuer that authenticated the caller (the token's `iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// A handoff's earlier actors, most recent first, as verified against the handoff ledger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<crate::handoff::Actor>,
+    /// The handoff token minted for this call's downstream (its id, never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffIssued>,
 }
 
 /// What an audit record says about a call's token exchange.
@@ -151,6 +160,17 @@ pub struct ExchangeRecord {
     pub expires_at: u64,
     /// Whether the token came from the cache.
     pub cached: bool,
+}
+
+/// A handoff token minted for a call, as the audit record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffIssued {
+    /// The token's `jti` (its handoff ledger key).
+    pub jti: String,
+    /// The mission it opens.
+    pub to: String,
+    /// Unix seconds.
+    pub expires: u64,
 }
 
 impl Event {
@@ -178,6 +198,9 @@ impl Event {
             latency_us: None,
             output_digest: None,
             exchange: None,
+            issuer: None,
+            actors: Vec::new(),
+            handoff: None,
         }
     }
 

@@ -72,6 +72,13 @@ pub struct Caller {
     pub scopes: Vec<String>,
     /// Claims mapped for policy (groups, department, region, clearance, ...), by attribute name.
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The token's `act` claim as presented, not yet verified: it grants nothing. Only a handoff
+    /// token of the embedded issuer may carry one ([`crate::handoff`] verifies it).
+    pub act: Option<serde_json::Value>,
+    /// The earlier actors of a handoff, most recent first, each verified against the handoff
+    /// ledger; empty for a direct call. Recorded and able to revoke, never granting (RFC 8693
+    /// §4.1: decisions use the subject and the current actor, [`Caller::agent`]).
+    pub actors: Vec<crate::handoff::Actor>,
     /// The bearer token itself, for the token exchange only (a secret: never logged; compared
     /// and printed by its digest).
     pub token: CallerToken,
@@ -389,7 +396,6 @@ impl Issuer {
         Ok(MintedToken { token, claims })
     }
 
-    /// The keys that verify its tokens, by `kid` (ES256 only).
     /// The keys in use now: a rotation in a running server ([`Issuer::reload`]) shows at once.
     pub fn key_set(&self) -> Arc<token::KeySet> {
         self.keys().verifying.clone()

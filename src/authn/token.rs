@@ -372,6 +372,8 @@ pub fn caller(
         scopes: scopes(c),
         attributes,
         token: super::CallerToken::default(),
+        act: c.get("act").cloned(),
+        actors: Vec::new(),
     })
 }
 

@@ -118,6 +118,8 @@ pub fn principal_key(caller: &Caller) -> String {
 #[derive(Clone)]
 pub struct Core {
     pub audit: Auditor,
+    /// Mints handoff tokens for handoff downstreams (none: such calls are refused).
+    pub handoffs: Option<Arc<crate::handoff::Handoffs>>,
 }
 
 /// A mission with its resolved downstream connections: what the pipeline runs against.
@@ -252,7 +254,7 @@ async fn stages(
     let journaled = journal::write_intent(&core.audit, authorized, record).await?;
 
     // 6. exchange: the per-call downstream credential.
-    let credentialed = exchange::credential(journaled).await?;
+    let credentialed = exchange::credential(journaled, core.handoffs.as_deref()).await?;
     record.exchange(&credentialed);
 
     // 7. downstream

@@ -65,6 +65,8 @@ impl CallRecord {
         e.subject = Some(caller.subject.clone());
         e.agent = Some(caller.agent.clone());
         e.token_id = Some(caller.token_id.clone());
+        e.issuer = Some(caller.issuer.clone());
+        e.actors = caller.actors.clone();
         e.mission = Some(mission.to_owned());
         e.request_id = Some(bounded(&request.request_id, super::limits::REQUEST_ID));
         e.trace_id = trace_id(request.traceparent.as_deref());
@@ -110,6 +112,7 @@ impl CallRecord {
     pub fn exchange(&mut self, credentialed: &crate::exchange::Credentialed) {
         if let Some(e) = &mut self.event {
             e.exchange = credentialed.record();
+            e.handoff = credentialed.handoff().cloned();
         }
     }
 

@@ -5,6 +5,7 @@
 use crate::audit::EventKind;
 use crate::downstream::DownstreamError;
 use crate::exchange::ExchangeError;
+use crate::handoff::HandoffError;
 use crate::mission::{Denied, Invalid};
 use crate::policy::{PolicyDenied, SCOPE_POLICY};
 
@@ -51,6 +52,10 @@ pub enum Reject {
     /// No downstream token could be had: the call fails closed (never the caller's token).
     #[error("{0}")]
     Exchange(#[from] ExchangeError),
+    /// A handoff to another mission's agent was refused (edge, depth, recipient) or could not
+    /// be recorded.
+    #[error("handoff refused: {0}")]
+    Handoff(#[from] HandoffError),
 }
 
 /// What the caller gets for a [`Reject`].
@@ -106,6 +111,8 @@ impl Reject {
             },
             Reject::InvalidOutput(_) => (EventKind::ValidationFailure, "invalid_output"),
             Reject::Exchange(_) => (EventKind::Call, "exchange_failed"),
+            Reject::Handoff(HandoffError::Ledger(_)) => (EventKind::Call, "refused"),
+            Reject::Handoff(_) => (EventKind::Denial, "handoff_refused"),
         }
     }
 
@@ -124,6 +131,7 @@ impl Reject {
             | Reject::Downstream(_)
             | Reject::InvalidOutput(_)
             | Reject::Exchange(_) => None,
+            Reject::Handoff(_) => None,
         }
     }
 
@@ -180,6 +188,8 @@ impl Reject {
             Reject::Exchange(e) => Answer::ToolError(format!(
                 "mandate could not get a token for tool `{tool}`: {e}"
             )),
+            // The agent reads why its handoff was refused (the edge, the depth) and can adapt.
+            Reject::Handoff(_) => Answer::ToolError(self.to_string()),
         }
     }
 }

@@ -401,7 +401,9 @@ pub fn build_auth(
 ) -> Option<Auth> {
     let raw = raw?.get_ref();
     let exchange = raw.exchange.get_ref();
-    if exchange == "none" {
+    // `handoff`: the downstream is another mission's agent; it gets a handoff token instead
+    // (see `handoff_target` in the config module).
+    if exchange == "none" || exchange == "handoff" {
         return None;
     }
     if !profiles.iter().any(|p| &p.name == exchange) {
@@ -409,7 +411,7 @@ pub fn build_auth(
         diags.push(src.at(
             raw.exchange.span().start,
             format!(
-                "unknown exchange profile `{exchange}` (expected `none`, {}, or a `[[exchange]]` of `mandate.toml`){}",
+                "unknown exchange profile `{exchange}` (expected `none`, `handoff`, {}, or a `[[exchange]]` of `mandate.toml`){}",
                 names
                     .iter()
                     .map(|n| format!("`{n}`"))

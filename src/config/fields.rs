@@ -95,6 +95,7 @@ pub const SETTINGS: &[Field] = &[
             ("max_idle", V),
         ]),
     ),
+    ("handoff", Shape::Table(&[("max_depth", V), ("ttl", V)])),
 ];
 
 /// A tool manifest.
@@ -125,6 +126,8 @@ pub const MANIFEST: &[Field] = &[
             ("audience", V),
             ("scopes", V),
             ("deliver", V),
+            ("mission", V),
+            ("agent", V),
         ]),
     ),
     ("timeout", V),

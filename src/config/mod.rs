@@ -58,6 +58,8 @@ pub struct Settings {
     pub exchange: Vec<exchange::ExchangeProfile>,
     /// `[agents]`: the agent registry.
     pub agents: AgentSettings,
+    /// `[handoff]`: handoffs between agents.
+    pub handoff: HandoffSettings,
 }
 
 /// `[agents]` settings.
@@ -81,6 +83,29 @@ impl Default for AgentSettings {
     }
 }
 
+/// Default longest actor chain of a handoff.
+pub const DEFAULT_HANDOFF_DEPTH: usize = 3;
+/// Default (and longest) lifetime of a handoff token.
+pub const MAX_HANDOFF_TTL: Duration = Duration::from_secs(300);
+
+/// `[handoff]` settings, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffSettings {
+    /// Longest actor chain (the agents that handed work on).
+    pub max_depth: usize,
+    /// Lifetime of a handoff token.
+    pub ttl: Duration,
+}
+
+/// A downstream that is another mission's agent (`[auth] exchange = "handoff"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffTarget {
+    /// The mission whose agent the downstream is.
+    pub mission: String,
+    /// The agent the handoff token is for.
+    pub agent: String,
+}
+
 /// A validated tool manifest.
 #[derive(Debug, Clone)]
 pub struct ToolManifest {
@@ -98,6 +123,8 @@ pub struct ToolManifest {
     pub isolation: Isolation,
     /// Outbound credentials; `None` when the exchange is `none`.
     pub auth: Option<exchange::Auth>,
+    /// Set when the downstream is another mission's agent (`exchange = "handoff"`).
+    pub handoff: Option<HandoffTarget>,
 }
 
 /// Default most per-principal instances of one downstream.
@@ -542,6 +569,8 @@ pub fn build(
         }
     }
 
+    check_handoff_targets(sources, &manifests, &missions, &mut diags);
+
     if diags.is_empty() {
         Ok(Config {
             root: root.to_owned(),
@@ -627,6 +656,7 @@ fn build_settings(
         issuers,
         exchange,
         agents: build_agent_settings(&src, &raw.agents, diags),
+        handoff: handoff_settings(&src, &raw.handoff, diags),
     }
 }
 
@@ -662,6 +692,43 @@ fn build_agent_settings(
     }
     if let Some(v) = &raw.max_idle {
         settings.max_idle = period(v, "max_idle");
+    }
+    settings
+}
+
+/// `[handoff]`, with its defaults.
+fn handoff_settings(
+    src: &Source,
+    raw: &raw::RawHandoff,
+    diags: &mut Vec<Diagnostic>,
+) -> HandoffSettings {
+    let mut settings = HandoffSettings {
+        max_depth: DEFAULT_HANDOFF_DEPTH,
+        ttl: MAX_HANDOFF_TTL,
+    };
+    if let Some(depth) = &raw.max_depth {
+        match usize::try_from(*depth.get_ref()) {
+            Ok(d) if (1..=16).contains(&d) => settings.max_depth = d,
+            _ => diags.push(src.at(
+                depth.span().start,
+                format!(
+                    "`max_depth` must be between 1 and 16, not `{}`",
+                    depth.get_ref()
+                ),
+            )),
+        }
+    }
+    if let Some(ttl) = &raw.ttl {
+        match humantime::parse_duration(ttl.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= MAX_HANDOFF_TTL => settings.ttl = d,
+            _ => diags.push(src.at(
+                ttl.span().start,
+                format!(
+                    "`ttl` must be a duration between `1s` and `5m`, not `{}`",
+                    ttl.get_ref()
+                ),
+            )),
+        }
     }
     settings
 }
@@ -736,6 +803,10 @@ fn build_manifest(
         }
     };
     let auth = exchange::build_auth(src, &id, raw.auth.as_ref(), &transport, profiles, diags);
+    let handoff = raw
+        .auth
+        .as_ref()
+        .and_then(|auth| handoff_target(src, auth, &transport, diags));
     let timeout = raw
         .timeout
         .as_ref()
@@ -877,7 +948,114 @@ fn build_manifest(
         lock,
         isolation,
         auth,
+        handoff,
     })
+}
+
+/// `[auth] exchange = "handoff"` with its `mission` and `agent` (both required there, and
+/// nowhere else); the downstream must be reached over HTTP (the token is its `Authorization`).
+/// Whether the mission exists, lists the agent and is a handoff of every mission using the
+/// manifest is checked once all missions are known ([`check_handoff_targets`]).
+fn handoff_target(
+    src: &Source,
+    auth: &Spanned<raw::RawAuth>,
+    transport: &Transport,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HandoffTarget> {
+    let a = auth.get_ref();
+    let at = auth.span().start;
+    if a.exchange.get_ref() != "handoff" {
+        for (name, value) in [("mission", &a.mission), ("agent", &a.agent)] {
+            if let Some(v) = value {
+                diags.push(src.at(
+                    v.span().start,
+                    format!("`{name}` in `[auth]` needs `exchange = \"handoff\"`: remove it, or make this downstream a handoff"),
+                ));
+            }
+        }
+        return None;
+    }
+    if !matches!(transport, Transport::Http { .. }) {
+        diags.push(src.at(
+            a.exchange.span().start,
+            "`exchange = \"handoff\"` needs `[transport] kind = \"http\"`: the handoff token is sent as the downstream call's `Authorization`",
+        ));
+    }
+    let (Some(mission), Some(agent)) = (&a.mission, &a.agent) else {
+        diags.push(src.at(
+            at,
+            "`exchange = \"handoff\"` needs `mission` (the mission whose agent this downstream is) and `agent` (that agent's id) in `[auth]`",
+        ));
+        return None;
+    };
+    Some(HandoffTarget {
+        mission: mission.get_ref().clone(),
+        agent: agent.get_ref().clone(),
+    })
+}
+
+/// Every handoff downstream names an existing mission that lists its agent, and every mission
+/// using it lists that mission in `handoffs` (no handoff without the edge).
+fn check_handoff_targets(
+    sources: &Sources,
+    manifests: &BTreeMap<String, ToolManifest>,
+    missions: &BTreeMap<String, Mission>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (path, text, _) in &sources.manifests {
+        let src = Source { path, text };
+        let Some(manifest) = manifests.values().find(|m| m.path == *path) else {
+            continue;
+        };
+        let Some(target) = &manifest.handoff else {
+            continue;
+        };
+        let Some(raw) = fields::parse::<RawManifest>(&src, fields::MANIFEST, &mut Vec::new())
+        else {
+            continue;
+        };
+        let Some(auth) = raw.auth.as_ref().map(Spanned::get_ref) else {
+            continue;
+        };
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map_or(0, |v| v.span().start);
+        let Some(to) = missions.get(&target.mission) else {
+            diags.push(src.at(
+                span(&auth.mission),
+                format!(
+                    "unknown mission `{}` in `[auth] mission`{}",
+                    target.mission,
+                    suggestion(&target.mission, missions.keys().map(String::as_str))
+                ),
+            ));
+            continue;
+        };
+        if !to.agents.contains(&target.agent) {
+            diags.push(src.at(
+                span(&auth.agent),
+                format!(
+                    "agent `{}` is not in the `agents` of mission `{}`: add it there, or name one of {}",
+                    target.agent,
+                    to.id,
+                    to.agents.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for from in missions.values() {
+            let uses = from.tools.iter().any(|t| t.manifest == manifest.id);
+            if uses && !from.handoffs.contains(&to.id) {
+                diags.push(src.at(
+                    span(&auth.mission),
+                    format!(
+                        "mission `{}` uses this handoff to `{}` but does not list it in `handoffs`: add `handoffs = [\"{}\"]` to `{}`",
+                        from.id,
+                        to.id,
+                        to.id,
+                        from.path.display()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// `[isolation]`, with its defaults (see [`RawIsolation`]).

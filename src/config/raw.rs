@@ -30,6 +30,23 @@ pub struct RawSettings {
     /// The agent registry.
     #[serde(default)]
     pub agents: RawAgents,
+    /// `[handoff]`: handoffs between agents (single-use tokens Mandate mints for a mission's
+    /// agent handing work to another mission's agent).
+    #[serde(default)]
+    pub handoff: RawHandoff,
+}
+
+/// `[handoff]` in `mandate.toml`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    /// Longest actor chain a handoff may carry: the agents that handed the work on, the first
+    /// one included (default 3). A handoff that would make it longer is refused.
+    #[schemars(with = "Option<i64>")]
+    pub max_depth: Option<Spanned<i64>>,
+    /// Lifetime of a handoff token, e.g. `2m` (default and most `5m`).
+    #[schemars(with = "Option<String>")]
+    pub ttl: Option<Spanned<String>>,
 }
 
 /// `[agents]`: the agent registry and its zombie sweep.
@@ -302,6 +319,14 @@ pub struct RawAuth {
     /// default there) or `meta` (`_meta["io.mandate/authorization"]`, stdio downstreams, opt-in).
     #[schemars(with = "Option<String>")]
     pub deliver: Option<Spanned<String>>,
+    /// With `exchange = "handoff"`: the mission whose agent this downstream is. Missions using
+    /// this manifest must list it in `handoffs`.
+    #[schemars(with = "Option<String>")]
+    pub mission: Option<Spanned<String>>,
+    /// With `exchange = "handoff"`: the agent (listed in `mission`'s `agents`) the handoff token
+    /// is for.
+    #[schemars(with = "Option<String>")]
+    pub agent: Option<Spanned<String>>,
 }
 
 /// `[[tools]]`.

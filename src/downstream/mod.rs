@@ -830,6 +830,13 @@ pub async fn call(
             )
             .await;
     }
+    if permit.authorization().is_some() && permit.issued().is_none() {
+        // An exchanged token rides on the request (see `authed`); a handoff token cannot: the
+        // call fails closed rather than going out without it.
+        return Err(downstream.unavailable(
+            "its per-call credential can only be sent on the native HTTP path, which is not ready: retry shortly",
+        ));
+    }
     let mut params = CallToolRequestParams::new(tool.tool.clone());
     params.arguments = Some(permit.arguments().clone());
     if traceparent.is_some() || meta_token.is_some() {

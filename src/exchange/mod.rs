@@ -12,6 +12,9 @@
 //! a mutex-guarded hash lookup and an `Arc` clone. Mandate's own traffic to a protected downstream
 //! (handshake, `tools/list`, drift checks, `mandate pin`) authenticates as Mandate itself
 //! ([`ServiceAuth`]).
+//!
+//! A downstream that is another mission's agent (`exchange = "handoff"`) gets a single-use
+//! handoff token from [`crate::handoff`] instead, minted per call.
 
 pub mod cache;
 pub mod remote;
@@ -24,12 +27,15 @@ use futures::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit::ExchangeRecord;
+use crate::audit::HandoffIssued;
 use crate::authn::{Caller, Issuer, unix_now};
 use crate::call::Reject;
 use crate::call::journal::Journaled;
+use crate::config::HandoffTarget;
 use crate::config::exchange::{Deliver, ExchangeKind, ExchangeProfile};
 use crate::config::{Config, ToolManifest};
 use crate::downstream::Downstream;
+use crate::handoff::{HandoffError, Handoffs};
 use crate::mission::ExposedTool;
 
 pub use sts::{TokenExchangeForm, TokenExchangeResponse, token_exchange_grant};
@@ -44,6 +50,10 @@ pub struct Credentialed {
     /// The exchanged token for this call, when the downstream gets one.
     issued: Option<Arc<Issued>>,
     cached: bool,
+    /// `Authorization` header value of a handoff token minted for this call.
+    handoff_authorization: Option<SecretString>,
+    /// The handoff token minted for this call (its id), when the downstream is an agent.
+    handoff: Option<HandoffIssued>,
 }
 
 impl Credentialed {
@@ -62,6 +72,11 @@ impl Credentialed {
             .as_ref()
             .filter(|i| i.deliver == Deliver::Header)
             .map(|i| &i.header)
+            .or(self.handoff_authorization.as_ref())
+    }
+    /// The handoff token minted for this call (its id), when the downstream is an agent.
+    pub fn handoff(&self) -> Option<&HandoffIssued> {
+        self.handoff.as_ref()
     }
     /// The token for `_meta["io.mandate/authorization"]` of a stdio downstream that opted in.
     pub fn meta_token(&self) -> Option<&SecretString> {
@@ -501,13 +516,23 @@ impl ServiceAuth {
 }
 
 /// Stage 6: obtain the downstream credential (from the exchanger of the call's downstream).
-pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
+pub async fn credential(
+    journaled: Journaled,
+    handoffs: Option<&Handoffs>,
+) -> Result<Credentialed, Reject> {
+    let uncredentialed = |journaled| Credentialed {
+        journaled,
+        issued: None,
+        cached: false,
+        handoff_authorization: None,
+        handoff: None,
+    };
+    if let Some(target) = &journaled.downstream().manifest.handoff {
+        let target = target.clone();
+        return handoff(journaled, handoffs, &target).await;
+    }
     let Some(exchanger) = journaled.downstream().exchanger().cloned() else {
-        return Ok(Credentialed {
-            journaled,
-            issued: None,
-            cached: false,
-        });
+        return Ok(uncredentialed(journaled));
     };
     let tool = journaled.tool();
     let caller = journaled.authorized().caller();
@@ -516,15 +541,42 @@ pub async fn credential(journaled: Journaled) -> Result<Credentialed, Reject> {
         .await
     {
         Ok(Some((issued, cached))) => Ok(Credentialed {
-            journaled,
             issued: Some(issued),
             cached,
+            ..uncredentialed(journaled)
         }),
-        Ok(None) => Ok(Credentialed {
-            journaled,
-            issued: None,
-            cached: false,
-        }),
+        Ok(None) => Ok(uncredentialed(journaled)),
         Err(e) => Err(Reject::Exchange(e)),
     }
+}
+
+/// A downstream that is another mission's agent: a single-use handoff token for it.
+async fn handoff(
+    journaled: Journaled,
+    handoffs: Option<&Handoffs>,
+    target: &HandoffTarget,
+) -> Result<Credentialed, Reject> {
+    let Some(handoffs) = handoffs else {
+        return Err(HandoffError::NeedsHttp.into());
+    };
+    let authorized = journaled.authorized();
+    let minted = handoffs
+        .mint(
+            authorized.caller(),
+            &authorized.mission().mission.id,
+            target,
+        )
+        .await?;
+    let authorization = SecretString::from(format!("Bearer {}", minted.token.expose_secret()));
+    Ok(Credentialed {
+        journaled,
+        issued: None,
+        cached: false,
+        handoff_authorization: Some(authorization),
+        handoff: Some(HandoffIssued {
+            jti: minted.jti,
+            to: minted.to,
+            expires: minted.expires,
+        }),
+    })
 }

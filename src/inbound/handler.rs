@@ -24,7 +24,7 @@ use rmcp::service::{OriginatingRequestId, RequestContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::audit::{Auditor, Event, EventKind};
+use crate::audit::{Event, EventKind};
 use crate::authn::Caller;
 use crate::call::{
     self, Answer, Asked, CallRequest, CallSink, Completed, Reject, Relaying, RpcError,
@@ -293,13 +293,13 @@ fn respond(result: Result<Completed, Reject>, tool: &str) -> Result<CallToolResp
 impl MissionHandler {
     pub fn new(
         state: Arc<MissionState>,
-        audit: Auditor,
+        core: call::Core,
         stdio_caller: Option<Arc<Caller>>,
         session: Arc<SessionState>,
     ) -> Self {
         Self {
             state,
-            core: call::Core { audit },
+            core,
             stdio_caller,
             session,
         }
@@ -363,6 +363,8 @@ impl MissionHandler {
         e.subject = Some(caller.subject.clone());
         e.agent = Some(caller.agent.clone());
         e.token_id = Some(caller.token_id.clone());
+        e.issuer = Some(caller.issuer.clone());
+        e.actors = caller.actors.clone();
         e.mission = Some(self.mission_id().to_owned());
         e.request_id = Some(ctx.id.to_string());
         e.trace_id = call::record::trace_id(ctx.meta.get_traceparent());

@@ -51,6 +51,8 @@ pub struct Broker {
     pub verifier: Arc<Verifier>,
     pub pool: Arc<Pool>,
     pub missions: BTreeMap<String, Arc<MissionState>>,
+    /// Mints handoff tokens and verifies them against the handoff ledger.
+    pub handoffs: Arc<crate::handoff::Handoffs>,
     /// Credential of the admin API (written to the store directory with mode 0600).
     pub admin_token: String,
     /// The token exchange: `forget_agent` on suspension, the `/oauth/token` exchange grant.
@@ -119,6 +121,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             state: state.clone(),
             core: crate::call::Core {
                 audit: broker.audit.clone(),
+                handoffs: Some(broker.handoffs.clone()),
             },
             sessions: sessions.clone(),
             allowed: rebinding::Allowed {
@@ -137,12 +140,12 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             .with_allowed_hosts(hosts.clone())
             .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
         config = config.with_allowed_origins(origins.clone());
-        let (state, audit) = (state.clone(), broker.audit.clone());
+        let (state, core) = (state.clone(), gate.core.clone());
         let service = StreamableHttpService::new(
             move || {
                 Ok(MissionHandler::new(
                     state.clone(),
-                    audit.clone(),
+                    core.clone(),
                     None,
                     session::state_for_new_handler(),
                 ))
@@ -343,6 +346,8 @@ impl Gate {
         event.subject = Some(caller.subject.clone());
         event.agent = Some(caller.agent.clone());
         event.token_id = Some(caller.token_id.clone());
+        event.issuer = Some(caller.issuer.clone());
+        event.actors = caller.actors.clone();
         event
     }
 }
@@ -382,6 +387,30 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         );
         return drained(request, response).await;
     }
+    // A token carrying `act` is a handoff: every hop is re-verified against the ledger, and the
+    // request that opens a session (or a stateless call) uses the token up.
+    let caller = match &caller.act {
+        None => caller,
+        Some(_) => {
+            let opening = request.method() == axum::http::Method::POST
+                && !request.headers().contains_key("mcp-session-id");
+            let admitted = match &gate.core.handoffs {
+                Some(handoffs) => {
+                    handoffs
+                        .admit(&caller, &gate.runtime.mission.id, opening)
+                        .await
+                }
+                None => Err(crate::handoff::HandoffError::Foreign),
+            };
+            match admitted {
+                Ok(verified) => verified,
+                Err(refused) => {
+                    let response = handoff_refused(&gate, &caller, &refused);
+                    return drained(request, response).await;
+                }
+            }
+        }
+    };
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
         let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
         event.outcome = Some("forbidden".into());
@@ -716,6 +745,46 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
             "id": null,
             "error": { "code": code, "message": message }
         })),
+    )
+        .into_response()
+}
+
+/// A handoff token refused by the ledger check: audited with the reason (aggregated per
+/// principal), 401 `invalid_token` when the token is unusable, 403 when the chain is refused.
+fn handoff_refused(gate: &Gate, caller: &Caller, e: &crate::handoff::HandoffError) -> Response {
+    let invalid = e.invalid_token();
+    let mut event = gate.caller_event(EventKind::AuthFailure, caller);
+    event.outcome = Some(
+        if invalid {
+            "unauthenticated"
+        } else {
+            "forbidden"
+        }
+        .into(),
+    );
+    event.detail = Some(format!("handoff refused: {e}"));
+    gate.aggregate.record(
+        &format!("handoff refused: {e}"),
+        &crate::call::principal_key(caller),
+        event,
+    );
+    let (status, error) = if invalid {
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    } else {
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    };
+    let challenge = format!(
+        "Bearer error=\"{error}\", error_description=\"{}\", resource_metadata=\"{}\"",
+        e.to_string().replace('"', "'"),
+        gate.metadata_url
+    );
+    (
+        status,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+        )],
+        format!("{e}\n"),
     )
         .into_response()
 }

@@ -45,6 +45,9 @@ pub struct Principal {
     pub subject: String,
     pub tenant: String,
     pub agent: String,
+    /// The handoff token (`jti`) that opened the session: only it may use the session, and a
+    /// session opened without one takes no handoff token.
+    pub handoff: Option<String>,
 }
 
 impl Principal {
@@ -53,12 +56,21 @@ impl Principal {
             subject: caller.subject.clone(),
             tenant: caller.tenant.clone(),
             agent: caller.agent.clone(),
+            handoff: handoff_of(caller),
         }
     }
 
     pub fn matches(&self, caller: &Caller) -> bool {
-        self.subject == caller.subject && self.tenant == caller.tenant && self.agent == caller.agent
+        self.subject == caller.subject
+            && self.tenant == caller.tenant
+            && self.agent == caller.agent
+            && self.handoff == handoff_of(caller)
     }
+}
+
+/// The handoff token a caller came with (its `jti`), if it is a handoff.
+fn handoff_of(caller: &Caller) -> Option<String> {
+    (!caller.actors.is_empty()).then(|| caller.token_id.clone())
 }
 
 /// What the `initialize` request's handling knows while rmcp creates the session.

@@ -13,6 +13,8 @@
 //!   published until the tokens it signed have expired
 //! - `agents`: key = agent id, value = the agent's record (JSON, see `crate::agents`; a client
 //!   secret only as its SHA-256)
+//! - `handoffs`: the handoff ledger, key = the handoff token's `jti`, value = its record (JSON,
+//!   see `handoff`: user, tenant, missions, actor chain, issued, expires, used)
 //!
 //! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
 //! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
@@ -24,7 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AgentStore, AuditLog, Entries, Entry, KeyStore, StorageError};
+use super::{AgentStore, AuditLog, Entries, Entry, HandoffStore, KeyStore, StorageError};
 
 /// Tree holding the legacy v1 audit chain.
 pub const AUDIT_TREE: &str = "audit";
@@ -36,6 +38,8 @@ pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
 pub const CHAINS_TREE: &str = "audit_chains";
 /// Tree holding signing keys.
 pub const KEYS_TREE: &str = "keys";
+/// Tree holding the handoff ledger.
+pub const HANDOFFS_TREE: &str = "handoffs";
 /// Key of the embedded issuer's private key in [`KEYS_TREE`].
 pub const ISSUER_KEY: &str = "issuer/es256";
 /// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
@@ -442,6 +446,57 @@ impl AgentStore for SledAgentStore {
                 Ok((String::from_utf8_lossy(&id).into_owned(), value.to_vec()))
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// The handoff ledger.
+    pub fn handoffs(&self) -> Result<SledHandoffStore, StorageError> {
+        Ok(SledHandoffStore {
+            tree: self.tree(HANDOFFS_TREE).map_err(StorageError::new)?,
+        })
+    }
+}
+
+/// [`HandoffStore`] on sled. Every write is flushed before it returns: a handoff token exists
+/// only once its record is durable, and a use is final once recorded.
+#[derive(Clone)]
+pub struct SledHandoffStore {
+    tree: sled::Tree,
+}
+
+impl HandoffStore for SledHandoffStore {
+    fn insert(&self, jti: &str, record: &[u8]) -> Result<bool, StorageError> {
+        let inserted = self
+            .tree
+            .compare_and_swap(jti.as_bytes(), None::<&[u8]>, Some(record))
+            .map_err(StorageError::new)?
+            .is_ok();
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(inserted)
+    }
+
+    fn get(&self, jti: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree
+            .get(jti.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        jti: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        let swapped = self
+            .tree
+            .compare_and_swap(jti.as_bytes(), Some(expected), Some(new))
+            .map_err(StorageError::new)?
+            .is_ok();
+        self.tree.flush().map_err(StorageError::new)?;
+        Ok(swapped)
     }
 }
 

@@ -9,10 +9,10 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`], [`KeyStore`] and [`AgentStore`]. Declared for the issues that move
-//! approvals, handoffs and quotas into the store: [`AgentStore`], [`ApprovalStore`],
-//! [`HandoffStore`], [`QuotaStore`] (their shapes may be refined by those issues, but they stay
-//! narrow: keyed records with compare-and-swap, no query language).
+//! Implemented now: [`AuditLog`], [`KeyStore`], [`AgentStore`] and [`HandoffStore`]. Declared for
+//! the issues that move approvals and quotas into the store: [`ApprovalStore`], [`QuotaStore`]
+//! (their shapes may be refined by those issues, but they stay narrow: keyed records with
+//! compare-and-swap, no query language).
 //!
 //! sled allows one process at a time. While `mandate serve` runs it owns the store and writes
 //! `admin.json` (0600) beside it: the loopback URL and a random credential that the CLI uses to
@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
-    AGENTS_TREE, AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAgentStore,
-    SledAuditLog, SledKeyStore, Store, StoreError,
+    AGENTS_TREE, AUDIT_TREE, HANDOFFS_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE,
+    SledAgentStore, SledAuditLog, SledHandoffStore, SledKeyStore, Store, StoreError,
 };
 
 /// A storage operation failed (the backend's message, for the operator).
@@ -123,13 +123,19 @@ pub trait ApprovalStore: Send + Sync {
     fn pending(&self) -> Entries<'_>;
 }
 
-/// The handoff ledger: single-use handoff token ids (declared; implemented with handoffs).
+/// The handoff ledger: one record per handoff token Mandate minted, by its `jti` (see
+/// `handoff`). Writes are durable when they return.
 pub trait HandoffStore: Send + Sync {
-    /// Records `jti` with its expiry (unix seconds); false if it was used before.
-    fn claim(&self, jti: &str, expires_at: u64, record: &[u8]) -> Result<bool, StorageError>;
+    /// Records a new handoff; false if `jti` is known already.
+    fn insert(&self, jti: &str, record: &[u8]) -> Result<bool, StorageError>;
     fn get(&self, jti: &str) -> Result<Option<Vec<u8>>, StorageError>;
-    /// Forgets ids expired before `now` (unix seconds).
-    fn purge_expired(&self, now: u64) -> Result<u64, StorageError>;
+    /// Replaces the record if it still equals `expected` (marking a use); false on a lost race.
+    fn compare_and_swap(
+        &self,
+        jti: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError>;
 }
 
 /// Usage counters per key and window (declared; implemented with quotas).

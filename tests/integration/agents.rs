@@ -544,7 +544,13 @@ async fn the_token_endpoint_issues_client_credentials_tokens_and_refuses_each_fa
         meta["token_endpoint"],
         format!("{}/oauth/token", server.url)
     );
-    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
+    );
     assert!(
         meta["token_endpoint_auth_methods_supported"]
             .as_array()

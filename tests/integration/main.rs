@@ -11,6 +11,7 @@ mod audit;
 mod broker;
 mod config_files;
 mod exchange;
+mod handoff;
 mod identity;
 mod interop;
 mod isolation;

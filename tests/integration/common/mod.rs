@@ -555,3 +555,58 @@ pub async fn jwks_kids(base: &str) -> Vec<String> {
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
 }
+
+// ---- handoff: the example handoff agent (examples/handoff_agent.rs) ----
+
+/// A loopback port that was free a moment ago (bound and released), for a broker whose URL must
+/// be known before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running example handoff agent, calling Mandate at `mandate` with the tokens it is given.
+/// Killed on drop.
+pub struct HandoffAgent {
+    child: Child,
+    pub url: String,
+}
+
+impl HandoffAgent {
+    pub fn start(mandate: &str) -> Self {
+        let bin = mandate_bin()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("handoff_agent");
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo test` builds examples",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .args(["--http", "127.0.0.1:0", "--mandate", mandate])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        let url = first
+            .strip_prefix("handoff agent listening on ")
+            .unwrap_or_else(|| panic!("handoff agent did not start: {first}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for HandoffAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
