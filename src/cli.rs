@@ -955,6 +955,11 @@ async fn serve(
         detail.push_str(&format!("; {}", files.join("; ")));
     }
     audit.record_durable(event).await?;
+    let core = crate::call::Core {
+        audit: audit.clone(),
+        approvals: open_approvals(&config, &store, &audit, true)?,
+        quotas: Arc::new(crate::quota::Quotas::default()),
+    };
 
     let config = Arc::new(config);
     let pool = Pool::start(&config, &audit);
@@ -977,6 +982,7 @@ async fn serve(
                 &states,
                 &issuer,
                 &audit,
+                core.clone(),
                 mission.as_deref(),
                 shutdown.clone(),
             )
@@ -1019,6 +1025,8 @@ async fn serve(
                 pool: pool.clone(),
                 missions: states.clone(),
                 admin_token,
+                approvals: core.approvals.clone(),
+                quotas: core.quotas.clone(),
             });
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected or failed to
@@ -1138,6 +1146,7 @@ async fn serve_stdio(
     states: &BTreeMap<String, Arc<MissionState>>,
     issuer: &Issuer,
     audit: &Auditor,
+    core: crate::call::Core,
     mission: Option<&str>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -1184,7 +1193,7 @@ async fn serve_stdio(
     }
     let handler = MissionHandler::new(
         state.clone(),
-        audit.clone(),
+        core,
         Some(caller),
         crate::inbound::handler::SessionState::new(),
     );
@@ -1195,6 +1204,47 @@ async fn serve_stdio(
         _ = shutdown.cancelled() => { ct.cancel(); }
     }
     Ok(())
+}
+
+/// The approval service on `store`; with `webhook`, the notifier of `[approvals] webhook_url`
+/// (its secret read from the environment now, so a missing one stops the start).
+fn open_approvals(
+    config: &Config,
+    store: &Store,
+    audit: &Auditor,
+    webhook: bool,
+) -> anyhow::Result<Arc<crate::approval::Approvals>> {
+    let settings = &config.settings.approvals;
+    let notifier = match &settings.webhook_url {
+        Some(url) if webhook => {
+            let secret = std::env::var(&settings.webhook_secret_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`[approvals] webhook_url` is set, but the environment variable `{}` holding its secret is not: set it (e.g. `export {}=$(openssl rand -hex 32)`) and share it with the receiver",
+                        settings.webhook_secret_env,
+                        settings.webhook_secret_env
+                    )
+                })?;
+            Some(crate::approval::webhook::Notifier::start(
+                url.clone(),
+                secret.into(),
+                format!(
+                    "{}{}",
+                    config.settings.public_url,
+                    crate::approval::webhook::DECISION_PATH
+                ),
+            ))
+        }
+        _ => None,
+    };
+    Ok(crate::approval::Approvals::new(
+        Arc::new(store.approvals()?),
+        settings.clone(),
+        audit.clone(),
+        notifier,
+    ))
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

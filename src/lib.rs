@@ -21,6 +21,7 @@
 //! Each stage's output type can only be built by that stage's module, so no code path reaches a
 //! downstream without passing the earlier stages.
 
+pub mod approval;
 pub mod audit;
 pub mod authn;
 pub mod call;
@@ -31,6 +32,7 @@ pub mod exchange;
 pub mod inbound;
 pub mod mission;
 pub mod policy;
+pub mod quota;
 pub mod store;
 pub mod tools;
 

@@ -54,6 +54,9 @@ pub enum EventKind {
     TokenIssued,
     /// Resource or prompt access through a mission.
     Access,
+    /// A step of a human approval: `outcome` is `requested`, `approved`, `denied`, `used` or
+    /// `expired`; `approval` names the request.
+    Approval,
 }
 
 /// The agent's stated reasoning for a call (`_meta["io.mandate/reasoning"]`).
@@ -127,6 +130,9 @@ pub struct Event {
     /// SHA-256 of the canonical JSON result returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_digest: Option<String>,
+    /// The approval request a call waited for or used, or an approval record's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 impl Event {
@@ -153,6 +159,7 @@ impl Event {
             detail: None,
             latency_us: None,
             output_digest: None,
+            approval: None,
         }
     }
 

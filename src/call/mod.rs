@@ -9,8 +9,9 @@
 //! The stages read top to bottom in [`stages`], each producing the permit the next one needs:
 //!
 //! ```text
-//! authn (fresh token) → scope → Scoped → validate → Valid → policy → Authorized
-//!   → journal → Journaled → exchange → Credentialed → downstream → output check → Completed
+//! authn (fresh token) → scope → Scoped → validate → Valid → policy → Authorized → quota
+//!   → approval → Approved → journal → Journaled → exchange → Credentialed → downstream
+//!   → output check → Completed
 //! ```
 //!
 //! Every permit has private fields and one constructor in its stage's module, and carries the
@@ -117,6 +118,10 @@ pub fn principal_key(caller: &Caller) -> String {
 #[derive(Clone)]
 pub struct Core {
     pub audit: Auditor,
+    /// Approval requests and decisions.
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// `[limits]` token buckets.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// A mission with its resolved downstream connections: what the pipeline runs against.
@@ -247,8 +252,27 @@ async fn stages(
     let authorized = policy::authorize(&mission.runtime, valid, reasoning.as_ref())?;
     record.authorized(&authorized);
 
+    // 4a. quota: the mission's `[limits]` token buckets.
+    core.quotas.check(
+        mission.id(),
+        &mission.runtime.mission.limits,
+        authorized.caller(),
+        &authorized.tool().exposed,
+    )?;
+
+    // 4b. approval: a human approved this exact call, or it needs none.
+    let approved = core
+        .approvals
+        .check(authorized, mission.id(), &sink, &cancel)
+        .await
+        .map_err(|e| {
+            record.approval(&e);
+            e
+        })?;
+    record.approved(&approved);
+
     // 5. journal: a write's intent is durable before anything leaves.
-    let journaled = journal::write_intent(&core.audit, authorized, record).await?;
+    let journaled = journal::write_intent(&core.audit, approved, record).await?;
 
     // 6. exchange: the per-call downstream credential.
     let credentialed = exchange::credential(journaled).await?;

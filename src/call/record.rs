@@ -106,6 +106,26 @@ impl CallRecord {
         }
     }
 
+    /// The approval the call waits for (pending, denied or expired).
+    pub fn approval(&mut self, error: &crate::approval::ApprovalError) {
+        use crate::approval::ApprovalError as E;
+        if let Some(e) = &mut self.event {
+            match error {
+                E::Pending { id, .. } | E::Denied { id, .. } | E::Expired { id } => {
+                    e.approval = Some(id.clone());
+                }
+                E::UserDeclined | E::UserUnreachable | E::Unavailable(_) => {}
+            }
+        }
+    }
+
+    /// The approval the call used, if it needed one.
+    pub fn approved(&mut self, approved: &crate::approval::Approved) {
+        if let Some(e) = &mut self.event {
+            e.approval = approved.approval().map(str::to_owned);
+        }
+    }
+
     pub fn output(&mut self, completed: &Completed) {
         if let Some(e) = &mut self.event {
             let raw = match completed {

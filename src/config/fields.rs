@@ -67,6 +67,17 @@ pub const SETTINGS: &[Field] = &[
             ("client_secret_env", V),
         ]),
     ),
+    (
+        "approvals",
+        Shape::Table(&[
+            ("ttl", V),
+            ("wait", V),
+            ("approver_role", V),
+            ("webhook_url", V),
+            ("webhook_secret_env", V),
+            ("replay_window", V),
+        ]),
+    ),
 ];
 
 /// A tool manifest.
@@ -121,7 +132,15 @@ pub const MISSION: &[Field] = &[
     ("prompts", V),
     ("handoffs", V),
     ("require_reasoning", V),
-    ("limits", Shape::Table(&[("calls_per_minute", V)])),
+    (
+        "limits",
+        Shape::Table(&[
+            ("calls_per_minute", V),
+            ("per_agent", V),
+            ("per_user", V),
+            ("per_tool", V),
+        ]),
+    ),
 ];
 
 /// Parses `src` as a `T` whose fields are `fields`. Every unknown field goes to `diags`, and the

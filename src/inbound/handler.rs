@@ -24,7 +24,7 @@ use rmcp::service::{OriginatingRequestId, RequestContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::audit::{Auditor, Event, EventKind};
+use crate::audit::{Event, EventKind};
 use crate::authn::Caller;
 use crate::call::{
     self, Answer, Asked, CallRequest, CallSink, Completed, Reject, Relaying, RpcError,
@@ -279,13 +279,13 @@ fn respond(result: Result<Completed, Reject>, tool: &str) -> Result<CallToolResp
 impl MissionHandler {
     pub fn new(
         state: Arc<MissionState>,
-        audit: Auditor,
+        core: call::Core,
         stdio_caller: Option<Arc<Caller>>,
         session: Arc<SessionState>,
     ) -> Self {
         Self {
             state,
-            core: call::Core { audit },
+            core,
             stdio_caller,
             session,
         }

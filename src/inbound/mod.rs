@@ -46,6 +46,21 @@ pub struct Broker {
     pub missions: BTreeMap<String, Arc<MissionState>>,
     /// Credential of the admin API (written to the store directory with mode 0600).
     pub admin_token: String,
+    /// Approval requests and decisions.
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// `[limits]` token buckets.
+    pub quotas: Arc<crate::quota::Quotas>,
+}
+
+impl Broker {
+    /// The call core's shared parts.
+    pub fn core(&self) -> crate::call::Core {
+        crate::call::Core {
+            audit: self.audit.clone(),
+            approvals: self.approvals.clone(),
+            quotas: self.quotas.clone(),
+        }
+    }
 }
 
 struct Gate {
@@ -105,9 +120,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             aggregate: aggregate.clone(),
             runtime: state.runtime.clone(),
             state: state.clone(),
-            core: crate::call::Core {
-                audit: broker.audit.clone(),
-            },
+            core: broker.core(),
             sessions: sessions.clone(),
             allowed: rebinding::Allowed {
                 hosts: hosts.clone(),
@@ -124,12 +137,12 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             .with_allowed_hosts(hosts.clone())
             .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
         config = config.with_allowed_origins(origins.clone());
-        let (state, audit) = (state.clone(), broker.audit.clone());
+        let (state, core) = (state.clone(), broker.core());
         let service = StreamableHttpService::new(
             move || {
                 Ok(MissionHandler::new(
                     state.clone(),
-                    audit.clone(),
+                    core.clone(),
                     None,
                     session::state_for_new_handler(),
                 ))

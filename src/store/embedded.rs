@@ -11,6 +11,8 @@
 //! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key;
 //!   `issuer/es256/retired/<kid>`: a rotated-out issuer key's public part (JSON, no private key),
 //!   published until the tokens it signed have expired
+//! - `approvals`: key = approval id, value = the request's JSON (see `approval`)
+//! - `approvals_by_call`: key = digest of the exact call, value = the id of its latest request
 //!
 //! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
 //! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
@@ -22,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AuditLog, Entries, Entry, KeyStore, StorageError};
+use super::{ApprovalStore, AuditLog, Entries, Entry, KeyStore, StorageError};
 
 /// Tree holding the legacy v1 audit chain.
 pub const AUDIT_TREE: &str = "audit";
@@ -34,6 +36,10 @@ pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
 pub const CHAINS_TREE: &str = "audit_chains";
 /// Tree holding signing keys.
 pub const KEYS_TREE: &str = "keys";
+/// Tree holding approval requests.
+pub const APPROVALS_TREE: &str = "approvals";
+/// Tree indexing the latest approval request of each call digest.
+pub const APPROVALS_BY_CALL_TREE: &str = "approvals_by_call";
 /// Key of the embedded issuer's private key in [`KEYS_TREE`].
 pub const ISSUER_KEY: &str = "issuer/es256";
 /// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
@@ -111,6 +117,14 @@ impl Store {
 
     pub fn flush(&self) -> sled::Result<usize> {
         self.db.flush()
+    }
+
+    /// The approval requests in this store.
+    pub fn approvals(&self) -> Result<SledApprovalStore, StorageError> {
+        Ok(SledApprovalStore {
+            requests: self.tree(APPROVALS_TREE).map_err(StorageError::new)?,
+            by_call: self.tree(APPROVALS_BY_CALL_TREE).map_err(StorageError::new)?,
+        })
     }
 
     /// The audit log in this store.
@@ -388,6 +402,66 @@ impl KeyStore for SledKeyStore {
             .map_err(StorageError::new)?;
         self.tree.flush().map_err(StorageError::new)?;
         Ok(())
+    }
+}
+
+/// [`ApprovalStore`] on sled. Every write is flushed: an approval survives a crash.
+#[derive(Clone)]
+pub struct SledApprovalStore {
+    requests: sled::Tree,
+    by_call: sled::Tree,
+}
+
+impl ApprovalStore for SledApprovalStore {
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .requests
+            .get(id.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        let swapped = self
+            .requests
+            .compare_and_swap(id.as_bytes(), expected, Some(new))
+            .map_err(StorageError::new)?
+            .is_ok();
+        if swapped {
+            self.requests.flush().map_err(StorageError::new)?;
+        }
+        Ok(swapped)
+    }
+
+    fn latest_for(&self, call: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .by_call
+            .get(call.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_latest(&self, call: &str, id: &str) -> Result<(), StorageError> {
+        self.by_call
+            .insert(call.as_bytes(), id.as_bytes())
+            .map_err(StorageError::new)?;
+        self.by_call.flush().map_err(StorageError::new)?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.requests
+            .iter()
+            .map(|item| {
+                let (id, value) = item.map_err(StorageError::new)?;
+                Ok((String::from_utf8_lossy(&id).into_owned(), value.to_vec()))
+            })
+            .collect()
     }
 }
 

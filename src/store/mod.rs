@@ -9,7 +9,7 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`] and [`KeyStore`]. Declared for the issues that move agents,
+//! Implemented now: [`AuditLog`], [`KeyStore`] and [`ApprovalStore`]. Declared for the issues that move agents,
 //! approvals, handoffs and quotas into the store: [`AgentStore`], [`ApprovalStore`],
 //! [`HandoffStore`], [`QuotaStore`] (their shapes may be refined by those issues, but they stay
 //! narrow: keyed records with compare-and-swap, no query language).
@@ -28,6 +28,7 @@ pub use embedded::{
     AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAuditLog, SledKeyStore, Store,
     StoreError,
 };
+pub use embedded::SledApprovalStore;
 
 /// A storage operation failed (the backend's message, for the operator).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,17 +109,24 @@ pub trait AgentStore: Send + Sync {
     fn list(&self) -> Entries<'_>;
 }
 
-/// Pending and decided approval requests (declared; implemented with approvals).
+/// Approval requests, pending and decided, by id; and which request is the latest for each call
+/// digest (so the identical call finds its approval).
 pub trait ApprovalStore: Send + Sync {
     fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces the record if it still equals `expected` (None: absent), durably; false on a
+    /// lost race.
     fn compare_and_swap(
         &self,
         id: &str,
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool, StorageError>;
-    /// Requests still pending, oldest first.
-    fn pending(&self) -> Entries<'_>;
+    /// The id of the latest request for the call with this digest.
+    fn latest_for(&self, call: &str) -> Result<Option<String>, StorageError>;
+    /// Makes `id` the latest request for the call with this digest, durably.
+    fn set_latest(&self, call: &str, id: &str) -> Result<(), StorageError>;
+    /// Every request, in id order.
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }
 
 /// The handoff ledger: single-use handoff token ids (declared; implemented with handoffs).
