@@ -268,6 +268,22 @@ impl Approvals {
         &self.settings
     }
 
+    /// Checks a signed webhook decision and applies it.
+    pub async fn decide_from_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Result<Request, DecideError>, webhook::WebhookRefused> {
+        let Some(notifier) = &self.webhook else {
+            return Err(webhook::WebhookRefused::NotConfigured);
+        };
+        let d = notifier.verify_decision(signature, body, self.settings.replay_window)?;
+        let decider = Decider::Webhook {
+            approver: d.approver,
+        };
+        Ok(self.decide(&d.id, d.decision, &decider, d.reason).await)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn ApprovalStore) -> Result<T, StorageError> + Send + 'static,

@@ -94,6 +94,19 @@ pub fn verify(
     }
 }
 
+/// Why a webhook decision was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookRefused {
+    #[error("no approval webhook is configured: set `[approvals] webhook_url` in mandate.toml")]
+    NotConfigured,
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
+    #[error(
+        "invalid decision body: {0} (expected {{\"id\": \"apr-…\", \"decision\": \"approve\" or \"deny\", \"approver\": \"…\", \"reason\": \"…\"}})"
+    )]
+    Body(String),
+}
+
 /// A decision a ticketing system posts back.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,12 +125,15 @@ pub struct WebhookDecision {
 pub struct Notifier {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     decide_url: String,
+    /// Verifies decisions coming back.
+    secret: SecretString,
 }
 
 impl Notifier {
     /// Starts the sender task (call within the runtime).
     pub fn start(url: String, secret: SecretString, decide_url: String) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
+        let kept = secret.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -143,7 +159,28 @@ impl Notifier {
                 }
             }
         });
-        Self { tx, decide_url }
+        Self {
+            tx,
+            decide_url,
+            secret: kept,
+        }
+    }
+
+    /// Checks a signed decision and reads it.
+    pub fn verify_decision(
+        &self,
+        header: Option<&str>,
+        body: &[u8],
+        window: Duration,
+    ) -> Result<WebhookDecision, WebhookRefused> {
+        verify(
+            self.secret.expose_secret().as_bytes(),
+            header,
+            body,
+            crate::authn::unix_now(),
+            window,
+        )?;
+        serde_json::from_slice(body).map_err(|e| WebhookRefused::Body(e.to_string()))
     }
 
     /// Queues the notification of a new request (dropped, with a warning, if the queue is full).

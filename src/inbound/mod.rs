@@ -7,6 +7,7 @@
 //! tenant or agent, or for an expired mission, is a 403. The MCP handler then finds the verified
 //! [`Caller`] in the request.
 
+pub mod approvals;
 pub mod handler;
 pub(crate) mod ingress;
 pub mod native;
@@ -226,6 +227,13 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     .route("/admin/token", post(admin_token))
     .route("/admin/audit/export", get(admin_export))
     .route("/admin/audit/verify", get(admin_verify))
+    .route("/admin/approvals", get(approvals::list))
+    .route("/admin/approvals/{id}/approve", post(approvals::approve))
+    .route("/admin/approvals/{id}/deny", post(approvals::deny))
+    .route(
+        crate::approval::webhook::DECISION_PATH,
+        post(approvals::webhook),
+    )
     .with_state(admin)
 }
 

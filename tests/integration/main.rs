@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod approvals;
 mod audit;
 mod broker;
 mod config_files;
