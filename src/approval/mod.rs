@@ -544,7 +544,13 @@ impl Approvals {
                 "required": ["confirm"]
             }
         });
-        let answer = sink.ask("elicitation/create", Some(params)).await;
+        let answer = match sink.can_elicit() {
+            Some(false) => Err(()),
+            Some(true) | None => sink
+                .ask("elicitation/create", Some(params))
+                .await
+                .map_err(|_| ()),
+        };
         let mut event = Event::new(EventKind::Approval);
         let caller = authorized.caller();
         event.tenant = Some(caller.tenant.clone());

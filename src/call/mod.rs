@@ -87,6 +87,10 @@ pub trait CallSink: Send + Sync {
     fn log(&self, params: serde_json::Map<String, Value>) -> Relaying<'_>;
     /// A server→client request (sampling, elicitation, roots) caused by this call.
     fn ask(&self, method: &str, params: Option<Value>) -> Asked;
+    /// Whether the caller declared MCP elicitation support (`None`: not known to this sink).
+    fn can_elicit(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// One tool call as an adapter hands it to the core.

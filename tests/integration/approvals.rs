@@ -441,3 +441,95 @@ async fn a_quota_refuses_with_a_retry_hint_and_is_audited() {
     assert_eq!(limited[0]["policy"], "mandate:quota");
     client.cancel().await.unwrap();
 }
+
+/// A client that declares elicitation and answers every confirmation with `accept`.
+#[derive(Clone)]
+struct User {
+    accept: bool,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl rmcp::ClientHandler for User {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::builder()
+                .enable_elicitation()
+                .build(),
+            rmcp::model::Implementation::new("user-test", "1"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _ctx: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(serde_json::to_string(&request).unwrap());
+        let action = if self.accept {
+            rmcp::model::ElicitationAction::Accept
+        } else {
+            rmcp::model::ElicitationAction::Decline
+        };
+        Ok(rmcp::model::ElicitResult::new(action).with_content(json!({ "confirm": self.accept })))
+    }
+}
+
+#[tokio::test]
+async fn approval_by_the_user_asks_in_their_own_client() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let ws = workspace("wait = \"0s\"", "");
+    let manifest = ws.path().join("tool-manifests/finance/ledger.toml");
+    let edited = std::fs::read_to_string(&manifest).unwrap().replace(
+        "name = \"get_invoice\"\neffect = \"read\"\n",
+        "name = \"get_invoice\"\neffect = \"read\"\napproval = \"user\"\n",
+    );
+    assert!(edited.contains("approval = \"user\""));
+    std::fs::write(&manifest, edited).unwrap();
+    let server = ws.serve();
+    let url = server.mission_url(MISSION);
+    let token = ws.token(Some(MISSION));
+    let get = || call("get_invoice", json!({ "invoice_id": "INV-1001" }));
+    for accept in [true, false] {
+        let asked = Arc::default();
+        let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+            .auth_header(token.clone());
+        let user = User {
+            accept,
+            asked: Arc::clone(&asked),
+        }
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+        let r = user.call_tool(get()).await.unwrap();
+        let question = asked.lock().unwrap().clone();
+        assert_eq!(question.len(), 1, "the user is asked once");
+        assert!(
+            question[0].contains("get_invoice") && question[0].contains("INV-1001"),
+            "the question names the tool and arguments: {question:?}"
+        );
+        if accept {
+            assert_eq!(r.is_error, Some(false), "{}", text(&r));
+        } else {
+            assert_eq!(r.is_error, Some(true));
+            assert!(text(&r).contains("the user declined this call"), "{}", text(&r));
+        }
+        user.cancel().await.unwrap();
+    }
+    // A client without elicitation cannot confirm: a clear error, nothing runs.
+    let plain = client(&url, &token).await;
+    let r = plain.call_tool(get()).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("does not support MCP elicitation"), "{}", text(&r));
+    let outcomes: Vec<String> = audit_records(&ws)
+        .into_iter()
+        .filter(|r| r["kind"] == "approval")
+        .map(|r| r["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["user_confirmed", "user_declined", "user_unreachable"]);
+    plain.cancel().await.unwrap();
+}
