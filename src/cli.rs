@@ -1345,11 +1345,7 @@ async fn signal_shutdown(shutdown: CancellationToken) {
 
 /// Who decides from the CLI: the local admin, or an approver by their token (verified by the
 /// embedded issuer in the store).
-fn cli_decider(
-    config: &Config,
-    store: &Store,
-    token: Option<&str>,
-) -> anyhow::Result<Decider> {
+fn cli_decider(config: &Config, store: &Store, token: Option<&str>) -> anyhow::Result<Decider> {
     let Some(token) = token else {
         return Ok(Decider::Admin);
     };
@@ -1457,10 +1453,7 @@ async fn approvals_list(
         }
     }
     if requests.is_empty() && !json {
-        eprintln!(
-            "no {}approval requests",
-            if all { "" } else { "pending " }
-        );
+        eprintln!("no {}approval requests", if all { "" } else { "pending " });
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,9 @@
 //! 1. **authn** — the bearer token is verified ([`authn`]) → [`authn::Caller`]
 //! 2. **scope** — the tool is in the mission's toolset and not quarantined → [`mission::Scoped`]
 //! 3. **validate** — arguments against the pinned input schema → [`mission::Valid`]
-//! 4. **policy** — the decision ([`policy`]) → [`policy::Authorized`]
+//! 4. **policy** — the decision ([`policy`]) → [`policy::Authorized`]; then the mission's
+//!    `[limits]` ([`quota`]) and, for tools that need it, a human approval of the exact call
+//!    ([`approval`]) → [`approval::Approved`]
 //! 5. **downstream** — the call goes to the downstream ([`downstream`]), which accepts only an
 //!    [`policy::Authorized`] call
 //! 6. **output** — `structuredContent` against the pinned output schema

@@ -272,12 +272,12 @@ mod tests {
         let refused = q.check("m", &limits, &caller("bot"), "get").unwrap_err();
         assert_eq!(refused.scope, "agent `bot`");
         assert!(refused.retry_after_secs >= 59 && refused.retry_after_secs <= 60);
-        assert!(
-            refused.to_string().contains("retry after"),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains("retry after"), "{refused}");
         // Another agent of the same user has its own bucket.
         assert!(q.check("m", &limits, &caller("other"), "get").is_ok());
-        assert!(q.check("m", &Limits::default(), &caller("bot"), "get").is_ok());
+        assert!(
+            q.check("m", &Limits::default(), &caller("bot"), "get")
+                .is_ok()
+        );
     }
 }

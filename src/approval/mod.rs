@@ -605,7 +605,9 @@ impl Approvals {
                     return Err(DecideError::Unknown(id.to_owned()));
                 }
                 if !caller.roles.contains(&self.settings.approver_role) {
-                    return Err(DecideError::NotApprover(self.settings.approver_role.clone()));
+                    return Err(DecideError::NotApprover(
+                        self.settings.approver_role.clone(),
+                    ));
                 }
                 if caller.subject == request.subject && caller.issuer == request.issuer {
                     return Err(DecideError::OwnRequest(caller.subject.clone()));
@@ -700,8 +702,7 @@ fn denied(request: &Request) -> ApprovalError {
 
 /// Unix seconds as RFC 3339.
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 #[cfg(test)]

@@ -50,8 +50,10 @@ fn the_digest_is_canonical_in_argument_order_and_number_form() {
 fn the_digest_changes_with_every_bound_part() {
     let a = base_args();
     let base = digest(&a, |_| {});
-    let other_args = args(json!({ "invoice": "INV-1", "amount": 101, "note": { "a": 1, "b": [1, 2] } }));
-    let nested = args(json!({ "invoice": "INV-1", "amount": 100, "note": { "a": 1, "b": [2, 1] } }));
+    let other_args =
+        args(json!({ "invoice": "INV-1", "amount": 101, "note": { "a": 1, "b": [1, 2] } }));
+    let nested =
+        args(json!({ "invoice": "INV-1", "amount": 100, "note": { "a": 1, "b": [2, 1] } }));
     let changed = [
         digest(&a, |b| b.issuer = "https://other"),
         digest(&a, |b| b.subject = "bob"),
@@ -95,7 +97,10 @@ fn a_signature_verifies_only_for_its_body_secret_and_time() {
         verify(secret, Some(&moved), body, 1_300, window),
         Err(SignatureError::Mismatch)
     );
-    assert_eq!(verify(secret, None, body, 1_000, window), Err(SignatureError::Missing));
+    assert_eq!(
+        verify(secret, None, body, 1_000, window),
+        Err(SignatureError::Missing)
+    );
     assert_eq!(
         verify(secret, Some("v1=abc"), body, 1_000, window),
         Err(SignatureError::Malformed)

@@ -27,7 +27,10 @@ pub const DECISION_PATH: &str = "/approvals/webhook";
 
 /// The `X-Mandate-Signature` value for `body` at unix time `t`.
 pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
-    format!("t={t},v1={}", hex::encode(mac(secret, t, body).finalize().into_bytes()))
+    format!(
+        "t={t},v1={}",
+        hex::encode(mac(secret, t, body).finalize().into_bytes())
+    )
 }
 
 fn mac(secret: &[u8], t: u64, body: &[u8]) -> Hmac<Sha256> {
@@ -45,13 +48,19 @@ fn mac(secret: &[u8], t: u64, body: &[u8]) -> Hmac<Sha256> {
 /// Why a signed request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("missing `X-Mandate-Signature` header: sign the body as the README's Approvals section describes")]
+    #[error(
+        "missing `X-Mandate-Signature` header: sign the body as the README's Approvals section describes"
+    )]
     Missing,
     #[error("malformed `X-Mandate-Signature` header: expected `t=<unix seconds>,v1=<hex hmac>`")]
     Malformed,
-    #[error("the signature's timestamp is outside the replay window: sign each request when it is sent")]
+    #[error(
+        "the signature's timestamp is outside the replay window: sign each request when it is sent"
+    )]
     Stale,
-    #[error("the signature does not match the body: sign the exact body bytes with the shared secret")]
+    #[error(
+        "the signature does not match the body: sign the exact body bytes with the shared secret"
+    )]
     Mismatch,
 }
 
@@ -152,8 +161,12 @@ impl Notifier {
                         .await;
                     match sent {
                         Ok(r) if r.status().is_success() => break,
-                        Ok(r) => tracing::warn!(status = %r.status(), attempt, "approval webhook refused a request"),
-                        Err(e) => tracing::warn!(error = %e, attempt, "approval webhook unreachable"),
+                        Ok(r) => {
+                            tracing::warn!(status = %r.status(), attempt, "approval webhook refused a request")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, attempt, "approval webhook unreachable")
+                        }
                     }
                     tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::approval::Approved;
 use crate::audit::Auditor;
 use crate::authn::Caller;
 use crate::config::Effect;
 use crate::downstream::Downstream;
 use crate::mission::ExposedTool;
-use crate::approval::Approved;
 use crate::policy::Authorized;
 
 use super::Reject;

@@ -1067,9 +1067,7 @@ fn build_mission(
         {
             diags.push(src.at(
                 l.span().start,
-                format!(
-                    "`{name}` must be at least 1 (calls per minute); remove it for no limit"
-                ),
+                format!("`{name}` must be at least 1 (calls per minute); remove it for no limit"),
             ));
         }
     }

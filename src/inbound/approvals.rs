@@ -157,9 +157,7 @@ pub(super) async fn webhook(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     match broker.approvals.decide_from_webhook(signature, &body).await {
         Ok(result) => decided(result),
         Err(e) => {

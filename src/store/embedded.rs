@@ -123,7 +123,9 @@ impl Store {
     pub fn approvals(&self) -> Result<SledApprovalStore, StorageError> {
         Ok(SledApprovalStore {
             requests: self.tree(APPROVALS_TREE).map_err(StorageError::new)?,
-            by_call: self.tree(APPROVALS_BY_CALL_TREE).map_err(StorageError::new)?,
+            by_call: self
+                .tree(APPROVALS_BY_CALL_TREE)
+                .map_err(StorageError::new)?,
         })
     }
 

@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use embedded::SledApprovalStore;
 pub use embedded::{
     AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAuditLog, SledKeyStore, Store,
     StoreError,
 };
-pub use embedded::SledApprovalStore;
 
 /// A storage operation failed (the backend's message, for the operator).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -63,12 +63,17 @@ fn pending_id(r: &CallToolResult) -> String {
     let t = text(r);
     assert_eq!(r.is_error, Some(true), "expected a pending result: {t}");
     assert!(t.starts_with("approval required"), "{t}");
-    let start = t.find("apr-").unwrap_or_else(|| panic!("no approval id in: {t}"));
+    let start = t
+        .find("apr-")
+        .unwrap_or_else(|| panic!("no approval id in: {t}"));
     let id: String = t[start..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect();
-    assert!(t.contains(&format!("mandate approvals approve {id}")), "{t}");
+    assert!(
+        t.contains(&format!("mandate approvals approve {id}")),
+        "{t}"
+    );
     id
 }
 
@@ -103,10 +108,16 @@ async fn an_approved_call_runs_once_and_other_arguments_need_their_own_approval(
 
     let (ok, listed, err) = cli(&ws, &["approvals", "list"]);
     assert!(ok, "{err}");
-    assert!(listed.contains(&id) && listed.contains("pending"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("pending"),
+        "{listed}"
+    );
     assert!(listed.contains(r#"{"invoice_id":"INV-1001"}"#), "{listed}");
 
-    let (ok, out, err) = cli(&ws, &["approvals", "approve", &id, "--reason", "PO matches"]);
+    let (ok, out, err) = cli(
+        &ws,
+        &["approvals", "approve", &id, "--reason", "PO matches"],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("approved"), "{out}");
     // Decided requests cannot be decided again.
@@ -154,13 +165,17 @@ async fn a_denied_request_refuses_the_call_with_the_reason() {
     let server = ws.serve();
     let client = connect(&ws, &server).await;
     let id = pending_id(&client.call_tool(approve_invoice("INV-1001")).await.unwrap());
-    let (ok, _, err) = cli(&ws, &["approvals", "deny", &id, "--reason", "duplicate invoice"]);
+    let (ok, _, err) = cli(
+        &ws,
+        &["approvals", "deny", &id, "--reason", "duplicate invoice"],
+    );
     assert!(ok, "{err}");
     let r = client.call_tool(approve_invoice("INV-1001")).await.unwrap();
     let t = text(&r);
     assert_eq!(r.is_error, Some(true));
     assert!(
-        t.contains(&format!("approval request `{id}` was denied")) && t.contains("duplicate invoice"),
+        t.contains(&format!("approval request `{id}` was denied"))
+            && t.contains("duplicate invoice"),
         "{t}"
     );
     assert_eq!(approval_outcomes(&ws, &id), ["requested", "denied"]);
@@ -213,7 +228,10 @@ async fn an_unused_approval_expires() {
     // The next identical call asks anew.
     let fresh = pending_id(&client.call_tool(approve_invoice("INV-1001")).await.unwrap());
     assert_ne!(fresh, id);
-    assert_eq!(approval_outcomes(&ws, &id), ["requested", "approved", "expired"]);
+    assert_eq!(
+        approval_outcomes(&ws, &id),
+        ["requested", "approved", "expired"]
+    );
     client.cancel().await.unwrap();
 }
 
@@ -249,10 +267,15 @@ async fn separation_of_duties_the_requester_and_non_approvers_cannot_decide() {
     assert_eq!(r.is_error, Some(false), "{}", text(&r));
     let decided = audit_records(&ws)
         .into_iter()
-        .find(|r| r["kind"] == "approval" && r["approval"] == id.as_str() && r["outcome"] == "approved")
+        .find(|r| {
+            r["kind"] == "approval" && r["approval"] == id.as_str() && r["outcome"] == "approved"
+        })
         .unwrap();
     assert!(
-        decided["detail"].as_str().unwrap().contains("bob@acme.example"),
+        decided["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bob@acme.example"),
         "the approver is recorded: {decided}"
     );
     client.cancel().await.unwrap();
@@ -332,14 +355,19 @@ async fn the_webhook_is_signed_and_takes_signed_decisions() {
     const SECRET: &str = "0123456789abcdef-test-secret";
     let (url, seen) = receiver().await;
     let ws = workspace(
-        &format!("wait = \"0s\"\nwebhook_url = \"{url}\"\nwebhook_secret_env = \"TEST_HOOK_SECRET\""),
+        &format!(
+            "wait = \"0s\"\nwebhook_url = \"{url}\"\nwebhook_secret_env = \"TEST_HOOK_SECRET\""
+        ),
         "",
     );
     let server = ws.serve_with("127.0.0.1:0", &[("TEST_HOOK_SECRET", SECRET)]);
     let client = connect(&ws, &server).await;
     let id = pending_id(&client.call_tool(approve_invoice("INV-1001")).await.unwrap());
 
-    eventually(10, "the webhook request", || !seen.lock().unwrap().is_empty()).await;
+    eventually(10, "the webhook request", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
     let (header, body) = seen.lock().unwrap()[0].clone();
     // Verify as a receiver would: recompute over the timestamp and the exact body bytes.
     let t: u64 = header
@@ -375,22 +403,32 @@ async fn the_webhook_is_signed_and_takes_signed_decisions() {
     };
     // A bad signature, a stale one, and the requester approving their own call: refused.
     let good = decision("bob@acme.example");
-    let r = post(good.clone(), signature("wrong-secret", now(), &good)).await.unwrap();
+    let r = post(good.clone(), signature("wrong-secret", now(), &good))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = post(good.clone(), signature(SECRET, now() - 3600, &good)).await.unwrap();
+    let r = post(good.clone(), signature(SECRET, now() - 3600, &good))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = post(good.clone(), String::new()).await.unwrap();
     assert_eq!(r.status(), 401);
     let own = decision("alice@acme.example");
-    let r = post(own.clone(), signature(SECRET, now(), &own)).await.unwrap();
+    let r = post(own.clone(), signature(SECRET, now(), &own))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let still = client.call_tool(approve_invoice("INV-1001")).await.unwrap();
     assert_eq!(pending_id(&still), id, "refused decisions changed nothing");
 
-    let r = post(good.clone(), signature(SECRET, now(), &good)).await.unwrap();
+    let r = post(good.clone(), signature(SECRET, now(), &good))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // Replayed inside the window: the request is no longer pending.
-    let r = post(good.clone(), signature(SECRET, now(), &good)).await.unwrap();
+    let r = post(good.clone(), signature(SECRET, now(), &good))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 
     let ran = client.call_tool(approve_invoice("INV-1001")).await.unwrap();
@@ -400,7 +438,10 @@ async fn the_webhook_is_signed_and_takes_signed_decisions() {
         .find(|r| r["approval"] == id.as_str() && r["outcome"] == "approved")
         .unwrap();
     assert!(
-        decided["detail"].as_str().unwrap().contains("bob@acme.example (webhook)"),
+        decided["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bob@acme.example (webhook)"),
         "{decided}"
     );
     client.cancel().await.unwrap();
@@ -422,16 +463,24 @@ async fn a_quota_refuses_with_a_retry_hint_and_is_audited() {
     };
     assert_eq!(e.code.0, -32029);
     assert!(
-        e.message.contains("the tool `get_invoice` limit of 2 calls per minute")
+        e.message
+            .contains("the tool `get_invoice` limit of 2 calls per minute")
             && e.message.contains("retry after"),
         "{}",
         e.message
     );
     let retry = e.data.as_ref().unwrap()["retryAfter"].as_u64().unwrap();
-    assert!((1..=30).contains(&retry), "2 per minute refills one every 30s: {retry}");
+    assert!(
+        (1..=30).contains(&retry),
+        "2 per minute refills one every 30s: {retry}"
+    );
     // Another tool has its own bucket.
     let other = client.call_tool(approve_invoice("INV-1001")).await.unwrap();
-    assert!(text(&other).starts_with("approval required"), "{}", text(&other));
+    assert!(
+        text(&other).starts_with("approval required"),
+        "{}",
+        text(&other)
+    );
     let records = audit_records(&ws);
     let limited: Vec<&Value> = records
         .iter()
@@ -496,8 +545,8 @@ async fn approval_by_the_user_asks_in_their_own_client() {
     let get = || call("get_invoice", json!({ "invoice_id": "INV-1001" }));
     for accept in [true, false] {
         let asked = Arc::default();
-        let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
-            .auth_header(token.clone());
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token.clone());
         let user = User {
             accept,
             asked: Arc::clone(&asked),
@@ -516,7 +565,11 @@ async fn approval_by_the_user_asks_in_their_own_client() {
             assert_eq!(r.is_error, Some(false), "{}", text(&r));
         } else {
             assert_eq!(r.is_error, Some(true));
-            assert!(text(&r).contains("the user declined this call"), "{}", text(&r));
+            assert!(
+                text(&r).contains("the user declined this call"),
+                "{}",
+                text(&r)
+            );
         }
         user.cancel().await.unwrap();
     }
@@ -524,12 +577,19 @@ async fn approval_by_the_user_asks_in_their_own_client() {
     let plain = client(&url, &token).await;
     let r = plain.call_tool(get()).await.unwrap();
     assert_eq!(r.is_error, Some(true));
-    assert!(text(&r).contains("does not support MCP elicitation"), "{}", text(&r));
+    assert!(
+        text(&r).contains("does not support MCP elicitation"),
+        "{}",
+        text(&r)
+    );
     let outcomes: Vec<String> = audit_records(&ws)
         .into_iter()
         .filter(|r| r["kind"] == "approval")
         .map(|r| r["outcome"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(outcomes, ["user_confirmed", "user_declined", "user_unreachable"]);
+    assert_eq!(
+        outcomes,
+        ["user_confirmed", "user_declined", "user_unreachable"]
+    );
     plain.cancel().await.unwrap();
 }
