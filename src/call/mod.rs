@@ -269,10 +269,7 @@ async fn stages(
         .approvals
         .check(authorized, mission.id(), &sink, &cancel)
         .await
-        .map_err(|e| {
-            record.approval(&e);
-            e
-        })?;
+        .inspect_err(|e| record.approval(e))?;
     record.approved(&approved);
 
     // 5. journal: a write's intent is durable before anything leaves.

@@ -307,9 +307,12 @@ async fn an_approval_survives_a_broker_restart() {
     server.stop();
 }
 
+/// What the webhook receiver saw: each request's signature header and body.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A webhook receiver: an axum server recording each request's signature header and body.
-async fn receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
-    let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+async fn receiver() -> (String, Seen) {
+    let seen: Seen = Arc::default();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post({
