@@ -314,14 +314,17 @@ impl Approvals {
             .await
     }
 
-    /// Every request, oldest first, with expiry applied as of now.
+    /// Every request, oldest first. Requests found expired are marked (and audited) now.
     pub async fn list(&self) -> Result<Vec<Request>, StorageError> {
         let now = unix_now();
         let entries = self.blocking(|s| s.list()).await?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, bytes) in entries {
             let mut r: Request = serde_json::from_slice(&bytes).map_err(StorageError::new)?;
-            r.state = r.state_at(now);
+            if r.state != r.state_at(now) {
+                self.expire(bytes, r.clone()).await;
+                r.state = State::Expired;
+            }
             out.push(r);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -364,8 +367,8 @@ impl Approvals {
             .map_err(unavailable)?;
         let now = unix_now();
         let mut current = None;
-        if let Some(id) = latest
-            && let Some((bytes, request)) = self.load(&id).await.map_err(unavailable)?
+        if let Some(id) = &latest
+            && let Some((bytes, request)) = self.load(id).await.map_err(unavailable)?
         {
             match request.state_at(now) {
                 State::Approved => return self.use_approval(authorized, bytes, request).await,
@@ -386,7 +389,7 @@ impl Approvals {
         let request = match current {
             Some(r) => r,
             None => self
-                .create(&authorized, mission, arguments, call)
+                .create(&authorized, mission, arguments, call, latest.as_deref())
                 .await
                 .map_err(unavailable)?,
         };
@@ -399,6 +402,7 @@ impl Approvals {
         mission: &str,
         arguments: String,
         call: String,
+        latest: Option<&str>,
     ) -> Result<Request, StorageError> {
         let caller = authorized.caller();
         let now = unix_now();
@@ -423,8 +427,32 @@ impl Approvals {
             used_at: None,
         };
         self.swap(None, &request).await?;
-        let (call, id) = (request.call.clone(), request.id.clone());
-        self.blocking(move |s| s.set_latest(&call, &id)).await?;
+        let (call, id, expected) = (
+            request.call.clone(),
+            request.id.clone(),
+            latest.map(str::to_owned),
+        );
+        let claimed = self
+            .blocking(move |s| s.claim_latest(&call, expected.as_deref(), &id))
+            .await?;
+        if !claimed {
+            // An identical call created its request first: this call waits for that one, and
+            // this request (never announced) is void.
+            let mut void = request.clone();
+            void.state = State::Expired;
+            let bytes = serde_json::to_vec(&request).map_err(StorageError::new)?;
+            self.swap(Some(bytes), &void).await?;
+            let call = request.call.clone();
+            let winner = self.blocking(move |s| s.latest_for(&call)).await?;
+            if let Some(id) = winner
+                && let Some((_, r)) = self.load(&id).await?
+            {
+                return Ok(r);
+            }
+            return Err(StorageError::new(
+                "the approval request index changed under this call",
+            ));
+        }
         let mut event = self.event(&request, "requested");
         event.detail = Some(format!(
             "approval requested for `{}`; expires {}",

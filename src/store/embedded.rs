@@ -448,12 +448,25 @@ impl ApprovalStore for SledApprovalStore {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    fn set_latest(&self, call: &str, id: &str) -> Result<(), StorageError> {
-        self.by_call
-            .insert(call.as_bytes(), id.as_bytes())
-            .map_err(StorageError::new)?;
-        self.by_call.flush().map_err(StorageError::new)?;
-        Ok(())
+    fn claim_latest(
+        &self,
+        call: &str,
+        expected: Option<&str>,
+        id: &str,
+    ) -> Result<bool, StorageError> {
+        let claimed = self
+            .by_call
+            .compare_and_swap(
+                call.as_bytes(),
+                expected.map(str::as_bytes),
+                Some(id.as_bytes()),
+            )
+            .map_err(StorageError::new)?
+            .is_ok();
+        if claimed {
+            self.by_call.flush().map_err(StorageError::new)?;
+        }
+        Ok(claimed)
     }
 
     fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
@@ -493,6 +506,36 @@ mod tests {
             Some((3, b"cp".to_vec()))
         );
         assert_eq!(log.latest_checkpoint("tenant:ab").unwrap(), None);
+    }
+
+    #[test]
+    fn approvals_swap_only_from_the_expected_state_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = Store::open(dir.path()).unwrap().approvals().unwrap();
+            assert!(a.compare_and_swap("apr-1", None, b"pending").unwrap());
+            assert!(!a.compare_and_swap("apr-1", None, b"again").unwrap());
+            assert!(
+                a.compare_and_swap("apr-1", Some(b"pending"), b"approved")
+                    .unwrap()
+            );
+            // Single use: only one of two racing users wins.
+            assert!(
+                a.compare_and_swap("apr-1", Some(b"approved"), b"used")
+                    .unwrap()
+            );
+            assert!(
+                !a.compare_and_swap("apr-1", Some(b"approved"), b"used")
+                    .unwrap()
+            );
+            assert!(a.claim_latest("call", None, "apr-1").unwrap());
+            assert!(!a.claim_latest("call", None, "apr-2").unwrap());
+            assert!(a.claim_latest("call", Some("apr-1"), "apr-2").unwrap());
+        }
+        let a = Store::open(dir.path()).unwrap().approvals().unwrap();
+        assert_eq!(a.get("apr-1").unwrap(), Some(b"used".to_vec()));
+        assert_eq!(a.latest_for("call").unwrap().as_deref(), Some("apr-2"));
+        assert_eq!(a.list().unwrap(), [("apr-1".to_owned(), b"used".to_vec())]);
     }
 
     #[test]

@@ -123,8 +123,14 @@ pub trait ApprovalStore: Send + Sync {
     ) -> Result<bool, StorageError>;
     /// The id of the latest request for the call with this digest.
     fn latest_for(&self, call: &str) -> Result<Option<String>, StorageError>;
-    /// Makes `id` the latest request for the call with this digest, durably.
-    fn set_latest(&self, call: &str, id: &str) -> Result<(), StorageError>;
+    /// Makes `id` the latest request for the call with this digest, durably, if the latest is
+    /// still `expected` (None: none yet); false when another request got there first.
+    fn claim_latest(
+        &self,
+        call: &str,
+        expected: Option<&str>,
+        id: &str,
+    ) -> Result<bool, StorageError>;
     /// Every request, in id order.
     fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }

@@ -596,3 +596,62 @@ async fn approval_by_the_user_asks_in_their_own_client() {
     );
     plain.cancel().await.unwrap();
 }
+
+#[test]
+fn approvals_settings_are_validated_with_positions() {
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.mission(MISSION, r#""finance/ledger/get_invoice""#, "");
+    ws.pin();
+    ws.write(
+        "mandate.toml",
+        "[approvals]\nttl = \"0s\"\nwait = \"soon\"\nwebhook_url = \"ftp://x\"\napprover_role = \"\"\nwebhok_url = \"x\"\n",
+    );
+    let out = ws.mandate(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "mandate.toml:2:7: `ttl` `0s` must be between 1s and 7days",
+        "mandate.toml:3:8: invalid duration `soon` in `wait` (write e.g. `30s` or `1h`)",
+        "mandate.toml:4:15: `webhook_url` must be an http(s) URL, not `ftp://x`",
+        "mandate.toml:5:17: `approver_role` must not be empty (e.g. `approver`)",
+        "mandate.toml:6:1: unknown field `webhok_url` in `[approvals]` (did you mean `webhook_url`?)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    // `approval = "user"` and `"approver"` are accepted in a manifest; anything else is not.
+    ws.write("mandate.toml", "");
+    let manifest = ws.path().join("tool-manifests/finance/ledger.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "name = \"get_invoice\"\neffect = \"read\"\n",
+        "name = \"get_invoice\"\neffect = \"read\"\napproval = \"manager\"\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let out = ws.mandate(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unknown approval `manager` (expected one of none, approver, user)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_webhook_without_its_secret() {
+    let ws = workspace(
+        "webhook_url = \"http://127.0.0.1:9/hook\"\nwebhook_secret_env = \"MANDATE_TEST_UNSET_SECRET\"",
+        "",
+    );
+    let out = ws.mandate(&["serve", "--listen", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "the environment variable `MANDATE_TEST_UNSET_SECRET` holding its secret is not"
+        ),
+        "{stderr}"
+    );
+}
