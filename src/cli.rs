@@ -1036,7 +1036,7 @@ async fn serve(
     let core = crate::call::Core {
         audit: audit.clone(),
         approvals: open_approvals(&config, &store, &audit, true)?,
-        quotas: Arc::new(crate::quota::Quotas::default()),
+        quotas: Arc::new(crate::quota::Quotas::in_process(&audit)),
     };
 
     let config = Arc::new(config);
@@ -1151,6 +1151,8 @@ async fn serve(
     };
     shutdown.cancel();
     pool.shutdown().await;
+    core.quotas.flush();
+    drop(core);
     drop(states);
     if let Err(e) = audit.stop().await {
         tracing::error!(error = %e, "audit log could not be flushed at shutdown");

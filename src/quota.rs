@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::audit::aggregate::Aggregator;
+use crate::audit::{Auditor, Event};
 use crate::authn::Caller;
 use crate::config::Limits;
 
@@ -123,17 +125,39 @@ pub struct QuotaExceeded {
 /// The quota stage's state, shared by every mission of a broker.
 pub struct Quotas {
     buckets: Box<dyn Buckets>,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Self::new(Box::new(InProcess::default()))
-    }
+    /// Refused calls are audited through this: a caller hammering a used-up limit adds one full
+    /// record and then one count per window, not a record per call.
+    refusals: Aggregator,
 }
 
 impl Quotas {
-    pub fn new(buckets: Box<dyn Buckets>) -> Self {
-        Self { buckets }
+    /// In-process buckets; refusals audited to `audit` (call within the runtime).
+    pub fn in_process(audit: &Auditor) -> Self {
+        Self::new(
+            Box::new(InProcess::default()),
+            Aggregator::start(audit.clone()),
+        )
+    }
+
+    pub fn new(buckets: Box<dyn Buckets>, refusals: Aggregator) -> Self {
+        Self { buckets, refusals }
+    }
+
+    /// Audits the record of a refused call (aggregated per limit and caller).
+    pub fn audit_refusal(&self, refused: &QuotaExceeded, event: Event) {
+        let source = format!(
+            "{}/{}/{}",
+            event.tenant.as_deref().unwrap_or_default(),
+            event.subject.as_deref().unwrap_or_default(),
+            event.agent.as_deref().unwrap_or_default()
+        );
+        self.refusals
+            .record(&format!("rate_limited: {}", refused.scope), &source, event);
+    }
+
+    /// Writes the counts of refusals gathered so far (at shutdown).
+    pub fn flush(&self) {
+        self.refusals.flush();
     }
 
     /// Takes a call from the mission's limits for this caller and tool.
@@ -247,8 +271,8 @@ mod tests {
         assert!(b.take(&[limit("loose", 60)], t0).is_err());
     }
 
-    #[test]
-    fn buckets_are_per_agent_user_and_tool() {
+    #[tokio::test]
+    async fn buckets_are_per_agent_user_and_tool() {
         let limits = Limits {
             calls_per_minute: None,
             per_agent: Some(1),
@@ -267,7 +291,10 @@ mod tests {
             scopes: vec![],
             attributes: Default::default(),
         };
-        let q = Quotas::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (audit, _writer) = Auditor::start(&store).unwrap();
+        let q = Quotas::in_process(&audit);
         assert!(q.check("m", &limits, &caller("bot"), "get").is_ok());
         let refused = q.check("m", &limits, &caller("bot"), "get").unwrap_err();
         assert_eq!(refused.scope, "agent `bot`");

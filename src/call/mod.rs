@@ -210,7 +210,12 @@ pub async fn run(
 ) -> Result<Completed, Reject> {
     let mut record = record::CallRecord::start(core.audit.clone(), mission.id(), &request);
     let result = stages(core, mission, request, &mut record).await;
-    record.finish(&result);
+    match &result {
+        Err(Reject::Quota(refused)) => {
+            record.finish_with(&result, |e| core.quotas.audit_refusal(refused, e))
+        }
+        _ => record.finish(&result),
+    }
     result
 }
 

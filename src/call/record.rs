@@ -148,6 +148,13 @@ impl CallRecord {
 
     /// Finalizes the record with the pipeline's result.
     pub fn finish(&mut self, result: &Result<Completed, Reject>) {
+        let audit = self.audit.clone();
+        self.finish_with(result, |event| audit.record_now(event));
+    }
+
+    /// Finalizes the record with the pipeline's result and hands it to `write` (which may
+    /// aggregate records a caller can produce at will).
+    pub fn finish_with(&mut self, result: &Result<Completed, Reject>, write: impl FnOnce(Event)) {
         let Some(mut event) = self.event.take() else {
             return;
         };
@@ -168,7 +175,7 @@ impl CallRecord {
             }
         }
         event.latency_us = Some(self.started.elapsed().as_micros() as u64);
-        self.audit.record_now(event);
+        write(event);
     }
 }
 

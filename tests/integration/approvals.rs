@@ -484,14 +484,40 @@ async fn a_quota_refuses_with_a_retry_hint_and_is_audited() {
         "{}",
         text(&other)
     );
+    // A caller hammering the used-up limit does not flood the audit log: the first refusal is
+    // recorded in full, the rest counted (written at the window's end or at shutdown).
+    for _ in 0..3 {
+        assert!(client.call_tool(get()).await.is_err());
+    }
+    client.cancel().await.unwrap();
+    server.stop();
     let records = audit_records(&ws);
     let limited: Vec<&Value> = records
         .iter()
         .filter(|r| r["outcome"] == "rate_limited")
         .collect();
     assert_eq!(limited.len(), 1, "{records:?}");
+    assert_eq!(limited[0]["kind"], "denial");
     assert_eq!(limited[0]["policy"], "mandate:quota");
-    client.cancel().await.unwrap();
+    assert!(
+        limited[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retry after")
+    );
+    let counted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "aggregated" && r["policy"] == "mandate:quota")
+        .collect();
+    assert_eq!(counted.len(), 1, "{records:?}");
+    assert!(
+        counted[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 more `rate_limited: tool `get_invoice``"),
+        "{}",
+        counted[0]["detail"]
+    );
 }
 
 /// A client that declares elicitation and answers every confirmation with `accept`.
