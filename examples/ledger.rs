@@ -69,8 +69,10 @@
 //!   (`"482050"`) instead of an integer. Every other tool behaves normally.
 //!   Any other value of `LEDGER_VARIANT` (or none) is the normal variant.
 //! * `LEDGER_LOG_AFTER=1` keeps logging after answering each `tools/call`: ten
-//!   `notifications/message` (`{"event": "background", "after": <tool>}`), one
-//!   every 100 ms, related to no request (a tool with background work).
+//!   `notifications/message` (`{"event": "background", "after": <tool>, "pid": <its pid>}`),
+//!   one every 100 ms, related to no request (a tool with background work).
+//! * `LEDGER_SLOW_READ=N` makes every `resources/read` take N seconds before it
+//!   answers (a slow pass-through request).
 //! * `LEDGER_DRIFT_AFTER=N` switches to the drifted definitions at run time,
 //!   after answering the N-th `tools/call`, and sends
 //!   `notifications/tools/list_changed` (a rug pull mid-session).
@@ -1342,7 +1344,7 @@ impl ServerHandler for Ledger {
                     #[allow(deprecated)]
                     let param = LoggingMessageNotificationParam::new(
                         LoggingLevel::Info,
-                        json!({ "event": "background", "after": tool }),
+                        json!({ "event": "background", "after": tool, "pid": std::process::id() }),
                     );
                     #[allow(deprecated)]
                     let _ = peer.notify_logging_message(param).await;
@@ -1413,6 +1415,12 @@ impl ServerHandler for Ledger {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let Some(secs) = std::env::var("LEDGER_SLOW_READ")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
         let uri = request.uri;
         let value = if uri == "ledger://suppliers" {
             Some(Value::Array(SUPPLIERS.iter().map(supplier_json).collect()))

@@ -1013,6 +1013,10 @@ async fn serve(
     };
     let (audit, writer) = Auditor::start(&store)?;
     let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
+    let verifier = Arc::new(crate::authn::Verifier::new(
+        issuer.clone(),
+        &config.settings.issuers,
+    )?);
     let mut event = Event::new(EventKind::ConfigLoad);
     event.detail = Some(format!(
         "{} mission(s): {}; {} tool manifest(s)",
@@ -1053,12 +1057,13 @@ async fn serve(
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    verifier.start(&shutdown);
     let result = match listener {
         None => {
             serve_stdio(
                 &config,
                 &states,
-                &issuer,
+                &verifier,
                 &audit,
                 core.clone(),
                 mission.as_deref(),
@@ -1100,6 +1105,7 @@ async fn serve(
                 store: store.clone(),
                 audit: audit.clone(),
                 issuer: issuer.clone(),
+                verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
                 admin_token,
@@ -1224,7 +1230,7 @@ fn admin_url(local: std::net::SocketAddr) -> String {
 async fn serve_stdio(
     config: &Config,
     states: &BTreeMap<String, Arc<MissionState>>,
-    issuer: &Issuer,
+    verifier: &crate::authn::Verifier,
     audit: &Auditor,
     core: crate::call::Core,
     mission: Option<&str>,
@@ -1254,7 +1260,7 @@ async fn serve_stdio(
         config.settings.public_url.as_str(),
         state.runtime.resource_url.as_str(),
     ];
-    let caller = match issuer.verify(token.trim(), &audiences) {
+    let caller = match verifier.verify(token.trim(), &audiences).await {
         Ok(c) => c,
         Err(e) => {
             let mut event = Event::new(EventKind::AuthFailure);
@@ -1262,9 +1268,12 @@ async fn serve_stdio(
             event.outcome = Some("unauthenticated".into());
             event.detail = Some(e.to_string());
             audit.record_durable(event).await?;
-            bail!("MANDATE_TOKEN refused: {e}");
+            bail!("MANDATE_TOKEN refused: {}", e.error);
         }
     };
+    if let Err(missing) = verifier.check_scopes(&caller) {
+        bail!("MANDATE_TOKEN refused: {missing}");
+    }
     if let Err(denied) = state.runtime.admit(&caller, crate::authn::unix_now()) {
         bail!(
             "MANDATE_TOKEN may not use mission `{}`: {denied}",
@@ -1346,16 +1355,23 @@ async fn signal_shutdown(shutdown: CancellationToken) {
 }
 
 /// Who decides from the CLI: the local admin, or an approver by their token (verified by the
-/// embedded issuer in the store).
-fn cli_decider(config: &Config, store: &Store, token: Option<&str>) -> anyhow::Result<Decider> {
+/// embedded issuer in the store; with the broker running, the broker verifies it against every
+/// trusted issuer).
+async fn cli_decider(
+    config: &Config,
+    store: &Store,
+    token: Option<&str>,
+) -> anyhow::Result<Decider> {
     let Some(token) = token else {
         return Ok(Decider::Admin);
     };
     let public_url = &config.settings.public_url;
-    let issuer = Issuer::load_or_create(store, public_url)?;
-    let caller = issuer
+    let issuer = Arc::new(Issuer::load_or_create(store, public_url)?);
+    let verifier = crate::authn::Verifier::new(issuer, &[])?;
+    let caller = verifier
         .verify(token.trim(), &[public_url.as_str()])
-        .map_err(|e| anyhow::anyhow!("approver token refused: {e}"))?;
+        .await
+        .map_err(|e| anyhow::anyhow!("approver token refused: {}", e.error))?;
     Ok(Decider::Approver(caller))
 }
 
@@ -1407,7 +1423,7 @@ async fn approvals_list(
     };
     let mut requests = match backend(&config)? {
         Backend::Direct(store) => {
-            let decider = cli_decider(&config, &store, token.as_deref())?;
+            let decider = cli_decider(&config, &store, token.as_deref()).await?;
             let role = config.settings.approvals.approver_role.clone();
             with_approvals(&config, store, async |a| {
                 let mut list = a.list().await?;
@@ -1473,7 +1489,7 @@ async fn approvals_decide(
     };
     let request = match backend(&config)? {
         Backend::Direct(store) => {
-            let decider = cli_decider(&config, &store, token.as_deref())?;
+            let decider = cli_decider(&config, &store, token.as_deref()).await?;
             with_approvals(&config, store, async |a| {
                 Ok(a.decide(id, decision, &decider, reason).await?)
             })

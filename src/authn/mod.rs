@@ -1,22 +1,28 @@
-//! Caller identity: the embedded issuer (signing keys, minting, JWKS) and bearer-token
-//! verification.
+//! Caller identity: the embedded issuer (signing keys, minting, JWKS), the external issuers
+//! (`[[identity.issuers]]`: discovery, JWKS cache, [`external`]), and bearer-token verification
+//! ([`token`] has the rules every token passes, [`verifier`] routes a token to its issuer by
+//! exact `iss` and caches verified tokens by SHA-256 until they expire).
 //!
-//! Every call carries a bearer token. Its signature (ES256 only; `none` and HMAC are never
-//! accepted), `typ` (`at+jwt`), `iss` (exact), `aud` (this broker or the mission's resource URL),
-//! `exp` and `nbf` (30 s leeway) are checked. A verified token is cached by its SHA-256 until it
-//! expires, so its signature is checked once. External issuers, the agent registry, token exchange
-//! and `act` chains build on [`Caller`].
+//! The embedded issuer signs ES256 `at+jwt` tokens. External issuers' algorithms are an explicit
+//! allow-list of asymmetric ones; `none` and HMAC are never accepted, and keys come only from the
+//! issuer's JWKS.
 //!
 //! Key rotation ([`Issuer::rotate`]): new tokens are signed with a new key; the old key's public
 //! part stays in the JWKS, and tokens it signed stay valid, until they have expired (at most
 //! [`MAX_TTL`] plus leeway after the rotation). Its private part is deleted at once.
 
+pub mod external;
+pub mod token;
+pub mod verifier;
+
+pub use token::Refusal;
+pub use verifier::{InsufficientScope, Verifier};
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -25,7 +31,7 @@ use crate::store::{ISSUER_KEY, ISSUER_RETIRED_PREFIX, KeyStore, Store};
 
 /// `typ` header of access tokens (RFC 9068).
 pub const TOKEN_TYPE: &str = "at+jwt";
-/// Clock leeway for `exp` and `nbf`.
+/// Clock leeway for `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 30;
 /// Longest lifetime `mandate token` will mint.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -77,33 +83,46 @@ impl Caller {
 /// Why a token was refused. Always maps to HTTP 401.
 ///
 /// The texts are what the caller sees: a fixed set that says what to do, never the token
-/// library's internals (which would describe the token's bytes and help nobody fix it).
-#[derive(Debug, thiserror::Error, PartialEq)]
+/// library's internals (which would describe the token's bytes and help nobody fix it). The
+/// precise reason goes to the audit record ([`Refusal::reason`]).
+#[derive(Debug, thiserror::Error, PartialEq, Clone)]
 pub enum AuthnError {
     #[error(
         "no bearer token: send `Authorization: Bearer <token>` (mint one with `mandate token`)"
     )]
     Missing,
-    #[error("malformed `Authorization` header: expected `Bearer <token>`")]
+    #[error("malformed `Authorization` header: expected one `Bearer <token>`")]
     Malformed,
-    #[error("malformed bearer token: send the token `mandate token` printed, unchanged")]
+    #[error(
+        "malformed bearer token: send the access token your issuer (or `mandate token`) gave, unchanged"
+    )]
     MalformedToken,
-    #[error("token is not an ES256 `at+jwt` access token: mint one with `mandate token`")]
+    #[error(
+        "token is not an access token this broker accepts (its `alg`, `typ` or header): send an ES256 `at+jwt` access token from `mandate token` or an access token from a configured issuer"
+    )]
     NotAccepted,
     #[error(
-        "token signature is invalid: it was not signed by this broker's issuer, or was changed (mint one with `mandate token`)"
+        "token signature is invalid: it was not signed by its issuer's published keys, or was changed (get a new token)"
     )]
     BadSignature,
-    #[error("token issuer is not trusted: mint one with this broker's `mandate token`")]
+    #[error(
+        "token issuer is not trusted: use a token of an issuer in `[[identity.issuers]]`, or mint one with this broker's `mandate token`"
+    )]
     UntrustedIssuer,
     #[error(
-        "token audience is not this resource: mint one for this mission (`mandate token --mission <id>`)"
+        "token audience is not this resource: request the token for this mission's URL (`resource`), or mint one with `mandate token --mission <id>`"
     )]
     WrongAudience,
     #[error("token is not valid yet: check the clocks of this machine and the issuer's")]
     NotYetValid,
-    #[error("token expired: mint a new one with `mandate token`")]
+    #[error("token expired: get a new one (`mandate token` mints one)")]
     Expired,
+    #[error(
+        "token claims are missing or invalid (`sub`, `exp`, `iat`, tenant or agent): have the issuer include them (see `[[identity.issuers]]`)"
+    )]
+    BadClaims,
+    #[error("token issuer's keys cannot be fetched now: try again shortly")]
+    IssuerUnavailable,
 }
 
 impl AuthnError {
@@ -121,7 +140,6 @@ pub struct Issuer {
     /// Keys that verify tokens, by `kid`: the current one and the retired ones still published.
     verifying: HashMap<String, DecodingKey>,
     jwks: serde_json::Value,
-    cache: Mutex<HashMap<[u8; 32], Arc<Caller>>>,
 }
 
 /// The public part of an ES256 key, as published in the JWKS.
@@ -250,7 +268,6 @@ impl Issuer {
             encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
             verifying,
             jwks: serde_json::json!({ "keys": published }),
-            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -296,78 +313,20 @@ impl Issuer {
         Ok(MintedToken { token, claims })
     }
 
-    /// Verifies a bearer token for a resource: `aud` must be one of `audiences`.
-    pub fn verify(&self, token: &str, audiences: &[&str]) -> Result<Arc<Caller>, AuthnError> {
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Ok(cache) = self.cache.lock()
-            && let Some(caller) = cache.get(&key)
-        {
-            if caller.expired() {
-                return Err(AuthnError::Expired);
-            }
-            if !audiences.contains(&caller.audience.as_str()) {
-                return Err(AuthnError::WrongAudience);
-            }
-            return Ok(caller.clone());
-        }
-        let caller = Arc::new(self.verify_uncached(token, audiences)?);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 10_000 {
-                cache.retain(|_, c| !c.expired());
-            }
-            cache.insert(key, caller.clone());
-        }
-        Ok(caller)
-    }
-
-    fn verify_uncached(&self, token: &str, audiences: &[&str]) -> Result<Caller, AuthnError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::MalformedToken)?;
-        if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(AuthnError::NotAccepted);
-        }
-        let Some(decoding) = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-        else {
-            return Err(AuthnError::BadSignature);
-        };
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[self.issuer.as_str()]);
-        validation.set_audience(audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
-        let data = jsonwebtoken::decode::<Claims>(token, decoding, &validation)
-            .map_err(|e| refusal(e.kind()))?;
-        let c = data.claims;
-        Ok(Caller {
-            issuer: c.iss,
-            subject: c.sub,
-            tenant: c.tenant,
-            agent: c.azp,
-            roles: c.roles,
-            token_id: c.jti,
-            audience: c.aud,
-            expires_at: c.exp,
-            scopes: Vec::new(),
-            attributes: std::collections::BTreeMap::new(),
-        })
-    }
-}
-
-/// What the caller is told about a token the library refused.
-fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> AuthnError {
-    use jsonwebtoken::errors::ErrorKind;
-    match kind {
-        ErrorKind::ExpiredSignature => AuthnError::Expired,
-        ErrorKind::ImmatureSignature => AuthnError::NotYetValid,
-        ErrorKind::InvalidAudience => AuthnError::WrongAudience,
-        ErrorKind::InvalidIssuer => AuthnError::UntrustedIssuer,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthnError::NotAccepted,
-        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => AuthnError::BadSignature,
-        // Undecodable parts, missing or mistyped claims, and whatever else the library adds.
-        _ => AuthnError::MalformedToken,
+    /// The keys that verify its tokens, by `kid` (ES256 only).
+    pub fn key_set(&self) -> token::KeySet {
+        self.verifying
+            .iter()
+            .map(|(kid, decoding)| {
+                (
+                    kid.clone(),
+                    token::Key {
+                        decoding: decoding.clone(),
+                        algorithms: vec![Algorithm::ES256],
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -454,6 +413,7 @@ pub fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn issuer() -> Issuer {
         let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
@@ -476,51 +436,71 @@ mod tests {
         }
     }
 
-    #[test]
-    fn minted_token_verifies_and_is_cached() {
-        let iss = issuer();
-        let t = iss.mint(&request("http://127.0.0.1:8080")).map(|m| m.token);
-        let t = t.unwrap_or_default();
-        let c = iss.verify(&t, &["http://127.0.0.1:8080"]);
-        assert_eq!(c.map(|c| c.agent.clone()), Ok("invoice-bot".to_string()));
-        // Cached path still enforces the audience.
-        assert!(iss.verify(&t, &["http://other"]).is_err());
+    /// A verifier trusting only `iss`; `check(token, aud)` verifies and keeps only the error.
+    fn verifier(iss: Issuer) -> Verifier {
+        Verifier::new(Arc::new(iss), &[]).unwrap_or_else(|e| unreachable!("{e}"))
     }
 
-    #[test]
-    fn wrong_audience_other_key_and_tampering_are_refused() {
-        let iss = issuer();
-        let other = issuer();
-        let t = iss
+    async fn check(v: &Verifier, token: &str, aud: &str) -> Result<Arc<Caller>, AuthnError> {
+        v.verify(token, &[aud]).await.map_err(|r| r.error)
+    }
+
+    #[tokio::test]
+    async fn minted_token_verifies_and_is_cached() {
+        let v = verifier(issuer());
+        let t = v
+            .embedded()
+            .mint(&request("http://127.0.0.1:8080"))
+            .map(|m| m.token);
+        let t = t.unwrap_or_default();
+        let c = check(&v, &t, "http://127.0.0.1:8080").await;
+        assert_eq!(c.map(|c| c.agent.clone()), Ok("invoice-bot".to_string()));
+        // Cached path still enforces the audience.
+        assert_eq!(
+            check(&v, &t, "http://other").await.map(|_| ()),
+            Err(AuthnError::WrongAudience)
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_audience_other_key_and_tampering_are_refused() {
+        let v = verifier(issuer());
+        let other = verifier(issuer());
+        let t = v
+            .embedded()
             .mint(&request("http://127.0.0.1:8080"))
             .map(|m| m.token)
             .unwrap_or_default();
         assert_eq!(
-            iss.verify(&t, &["http://127.0.0.1:8080/mcp/x/y/z"])
+            check(&v, &t, "http://127.0.0.1:8080/mcp/x/y/z")
+                .await
                 .map(|_| ()),
             Err(AuthnError::WrongAudience)
         );
         assert_eq!(
-            other.verify(&t, &["http://127.0.0.1:8080"]).map(|_| ()),
+            check(&other, &t, "http://127.0.0.1:8080").await.map(|_| ()),
             Err(AuthnError::BadSignature)
         );
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"iss":"http://127.0.0.1:8080","sub":"mallory"}"#);
         assert_eq!(
-            iss.verify(&parts.join("."), &["http://127.0.0.1:8080"])
+            check(&v, &parts.join("."), "http://127.0.0.1:8080")
+                .await
                 .map(|_| ()),
             Err(AuthnError::BadSignature)
         );
         assert_eq!(
-            iss.verify("not-a-jwt", &["http://127.0.0.1:8080"])
+            check(&v, "not-a-jwt", "http://127.0.0.1:8080")
+                .await
                 .map(|_| ()),
             Err(AuthnError::MalformedToken)
         );
     }
 
-    #[test]
-    fn unsigned_and_hmac_tokens_are_refused() {
-        let iss = issuer();
+    #[tokio::test]
+    async fn unsigned_and_hmac_tokens_are_refused() {
+        let v = verifier(issuer());
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let claims = serde_json::json!({"iss":"http://127.0.0.1:8080","sub":"a","aud":"http://127.0.0.1:8080",
             "exp": unix_now()+60,"nbf":unix_now(),"iat":unix_now(),"jti":"x","tenant":"acme","azp":"bot"});
@@ -529,7 +509,10 @@ mod tests {
             b64.encode(br#"{"alg":"none","typ":"at+jwt"}"#),
             b64.encode(claims.to_string())
         );
-        assert!(iss.verify(&none, &["http://127.0.0.1:8080"]).is_err());
+        assert_eq!(
+            check(&v, &none, "http://127.0.0.1:8080").await.map(|_| ()),
+            Err(AuthnError::NotAccepted)
+        );
         let hs = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -537,7 +520,7 @@ mod tests {
         )
         .unwrap_or_default();
         assert_eq!(
-            iss.verify(&hs, &["http://127.0.0.1:8080"]).map(|_| ()),
+            check(&v, &hs, "http://127.0.0.1:8080").await.map(|_| ()),
             Err(AuthnError::NotAccepted)
         );
     }

@@ -110,11 +110,12 @@ pub struct CallRequest {
     pub sink: Arc<dyn CallSink>,
 }
 
-/// The key of a principal for [`CallSink::principal`].
+/// The key of a principal (issuer, tenant, subject, agent) for [`CallSink::principal`]; a
+/// per-principal downstream runs one instance per key.
 pub fn principal_key(caller: &Caller) -> String {
     format!(
-        "{}\u{1f}{}\u{1f}{}",
-        caller.tenant, caller.subject, caller.agent
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        caller.issuer, caller.tenant, caller.subject, caller.agent
     )
 }
 

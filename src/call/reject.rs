@@ -115,6 +115,7 @@ impl Reject {
             Reject::Downstream(e) => match e {
                 DownstreamError::Timeout(..) => (EventKind::Call, "timeout"),
                 DownstreamError::Cancelled => (EventKind::Call, "cancelled"),
+                DownstreamError::AtCapacity { .. } => (EventKind::Call, "at_capacity"),
                 DownstreamError::Unavailable(..)
                 | DownstreamError::Transport(..)
                 | DownstreamError::Mcp(_) => (EventKind::Call, "downstream_error"),
@@ -199,6 +200,7 @@ impl Reject {
                 // The tool could not run: the caller sees why, as a tool error the agent reads.
                 DownstreamError::Timeout(..)
                 | DownstreamError::Unavailable(..)
+                | DownstreamError::AtCapacity { .. }
                 | DownstreamError::Transport(..) => Answer::ToolError(e.to_string()),
             },
             Reject::InvalidOutput(invalid) => Answer::ToolError(format!(

@@ -53,7 +53,16 @@ pub const SETTINGS: &[Field] = &[
                 ("issuer", V),
                 ("audiences", V),
                 ("tenant_claim", V),
+                ("tenant", V),
                 ("agent_claim", V),
+                ("groups_claim", V),
+                ("roles_claim", V),
+                ("attributes", V),
+                ("typ", V),
+                ("algorithms", V),
+                ("required_scopes", V),
+                ("jwks_refresh", V),
+                ("jwks_min_interval", V),
             ]),
         )]),
     ),
@@ -106,6 +115,10 @@ pub const MANIFEST: &[Field] = &[
         Shape::Table(&[("exchange", V), ("audience", V), ("scopes", V)]),
     ),
     ("timeout", V),
+    (
+        "isolation",
+        Shape::Table(&[("mode", V), ("max_instances", V), ("idle_timeout", V)]),
+    ),
     (
         "tools",
         Shape::Tables(&[

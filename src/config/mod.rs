@@ -7,6 +7,7 @@
 
 pub mod diag;
 pub mod fields;
+pub mod issuers;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// Serve HTTPS with these PEM files (certificate chain, private key).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// External issuers (`[[identity.issuers]]`), besides the embedded one.
+    pub issuers: Vec<issuers::IssuerSettings>,
     /// `[approvals]`.
     pub approvals: ApprovalSettings,
 }
@@ -99,6 +102,25 @@ pub struct ToolManifest {
     pub tools: BTreeMap<String, ToolSpec>,
     /// `None` only when loaded for `mandate pin`.
     pub lock: Option<LockFile>,
+    /// Whether callers share one downstream session (`[isolation]`).
+    pub isolation: Isolation,
+}
+
+/// Default most per-principal instances of one downstream.
+pub const DEFAULT_MAX_INSTANCES: usize = 32;
+/// Default idle period after which a per-principal instance is closed.
+pub const DEFAULT_INSTANCE_IDLE: Duration = Duration::from_secs(300);
+
+/// How callers are kept apart on a downstream (`[isolation]` in a tool manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// One downstream session per principal, started on its first call, closed when idle.
+    PerPrincipal {
+        max_instances: usize,
+        idle_timeout: Duration,
+    },
+    /// One downstream session for every caller; nothing unattributable is relayed.
+    Shared,
 }
 
 /// How a downstream is reached.
@@ -579,12 +601,7 @@ fn build_settings(
         None if raw.server.tls.is_some() => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
-    for issuer in &raw.identity.issuers {
-        diags.push(src.at(
-            issuer.span().start,
-            "external issuers are not supported yet: remove `[[identity.issuers]]` (only the embedded issuer is trusted)",
-        ));
-    }
+    let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
     for ex in &raw.exchange {
         diags.push(src.at(
             ex.span().start,
@@ -607,6 +624,7 @@ fn build_settings(
             .server
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
+        issuers,
     }
 }
 
@@ -695,6 +713,7 @@ fn build_manifest(
         .as_ref()
         .and_then(|t| parse_duration(src, t, diags))
         .unwrap_or(DEFAULT_TIMEOUT);
+    let isolation = isolation(src, &raw, diags);
 
     // Lock problems are reported, but the manifest is still returned so that missions using it
     // are checked too (instead of cascading into "unknown tool manifest").
@@ -822,7 +841,77 @@ fn build_manifest(
         timeout,
         tools,
         lock,
+        isolation,
     })
+}
+
+/// `[isolation]`, with its defaults (see [`RawIsolation`]).
+fn isolation(src: &Source, raw: &RawManifest, diags: &mut Vec<Diagnostic>) -> Isolation {
+    let exchange = raw
+        .auth
+        .as_ref()
+        .map(|a| a.get_ref().exchange.get_ref().as_str())
+        .filter(|e| *e != "none");
+    let default = match raw.transport.get_ref() {
+        RawTransport::Stdio { .. } => "per-principal",
+        RawTransport::Http { .. } if exchange.is_some() => "per-principal",
+        RawTransport::Http { .. } => "shared",
+    };
+    let Some(table) = &raw.isolation else {
+        return match default {
+            "shared" => Isolation::Shared,
+            _ => Isolation::PerPrincipal {
+                max_instances: DEFAULT_MAX_INSTANCES,
+                idle_timeout: DEFAULT_INSTANCE_IDLE,
+            },
+        };
+    };
+    let at = table.span().start;
+    let table = table.get_ref();
+    let mode = one_of(
+        src,
+        table.mode.as_ref(),
+        &["per-principal", "shared"],
+        default,
+        "mode",
+        diags,
+    );
+    let max_instances = match &table.max_instances {
+        None => DEFAULT_MAX_INSTANCES,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                diags.push(src.at(
+                    n.span().start,
+                    format!(
+                        "`max_instances` is {}; it must be between 1 and 10000",
+                        n.get_ref()
+                    ),
+                ));
+                DEFAULT_MAX_INSTANCES
+            }
+        },
+    };
+    let idle_timeout = table
+        .idle_timeout
+        .as_ref()
+        .and_then(|d| parse_duration(src, d, diags))
+        .unwrap_or(DEFAULT_INSTANCE_IDLE);
+    if mode == "per-principal" {
+        return Isolation::PerPrincipal {
+            max_instances,
+            idle_timeout,
+        };
+    }
+    if let Some(exchange) = exchange {
+        diags.push(src.at(
+            table.mode.as_ref().map_or(at, |m| m.span().start),
+            format!(
+                "`mode = \"shared\"` with `[auth] exchange = \"{exchange}\"` would let a downstream session bound to one user's token carry another user's call: use `mode = \"per-principal\"` (the default)"
+            ),
+        ));
+    }
+    Isolation::Shared
 }
 
 fn one_of(

@@ -89,19 +89,50 @@ pub struct RawStore {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
-    /// External OIDC issuers (not yet supported: only the embedded issuer is trusted).
+    /// External OAuth/OIDC issuers whose access tokens are accepted, besides the embedded issuer.
     #[serde(default)]
     pub issuers: Vec<Spanned<RawIssuer>>,
 }
 
+/// `[[identity.issuers]]`: one external identity provider.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIssuer {
-    pub issuer: String,
+    /// Issuer identifier, exactly as its tokens' `iss` (https; http only on loopback). Its
+    /// metadata is discovered at `<issuer>/.well-known/openid-configuration` (or RFC 8414's
+    /// `oauth-authorization-server`).
+    pub issuer: Spanned<String>,
+    /// Audiences accepted besides the mission's resource URL and the broker's public URL
+    /// (e.g. Entra's `api://<app id>`). Matched exactly.
     #[serde(default)]
-    pub audiences: Vec<String>,
-    pub tenant_claim: Option<String>,
-    pub agent_claim: Option<String>,
+    pub audiences: Vec<Spanned<String>>,
+    /// Claim holding the caller's tenant (multi-tenant IdPs). Set this or `tenant`.
+    pub tenant_claim: Option<Spanned<String>>,
+    /// The one tenant of every token of this issuer (single-tenant IdPs). Set this or `tenant_claim`.
+    pub tenant: Option<Spanned<String>>,
+    /// Claim naming the agent (OAuth client) (default: `client_id`, else `azp`).
+    pub agent_claim: Option<Spanned<String>>,
+    /// Claim holding the caller's groups (array of strings), mapped to the attribute `groups`.
+    pub groups_claim: Option<Spanned<String>>,
+    /// Claim holding the caller's roles (array of strings or one string).
+    pub roles_claim: Option<Spanned<String>>,
+    /// Attributes for policy, by name, each from a claim: `{ department = "dept", region = "region" }`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Spanned<String>>,
+    /// The `typ` header of its access tokens: `at+jwt` (default, RFC 9068) or `JWT` (`JWT` or
+    /// no `typ`: Entra ID, Okta, Keycloak).
+    pub typ: Option<Spanned<String>>,
+    /// Accepted signature algorithms (default `RS256`, `ES256`, `PS256`, `EdDSA`); never `none`
+    /// or HMAC.
+    #[serde(default)]
+    pub algorithms: Vec<Spanned<String>>,
+    /// Scopes every token must grant; a token without them is answered 403 `insufficient_scope`.
+    #[serde(default)]
+    pub required_scopes: Vec<Spanned<String>>,
+    /// How often its JWKS is fetched again to follow key rotation (default `1h`).
+    pub jwks_refresh: Option<Spanned<String>>,
+    /// Least time between two JWKS fetches caused by tokens with an unknown `kid` (default `30s`).
+    pub jwks_min_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +161,9 @@ pub struct RawManifest {
     pub auth: Option<Spanned<RawAuth>>,
     /// Per-call timeout, e.g. `30s` (default 30s).
     pub timeout: Option<Spanned<String>>,
+    /// `[isolation]`: whether callers share one downstream session or each principal gets its
+    /// own (see [`RawIsolation`]).
+    pub isolation: Option<Spanned<RawIsolation>>,
     /// The tools Mandate may expose from it.
     #[serde(default)]
     pub tools: Vec<Spanned<RawTool>>,
@@ -159,6 +193,27 @@ pub enum RawTransport {
         /// MCP revision to speak (as for stdio).
         protocol: Option<String>,
     },
+}
+
+/// `[isolation]`: how callers are kept apart on the downstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIsolation {
+    /// `per-principal`: every principal (issuer, subject, tenant, agent) gets its own downstream
+    /// session (its own child process for stdio), so nothing the downstream sends can reach
+    /// another user. `shared`: one session carries every caller's calls, and whatever the
+    /// downstream sends that cannot be tied to one call (a background log line, a sampling
+    /// request on stdio) is dropped, logged and counted, never relayed. Default: `per-principal`
+    /// for stdio and for HTTP downstreams whose `[auth] exchange` is not `none`, else `shared`.
+    /// `shared` is refused when `[auth] exchange` is not `none` (a session bound to one user's
+    /// token must never carry another user's call).
+    pub mode: Option<Spanned<String>>,
+    /// Most per-principal instances of this downstream at once (per tenant and environment;
+    /// default 32). A principal's first call beyond it is refused, saying so.
+    pub max_instances: Option<Spanned<i64>>,
+    /// How long a per-principal instance may stay unused before it is closed, e.g. `5m`
+    /// (default 5m, at most 1h). The principal's next call starts a new one.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 /// `[auth]`.

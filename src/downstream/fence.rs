@@ -13,10 +13,10 @@
 //! wire order; the relay counts them down once relayed; a finished request waits (bounded) until
 //! the notifications that arrived before its result are relayed.
 //!
-//! A stdio wire carries no association for log messages and server→client requests: a log
-//! message goes to the native call in flight only when every call in flight on the connection
-//! belongs to one session (else it is dropped, never guessed); requests go to rmcp's relay, which
-//! applies the same rule.
+//! A stdio wire carries no association for log messages and server→client requests: on a
+//! per-principal connection (one principal's calls only) a log message goes to a native call in
+//! flight; on a shared one it is dropped, never guessed (see `Routes::log_route`). Requests go to
+//! rmcp's relay, which applies the same rule.
 
 // Logging is deprecated by SEP-2577 but still relayed.
 #![allow(deprecated)]

@@ -1,6 +1,17 @@
-//! Downstream MCP servers: one supervised client connection per (tenant, environment, manifest),
+//! Downstream MCP servers: supervised client connections per (tenant, environment, manifest),
 //! and the relay that routes a downstream's notifications and server→client requests back to the
 //! caller whose call caused them.
+//!
+//! **Isolation** ([`Isolation`], `[isolation]` in the manifest). A `per-principal` downstream
+//! (the default for stdio, and for HTTP when `[auth] exchange` is not `none`) runs one
+//! [`Instance`] per principal (issuer, subject, tenant, agent): a downstream session never
+//! carries two principals' calls, so whatever it sends — even a background log line or a
+//! sampling request no wire field ties to a call — can only reach its own principal. Instances
+//! start on the principal's first call (same handshake and pin verification as any connection),
+//! close after `idle_timeout` unused, and are capped at `max_instances`. A probe instance, started
+//! with the broker, verifies the pins for `/readyz` and carries no call. A `shared` downstream
+//! has one instance for every caller; what it sends that cannot be attributed is dropped, logged
+//! and counted.
 //!
 //! - stdio downstreams are child processes started once and reused, restarted with exponential
 //!   backoff (200 ms doubling to 30 s) when they exit, and stopped on shutdown. They get a clean
@@ -14,9 +25,8 @@
 //!
 //! Routing back (never broadcast): progress by the progress token Mandate put on the outbound
 //! request; server→client requests and log messages by the HTTP stream they arrived on (the
-//! outbound request id), or — on stdio, where the wire carries no association — to the single call
-//! in flight on that connection. With several calls in flight such a request is refused rather
-//! than risk delivering it to the wrong user.
+//! outbound request id), or — where the wire carries no association — to a call in flight of the
+//! instance's one principal. A shared instance relays nothing it cannot attribute.
 
 mod fence;
 mod http_lane;
@@ -24,25 +34,26 @@ pub mod passthrough;
 mod relay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use rmcp::Peer;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, RequestId,
     ServerResult,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, RoleClient};
-use rmcp::{Peer, RoleServer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Auditor, Event, EventKind};
 use crate::call::{CallSink, RpcError};
-use crate::config::{Config, ToolManifest, Transport};
+use crate::config::{Config, Isolation, ToolManifest, Transport};
 use crate::exchange::Credentialed;
 use crate::tools::Drift;
 
-pub use relay::{CallRoute, Relay, Routes};
+pub use relay::{CallRoute, Listeners, Relay, Routes};
 
 /// How long a call waits for a (re)starting downstream before failing.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -79,15 +90,27 @@ pub enum DownstreamError {
     Transport(String, String),
     #[error("{}", .0.message)]
     Mcp(RpcError),
+    #[error(
+        "downstream `{manifest}` already runs {max} per-principal instances, its limit: raise `max_instances` under `[isolation]` in `{path}`, or lower `idle_timeout` there so unused ones close sooner, then retry"
+    )]
+    AtCapacity {
+        manifest: String,
+        max: usize,
+        path: String,
+    },
 }
 
-/// One supervised downstream connection.
-pub struct Downstream {
+/// One supervised downstream connection: the shared one, a principal's own, or the probe that
+/// verifies pins for `/readyz` when instances are per principal.
+pub struct Instance {
     pub key: GroupKey,
     pub manifest: Arc<ToolManifest>,
+    /// Names the instance in logs and in the quarantine (`probe`, `shared`, or a number).
+    label: String,
     peer: watch::Sender<Option<Peer<RoleClient>>>,
     pub routes: Arc<Routes>,
-    quarantine: RwLock<BTreeSet<String>>,
+    /// The downstream's quarantine (shared by its instances).
+    quarantine: Arc<Quarantine>,
     last_drift: Mutex<Option<Drift>>,
     /// What `/readyz` reports: the connection's phase and its last error.
     state: Mutex<(&'static str, Option<String>)>,
@@ -97,14 +120,26 @@ pub struct Downstream {
     lane: Option<http_lane::HttpLane>,
     /// The native call path of a stdio downstream (see [`fence`]).
     stdio: Option<Arc<fence::StdioLane>>,
+    /// Leases held (calls and pass-through requests using the instance).
+    active: AtomicUsize,
+    /// Milliseconds since the downstream's epoch when a lease last ended.
+    last_used: AtomicU64,
+    /// Stops this instance's supervisor (idle close, shutdown).
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Downstream {
+impl Instance {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         key: GroupKey,
         manifest: Arc<ToolManifest>,
+        label: String,
+        routes: Routes,
+        quarantine: Arc<Quarantine>,
         audit: Auditor,
         http: reqwest::Client,
+        stop: CancellationToken,
     ) -> Self {
         let (peer, _) = watch::channel(None);
         let lane = match &manifest.transport {
@@ -128,43 +163,62 @@ impl Downstream {
             stdio,
             key,
             manifest,
+            label,
             peer,
-            routes: Arc::new(Routes::default()),
-            quarantine: RwLock::new(BTreeSet::new()),
+            routes: Arc::new(routes),
+            quarantine,
             last_drift: Mutex::new(None),
             state: Mutex::new(("starting", None)),
             audit,
             http,
+            active: AtomicUsize::new(0),
+            last_used: AtomicU64::new(0),
+            stop,
+            task: Mutex::new(None),
         }
     }
 
-    /// Whether a downstream tool is quarantined (definition drifted from the lock).
+    /// Starts the supervisor (see [`Instance::supervise`]).
+    fn start(self: &Arc<Self>) {
+        let task = tokio::spawn(self.clone().supervise(self.stop.clone()));
+        if let Ok(mut t) = self.task.lock() {
+            *t = Some(task);
+        }
+    }
+
+    /// Stops the supervisor (the child process exits) and waits for it.
+    async fn close(&self) {
+        self.stop.cancel();
+        self.quarantine.forget(&self.label);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Whether a tool is quarantined on this downstream.
     pub fn is_quarantined(&self, tool: &str) -> bool {
-        self.quarantine
-            .read()
-            .map(|q| q.contains(tool))
-            .unwrap_or(true)
+        self.quarantine.contains(tool)
     }
 
     fn set_state(&self, phase: &'static str, error: Option<String>) {
         if let Ok(mut s) = self.state.lock() {
             *s = (phase, error);
         }
+        // Callers waiting for a connection learn at once that it failed.
+        self.peer.send_modify(|_| {});
     }
 
     /// Connected, with every pinned tool verified (nothing quarantined).
     pub fn ready(&self) -> bool {
-        let connected = self
-            .state
+        self.connected() && self.quarantine.is_empty()
+    }
+
+    fn connected(&self) -> bool {
+        self.state
             .lock()
             .map(|s| s.0 == "connected")
-            .unwrap_or(false);
-        connected
-            && self
-                .quarantine
-                .read()
-                .map(|q| q.is_empty())
-                .unwrap_or(false)
+            .unwrap_or(false)
     }
 
     /// The connection's state for `/readyz`.
@@ -174,11 +228,7 @@ impl Downstream {
             .lock()
             .map(|s| (s.0, s.1.clone()))
             .unwrap_or(("unknown", None));
-        let quarantined: Vec<String> = self
-            .quarantine
-            .read()
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default();
+        let quarantined = self.quarantine.names();
         serde_json::json!({
             "downstream": self.manifest.id,
             "tenant": self.key.tenant,
@@ -187,6 +237,7 @@ impl Downstream {
             "error": error,
             "quarantined": quarantined,
             "ready": self.ready(),
+            "unattributable_dropped": self.routes.dropped(),
         })
     }
 
@@ -200,12 +251,20 @@ impl Downstream {
         {
             return Err(self.unavailable(error));
         }
+        let failed = || self.state.lock().map(|s| s.0 == "failed").unwrap_or(false);
         let mut rx = self.peer.subscribe();
-        let wait = rx.wait_for(|p| p.as_ref().is_some_and(|p| !p.is_transport_closed()));
-        match tokio::time::timeout(CONNECT_WAIT, wait).await {
-            Ok(Ok(peer)) => peer
-                .clone()
-                .ok_or_else(|| self.unavailable("not connected")),
+        let wait =
+            rx.wait_for(|p| failed() || p.as_ref().is_some_and(|p| !p.is_transport_closed()));
+        // A new per-principal instance may be compiling or starting: give it the handshake's time.
+        let limit = match self.state.lock().map(|s| s.0) {
+            Ok("starting") => HANDSHAKE_TIMEOUT,
+            _ => CONNECT_WAIT,
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(peer)) => peer.clone().ok_or_else(|| {
+                let why = self.state.lock().ok().and_then(|s| s.1.clone());
+                self.unavailable(why.as_deref().unwrap_or("not connected"))
+            }),
             Ok(Err(_)) => Err(self.unavailable("shut down")),
             Err(_) => Err(self.unavailable("not connected (restarting?)")),
         }
@@ -272,22 +331,13 @@ impl Downstream {
             Err(e) => {
                 tracing::warn!(downstream = %self.key, error = %e, "cannot list downstream tools; quarantining all");
                 let all: BTreeSet<String> = lock.tools.iter().map(|t| t.name.clone()).collect();
-                if let Ok(mut q) = self.quarantine.write() {
-                    *q = all;
-                }
+                self.quarantine.set(&self.label, all);
                 return;
             }
         };
         let drift = lock.drift(&served);
         let quarantine = drift.quarantined();
-        let visible_change = match self.quarantine.write() {
-            Ok(mut q) => {
-                let changed = *q != quarantine;
-                *q = quarantine;
-                changed
-            }
-            Err(_) => true,
-        };
+        let visible_change = self.quarantine.set(&self.label, quarantine);
         if visible_change {
             // What callers may list changed: tell the upstream sessions that listed tools.
             self.routes.notify_tools_list_changed().await;
@@ -323,7 +373,7 @@ impl Downstream {
             if shutdown.is_cancelled() {
                 break;
             }
-            let label = self.key.to_string();
+            let label = format!("{} ({})", self.key, self.label);
             let connecting = connect(
                 &self.manifest,
                 self.routes.clone(),
@@ -347,7 +397,7 @@ impl Downstream {
                     }
                     self.set_state("connected", None);
                     self.peer.send_replace(Some(peer.clone()));
-                    tracing::info!(downstream = %self.key, "downstream connected");
+                    tracing::info!(downstream = %self.key, instance = %self.label, "downstream connected");
                     let ct = service.cancellation_token();
                     let waiting = service.waiting();
                     tokio::pin!(waiting);
@@ -395,6 +445,295 @@ impl Downstream {
     }
 }
 
+/// The tools quarantined on one downstream: what each of its instances found drifted, and
+/// their union (what callers see; read on every call, so kept ready).
+#[derive(Default)]
+struct Quarantine {
+    by_instance: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    union: RwLock<BTreeSet<String>>,
+}
+
+impl Quarantine {
+    fn contains(&self, tool: &str) -> bool {
+        self.union.read().map(|q| q.contains(tool)).unwrap_or(true)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.union.read().map(|q| q.is_empty()).unwrap_or(false)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.union
+            .read()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets one instance's findings; returns whether what callers see changed.
+    fn set(&self, instance: &str, tools: BTreeSet<String>) -> bool {
+        let Ok(mut by) = self.by_instance.lock() else {
+            return true;
+        };
+        if tools.is_empty() {
+            by.remove(instance);
+        } else {
+            by.insert(instance.to_owned(), tools);
+        }
+        let union: BTreeSet<String> = by.values().flatten().cloned().collect();
+        match self.union.write() {
+            Ok(mut u) => {
+                let changed = *u != union;
+                *u = union;
+                changed
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// A closed instance's findings no longer count.
+    fn forget(&self, instance: &str) {
+        self.set(instance, BTreeSet::new());
+    }
+}
+
+/// One downstream of a (tenant, environment): its instances, by [`Isolation`].
+pub struct Downstream {
+    pub key: GroupKey,
+    pub manifest: Arc<ToolManifest>,
+    /// The shared instance, or (per principal) the probe that verifies pins for `/readyz`.
+    probe: Arc<Instance>,
+    /// Per-principal instances by principal key (empty when shared).
+    instances: RwLock<HashMap<String, Arc<Instance>>>,
+    quarantine: Arc<Quarantine>,
+    listeners: Arc<Listeners>,
+    audit: Auditor,
+    http: reqwest::Client,
+    epoch: Instant,
+    next_instance: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// The right to use an instance for one call or request; holds it open (not idle) while it
+/// lives.
+pub struct Lease {
+    instance: Arc<Instance>,
+    epoch: Instant,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.instance
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.touch(self.epoch);
+        self.instance.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Instance {
+    fn touch(&self, epoch: Instant) {
+        let now = epoch.elapsed().as_millis() as u64;
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Not leased, no call in flight, no live subscription, and unused since `limit`.
+    fn idle_since(&self, limit: u64) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && self.last_used.load(Ordering::Relaxed) < limit
+            && !self.routes.busy()
+            && !self.routes.has_subscribers()
+    }
+}
+
+impl Downstream {
+    fn new(
+        key: GroupKey,
+        manifest: Arc<ToolManifest>,
+        audit: Auditor,
+        http: reqwest::Client,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let quarantine = Arc::new(Quarantine::default());
+        let listeners = Arc::new(Listeners::default());
+        let label = match manifest.isolation {
+            Isolation::Shared => "shared",
+            Isolation::PerPrincipal { .. } => "probe",
+        };
+        let probe = Arc::new(Instance::new(
+            key.clone(),
+            manifest.clone(),
+            label.into(),
+            Routes::new(None, listeners.clone()),
+            quarantine.clone(),
+            audit.clone(),
+            http.clone(),
+            shutdown.child_token(),
+        ));
+        Self {
+            key,
+            manifest,
+            probe,
+            instances: RwLock::new(HashMap::new()),
+            quarantine,
+            listeners,
+            audit,
+            http,
+            epoch: Instant::now(),
+            next_instance: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    /// The routes that upstream sessions listen on for list changes.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.probe.routes
+    }
+
+    /// Whether a downstream tool is quarantined (its definition drifted from the lock on any
+    /// instance).
+    pub fn is_quarantined(&self, tool: &str) -> bool {
+        self.quarantine.contains(tool)
+    }
+
+    /// Connected, with every pinned tool verified (nothing quarantined), as the probe (or shared
+    /// instance) found it.
+    pub fn ready(&self) -> bool {
+        self.probe.ready()
+    }
+
+    /// The downstream's state for `/readyz`.
+    pub fn status(&self) -> serde_json::Value {
+        let mut status = self.probe.status();
+        if let serde_json::Value::Object(map) = &mut status {
+            let (mode, instances) = match self.manifest.isolation {
+                Isolation::Shared => ("shared", serde_json::Value::Null),
+                Isolation::PerPrincipal { .. } => (
+                    "per-principal",
+                    self.instances.read().map(|m| m.len()).unwrap_or(0).into(),
+                ),
+            };
+            map.insert("isolation".into(), mode.into());
+            map.insert("instances".into(), instances);
+        }
+        status
+    }
+
+    /// The instance that carries `principal`'s calls: the shared one, or the principal's own,
+    /// started on its first call. A known principal costs one hash-map lookup.
+    pub fn lease(&self, principal: &str) -> Result<Lease, DownstreamError> {
+        let Isolation::PerPrincipal { max_instances, .. } = self.manifest.isolation else {
+            return Ok(self.hold(&self.probe));
+        };
+        if let Ok(m) = self.instances.read()
+            && let Some(instance) = m.get(principal)
+        {
+            // Taken under the read lock: the reaper (write lock) sees the lease.
+            return Ok(self.hold(instance));
+        }
+        let mut m = self
+            .instances
+            .write()
+            .map_err(|_| self.probe.unavailable("instance table poisoned"))?;
+        if let Some(instance) = m.get(principal) {
+            return Ok(self.hold(instance));
+        }
+        if m.len() >= max_instances {
+            tracing::warn!(downstream = %self.key, max = max_instances, "per-principal instance cap reached; call refused");
+            return Err(DownstreamError::AtCapacity {
+                manifest: self.manifest.id.clone(),
+                max: max_instances,
+                path: self.manifest.path.display().to_string(),
+            });
+        }
+        let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let instance = Arc::new(Instance::new(
+            self.key.clone(),
+            self.manifest.clone(),
+            format!("principal #{n}"),
+            Routes::new(Some(principal.to_owned()), self.listeners.clone()),
+            self.quarantine.clone(),
+            self.audit.clone(),
+            self.http.clone(),
+            self.shutdown.child_token(),
+        ));
+        instance.start();
+        tracing::info!(downstream = %self.key, instance = n, "per-principal instance started");
+        let lease = self.hold(&instance);
+        m.insert(principal.to_owned(), instance);
+        Ok(lease)
+    }
+
+    fn hold(&self, instance: &Arc<Instance>) -> Lease {
+        // Not idle while leased; the lease notes the time of use when it ends.
+        instance.active.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            instance: instance.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// The principal's instance if it runs (never starts one).
+    pub fn running(&self, principal: &str) -> Option<Lease> {
+        match self.manifest.isolation {
+            Isolation::Shared => Some(self.hold(&self.probe)),
+            Isolation::PerPrincipal { .. } => {
+                let m = self.instances.read().ok()?;
+                m.get(principal).map(|i| self.hold(i))
+            }
+        }
+    }
+
+    /// Closes per-principal instances unused for `idle_timeout`, until shutdown.
+    async fn reap(self: Arc<Self>) {
+        let Isolation::PerPrincipal { idle_timeout, .. } = self.manifest.isolation else {
+            return;
+        };
+        let every = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let limit = now.saturating_sub(idle_timeout.as_millis() as u64);
+            let idle: Vec<Arc<Instance>> = match self.instances.write() {
+                Ok(mut m) => {
+                    let keys: Vec<String> = m
+                        .iter()
+                        .filter(|(_, i)| i.idle_since(limit))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    keys.iter().filter_map(|k| m.remove(k)).collect()
+                }
+                Err(_) => return,
+            };
+            for instance in idle {
+                tracing::info!(downstream = %self.key, instance = %instance.label, "idle per-principal instance closed");
+                instance.close().await;
+            }
+        }
+    }
+
+    /// Stops every instance and waits for them.
+    async fn close(&self) {
+        let all: Vec<Arc<Instance>> = self
+            .instances
+            .write()
+            .map(|mut m| m.drain().map(|(_, i)| i).collect())
+            .unwrap_or_default();
+        for instance in all {
+            instance.close().await;
+        }
+        self.probe.close().await;
+    }
+}
+
 /// Calls a tool: the only way a tool call reaches a downstream, and it takes only a
 /// [`Credentialed`] call. The caller's `traceparent` is passed on so traces join up; nothing else
 /// of its `_meta`. Returns the downstream's result object as raw JSON.
@@ -404,8 +743,26 @@ pub async fn call(
     traceparent: Option<&str>,
     ct: CancellationToken,
 ) -> Result<Box<serde_json::value::RawValue>, DownstreamError> {
-    let downstream = permit.downstream().clone();
     let tool = permit.tool().clone();
+    let downstream = permit.downstream().lease(sink.principal())?;
+    debug_assert!(
+        downstream
+            .routes
+            .owner()
+            .is_none_or(|owner| owner == sink.principal()),
+        "a per-principal instance carries another principal's call"
+    );
+    if !downstream.connected() {
+        // A principal's new instance: wait for its handshake (which verifies the pins), then
+        // take the native lane.
+        downstream.peer().await?;
+        if downstream.is_quarantined(&tool.tool) {
+            return Err(downstream.unavailable(&format!(
+                "tool `{}` is quarantined: its definition drifted from the lock file",
+                tool.tool
+            )));
+        }
+    }
     if let Some(lane) = downstream.lane.as_ref().filter(|l| l.ready()) {
         let result = lane
             .call(
@@ -508,13 +865,17 @@ impl Pool {
                         Arc::new(manifest.clone()),
                         audit.clone(),
                         http.clone(),
+                        shutdown.child_token(),
                     ))
                 });
             }
         }
+        for d in downstreams.values() {
+            d.probe.start();
+        }
         let tasks = downstreams
             .values()
-            .map(|d| tokio::spawn(d.clone().supervise(shutdown.child_token())))
+            .map(|d| tokio::spawn(d.clone().reap()))
             .collect();
         Arc::new(Self {
             downstreams,
@@ -532,8 +893,12 @@ impl Pool {
             // Until it connects, or fails to start (no point waiting: it says why).
             let settled = async {
                 loop {
-                    if d.peer.borrow().is_some()
-                        || d.state.lock().map(|s| s.0 == "failed").unwrap_or(false)
+                    if d.probe.peer.borrow().is_some()
+                        || d.probe
+                            .state
+                            .lock()
+                            .map(|s| s.0 == "failed")
+                            .unwrap_or(false)
                     {
                         return;
                     }
@@ -541,7 +906,7 @@ impl Pool {
                 }
             };
             let _ = tokio::time::timeout_at(deadline, settled).await;
-            if d.peer.borrow().is_none() {
+            if d.probe.peer.borrow().is_none() {
                 pending.push(d.key.clone());
             }
         }
@@ -571,6 +936,9 @@ impl Pool {
             .unwrap_or_default();
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        for d in self.downstreams.values() {
+            d.close().await;
         }
     }
 }
@@ -703,6 +1071,3 @@ fn lifecycle(protocol: &str) -> (rmcp::model::ProtocolVersion, ClientLifecycleMo
         ),
     }
 }
-
-/// Upstream peers to tell about list changes, keyed by an opaque session id.
-pub type Listeners = HashMap<u64, Peer<RoleServer>>;

@@ -1,5 +1,7 @@
 //! Pass-through of resources, prompts and completion for the downstreams a mission names. Every
-//! function takes an [`Admitted`] caller: nothing reaches a downstream without admission.
+//! function takes an [`Admitted`] caller: nothing reaches a downstream without admission, and
+//! each request goes through the caller's own instance of a per-principal downstream (see
+//! [`super::Isolation`]), resource subscriptions included.
 
 // Resource subscriptions are deprecated by SEP-2577 but legacy clients use them.
 #![allow(deprecated)]
@@ -16,17 +18,17 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use super::{CallRoute, DownstreamError, rpc_error};
-use crate::call::CallSink;
+use crate::call::{CallSink, principal_key};
 use crate::mission::Admitted;
 
 /// Timeout for pass-through requests.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn transport(d: &super::Downstream, e: impl std::fmt::Display) -> DownstreamError {
+fn transport(d: &super::Instance, e: impl std::fmt::Display) -> DownstreamError {
     DownstreamError::Transport(d.manifest.id.clone(), e.to_string())
 }
 
-fn service_error(d: &super::Downstream, e: rmcp::ServiceError) -> DownstreamError {
+fn service_error(d: &super::Instance, e: rmcp::ServiceError) -> DownstreamError {
     match e {
         rmcp::ServiceError::McpError(e) => DownstreamError::Mcp(rpc_error(e)),
         e => transport(d, e),
@@ -35,19 +37,22 @@ fn service_error(d: &super::Downstream, e: rmcp::ServiceError) -> DownstreamErro
 
 /// Registers the session for list-changed notifications of every downstream of the mission.
 pub fn listen(admitted: &Admitted, session: u64, peer: &Peer<RoleServer>) {
+    let principal = principal_key(admitted.caller());
     for d in admitted.all() {
-        d.routes.listen(session, peer.clone());
+        d.routes().listen(session, &principal, peer.clone());
     }
 }
 
 pub async fn list_resources(admitted: &Admitted) -> Result<Vec<Resource>, DownstreamError> {
+    let principal = principal_key(admitted.caller());
     let mut all = Vec::new();
     for d in admitted.resources() {
+        let d = d.lease(&principal)?;
         let peer = d.peer().await?;
         all.extend(
             peer.list_all_resources()
                 .await
-                .map_err(|e| service_error(d, e))?,
+                .map_err(|e| service_error(&d, e))?,
         );
     }
     Ok(all)
@@ -56,26 +61,30 @@ pub async fn list_resources(admitted: &Admitted) -> Result<Vec<Resource>, Downst
 pub async fn list_resource_templates(
     admitted: &Admitted,
 ) -> Result<Vec<ResourceTemplate>, DownstreamError> {
+    let principal = principal_key(admitted.caller());
     let mut all = Vec::new();
     for d in admitted.resources() {
+        let d = d.lease(&principal)?;
         let peer = d.peer().await?;
         all.extend(
             peer.list_all_resource_templates()
                 .await
-                .map_err(|e| service_error(d, e))?,
+                .map_err(|e| service_error(&d, e))?,
         );
     }
     Ok(all)
 }
 
 pub async fn list_prompts(admitted: &Admitted) -> Result<Vec<Prompt>, DownstreamError> {
+    let principal = principal_key(admitted.caller());
     let mut all = Vec::new();
     for d in admitted.prompts() {
+        let d = d.lease(&principal)?;
         let peer = d.peer().await?;
         all.extend(
             peer.list_all_prompts()
                 .await
-                .map_err(|e| service_error(d, e))?,
+                .map_err(|e| service_error(&d, e))?,
         );
     }
     Ok(all)
@@ -92,6 +101,7 @@ async fn first_answer(
 ) -> Result<ServerResult, DownstreamError> {
     let mut last = None;
     for d in downstreams {
+        let d = d.lease(sink.principal())?;
         let route = Some(CallRoute::new(sink.clone()));
         match d.forward(request(), route, TIMEOUT, ct.clone()).await {
             Ok(r) => return Ok(r),
@@ -139,12 +149,14 @@ pub async fn complete(
     params: CompleteRequestParams,
     ct: CancellationToken,
 ) -> Result<CompleteResult, DownstreamError> {
+    let principal = principal_key(admitted.caller());
     let mut last = None;
     for d in admitted.prompts().iter().chain(admitted.resources()) {
+        let d = d.lease(&principal)?;
         let req = ClientRequest::CompleteRequest(CompleteRequest::new(params.clone()));
         match d.forward(req, None, TIMEOUT, ct.clone()).await {
             Ok(ServerResult::CompleteResult(r)) => return Ok(r),
-            Ok(_) => last = Some(transport(d, "unexpected result to completion/complete")),
+            Ok(_) => last = Some(transport(&d, "unexpected result to completion/complete")),
             Err(e) => last = Some(e),
         }
     }
@@ -162,12 +174,14 @@ pub async fn subscribe(
     session: u64,
     peer: &Peer<RoleServer>,
 ) -> Result<(), DownstreamError> {
+    let principal = principal_key(admitted.caller());
     for d in admitted.resources() {
+        let d = d.lease(&principal)?;
         if d.routes.subscribe(&params.uri, session, peer.clone()) {
             let down = d.peer().await?;
             down.subscribe(params.clone())
                 .await
-                .map_err(|e| service_error(d, e))?;
+                .map_err(|e| service_error(&d, e))?;
         }
     }
     Ok(())
@@ -179,12 +193,17 @@ pub async fn unsubscribe(
     params: UnsubscribeRequestParams,
     session: u64,
 ) -> Result<(), DownstreamError> {
+    let principal = principal_key(admitted.caller());
     for d in admitted.resources() {
+        // An instance that is no longer running holds no subscription.
+        let Some(d) = d.running(&principal) else {
+            continue;
+        };
         if d.routes.unsubscribe(&params.uri, session) {
             let down = d.peer().await?;
             down.unsubscribe(params.clone())
                 .await
-                .map_err(|e| service_error(d, e))?;
+                .map_err(|e| service_error(&d, e))?;
         }
     }
     Ok(())

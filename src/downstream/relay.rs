@@ -28,15 +28,6 @@ pub struct CallRoute {
     pub sink: Arc<dyn CallSink>,
 }
 
-/// Which principals a connection has served calls for (see [`Routes::log_route`]).
-#[derive(Default)]
-enum Served {
-    #[default]
-    Nobody,
-    One(String),
-    Many,
-}
-
 impl CallRoute {
     pub fn new(sink: Arc<dyn CallSink>) -> Self {
         Self {
@@ -46,9 +37,16 @@ impl CallRoute {
     }
 }
 
+/// Upstream sessions to tell about list changes, by session id: the session's principal and
+/// peer. Shared by every instance of one downstream.
+pub type Listeners = Mutex<HashMap<u64, (String, Peer<RoleServer>)>>;
+
 /// Routing tables of one downstream connection.
 #[derive(Default)]
 pub struct Routes {
+    /// The one principal whose calls this connection carries (a per-principal instance), or
+    /// `None` for a shared connection, where nothing unattributable is relayed.
+    owner: Option<String>,
     inflight: Mutex<HashMap<RequestId, CallRoute>>,
     /// Calls being sent: their request id is not known yet (rmcp assigns it while sending), but
     /// the downstream may already answer with a server→client request.
@@ -58,10 +56,9 @@ pub struct Routes {
     /// Resource URI → subscribed upstream sessions (by session id).
     subscribers: Mutex<HashMap<String, HashMap<u64, Peer<RoleServer>>>>,
     /// Upstream sessions to tell about list changes.
-    listeners: Mutex<HashMap<u64, Peer<RoleServer>>>,
-    /// The principals this connection has carried calls for.
-    served: Mutex<Served>,
-    dropped_logs: std::sync::atomic::AtomicU64,
+    listeners: Arc<Listeners>,
+    /// Log messages and server→client requests not relayed: they could not be attributed.
+    dropped: std::sync::atomic::AtomicU64,
     /// Signalled on `notifications/tools/list_changed` (drift re-check).
     pub tools_changed: Notify,
     /// Notifications received (in wire order) and not yet relayed: sequence → (progress token,
@@ -149,53 +146,69 @@ impl Drop for NativeRegistration {
 }
 
 impl Routes {
-    /// Notes the principal of a call on this connection.
-    fn serve(&self, route: &CallRoute) {
-        if let Ok(mut served) = self.served.lock() {
-            let principal = route.sink.principal();
-            *served = match &*served {
-                Served::Nobody => Served::One(principal.to_owned()),
-                Served::One(p) if p == principal => return,
-                Served::One(_) | Served::Many => Served::Many,
-            };
+    /// The routes of a connection carrying only `owner`'s calls (`None`: shared), telling list
+    /// changes to `listeners`.
+    pub fn new(owner: Option<String>, listeners: Arc<Listeners>) -> Self {
+        Self {
+            owner,
+            listeners,
+            ..Self::default()
         }
+    }
+
+    /// The principal this connection is reserved for, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// Where a log message goes. By the HTTP stream it came on when it says; otherwise (stdio,
     /// or a downstream's standalone stream) the wire does not say which call caused it — it may
-    /// be a background message of a call that already returned — so it is relayed only while
-    /// this connection has only ever carried one principal's calls, to that principal's call in
-    /// flight. Otherwise it is dropped, logged and counted ([`Routes::dropped_logs`]).
+    /// be a background message of a call that already returned. A per-principal connection
+    /// carries one principal's calls only, so it goes to that principal's call in flight; on a
+    /// shared connection it is dropped, logged and counted ([`Routes::dropped`]).
     pub fn log_route(&self, extensions: &rmcp::model::Extensions) -> Option<CallRoute> {
-        if extensions.get::<InboundStreamOrigin>().is_some() {
-            return self.attribute(extensions);
-        }
-        let one = matches!(self.served.lock().as_deref(), Ok(Served::One(_)));
-        let route = if one {
-            self.attribute(extensions)
-        } else {
-            None
-        };
+        let route = self.attribute(extensions);
         if route.is_none() {
-            let n = self
-                .dropped_logs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(
-                dropped = n + 1,
-                "downstream log message not attributable to one caller; not relayed"
-            );
+            self.drop_unattributable("log message");
         }
         route
     }
 
-    /// How many log messages could not be attributed and were dropped.
-    pub fn dropped_logs(&self) -> u64 {
-        self.dropped_logs.load(std::sync::atomic::Ordering::Relaxed)
+    fn drop_unattributable(&self, what: &str) {
+        let n = self
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            dropped = n + 1,
+            shared = self.owner.is_none(),
+            "downstream {what} not attributable to one caller; not relayed"
+        );
+    }
+
+    /// How many log messages and server→client requests could not be attributed and were
+    /// dropped (or refused).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a call is in flight (or being sent) on this connection.
+    pub fn busy(&self) -> bool {
+        self.inflight.lock().map(|m| !m.is_empty()).unwrap_or(true) || self.is_sending()
+    }
+
+    /// Whether an upstream session still holds a resource subscription on this connection.
+    pub fn has_subscribers(&self) -> bool {
+        self.subscribers
+            .lock()
+            .map(|s| {
+                s.values()
+                    .any(|m| m.values().any(|p| !p.is_transport_closed()))
+            })
+            .unwrap_or(true)
     }
 
     /// Announces a call about to be sent (before its request id exists).
     pub fn sending(self: &Arc<Self>, route: CallRoute) -> Sending {
-        self.serve(&route);
         let key = self
             .next_sending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -267,7 +280,6 @@ impl Routes {
         id: RequestId,
         route: CallRoute,
     ) -> NativeRegistration {
-        self.serve(&route);
         if let Ok(mut m) = self.inflight.lock() {
             m.insert(id.clone(), route);
         }
@@ -317,7 +329,6 @@ impl Routes {
         downstream_progress: ProgressToken,
         route: CallRoute,
     ) -> Registration {
-        self.serve(&route);
         if route.sink.wants_progress()
             && let Ok(mut m) = self.progress.lock()
         {
@@ -333,27 +344,21 @@ impl Routes {
         }
     }
 
-    /// The call a server→client message belongs to: by the HTTP stream it arrived on; else, when
-    /// every call in flight belongs to the same upstream session (one user), that session. `None`
-    /// when it cannot be attributed to one session: never guess between users.
+    /// The call a server→client message belongs to: by the HTTP stream it arrived on; else, on
+    /// a per-principal connection (every call on it is its owner's), a call in flight —
+    /// preferably a registered one (its request id is the right stream to answer on). `None`
+    /// on a shared connection: never guess between users.
     fn attribute(&self, extensions: &rmcp::model::Extensions) -> Option<CallRoute> {
         let inflight = self.inflight.lock().ok()?;
         if let Some(InboundStreamOrigin::OutboundRequest(id)) = extensions.get() {
             return inflight.get(id).cloned();
         }
-        let sending = self.sending.lock().ok()?;
-        let mut calls = inflight.values().chain(sending.values());
-        let first = calls.next()?;
-        if calls.any(|c| c.session != first.session) {
-            return None;
+        self.owner.as_ref()?;
+        if let Some(route) = inflight.values().next() {
+            return Some(route.clone());
         }
-        // A call still being sent counts for the session rule, but a registered one is preferred
-        // (its request id is the right stream to answer on).
-        inflight
-            .values()
-            .next()
-            .cloned()
-            .or_else(|| (!sending.is_empty()).then(|| first.clone()))
+        let sending = self.sending.lock().ok()?;
+        sending.values().next().cloned()
     }
 
     pub fn subscribe(&self, uri: &str, session: u64, peer: Peer<RoleServer>) -> bool {
@@ -384,27 +389,30 @@ impl Routes {
         }
     }
 
-    pub fn listen(&self, session: u64, peer: Peer<RoleServer>) {
+    pub fn listen(&self, session: u64, principal: &str, peer: Peer<RoleServer>) {
         if let Ok(mut l) = self.listeners.lock() {
-            l.retain(|_, p| !p.is_transport_closed());
-            l.insert(session, peer);
+            l.retain(|_, (_, p)| !p.is_transport_closed());
+            l.insert(session, (principal.to_owned(), peer));
         }
     }
 
-    /// Tells every listening upstream session that its visible tool list changed.
+    /// Tells every listening upstream session that its visible tool list changed (the
+    /// quarantine is the same for every caller of the downstream).
     pub async fn notify_tools_list_changed(&self) {
-        for peer in self.listeners() {
+        for peer in self.listeners(false) {
             let _ = peer.notify_tool_list_changed().await;
         }
     }
 
-    fn listeners(&self) -> Vec<Peer<RoleServer>> {
+    /// The listening sessions; `owned`: only the owner's, on a per-principal connection.
+    fn listeners(&self, owned: bool) -> Vec<Peer<RoleServer>> {
+        let owner = self.owner.as_deref().filter(|_| owned);
         self.listeners
             .lock()
             .map(|l| {
                 l.values()
-                    .filter(|p| !p.is_transport_closed())
-                    .cloned()
+                    .filter(|(who, p)| owner.is_none_or(|o| o == who) && !p.is_transport_closed())
+                    .map(|(_, p)| p.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -431,6 +439,7 @@ impl Relay {
             .attribute_when_registered(extensions)
             .await
             .ok_or_else(|| {
+                self.routes.drop_unattributable(what);
                 tracing::warn!(
                     request = what,
                     "downstream request cannot be attributed to one caller; refused"
@@ -571,13 +580,13 @@ impl ClientHandler for Relay {
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        for peer in self.routes.listeners() {
+        for peer in self.routes.listeners(true) {
             let _ = peer.notify_resource_list_changed().await;
         }
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        for peer in self.routes.listeners() {
+        for peer in self.routes.listeners(true) {
             let _ = peer.notify_prompt_list_changed().await;
         }
     }

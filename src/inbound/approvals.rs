@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -30,15 +30,16 @@ pub struct Listing {
     pub approvals: Vec<Request>,
 }
 
-/// The admin, or an approver by their own token; `None`: neither (401).
-fn decider(broker: &Broker, peer: SocketAddr, headers: &HeaderMap) -> Option<Decider> {
+/// The admin, or an approver by their own token (from any trusted issuer); `None`: neither
+/// (401).
+async fn decider(broker: &Broker, peer: SocketAddr, headers: &HeaderMap) -> Option<Decider> {
     if admin_authorized(broker, peer, headers) {
         return Some(Decider::Admin);
     }
-    let token = crate::authn::bearer(headers.get(header::AUTHORIZATION)).ok()?;
     let caller = broker
-        .issuer
-        .verify(token, &[broker.config.settings.public_url.as_str()])
+        .verifier
+        .verify_request(headers, &[broker.config.settings.public_url.as_str()])
+        .await
         .ok()?;
     Some(Decider::Approver(caller))
 }
@@ -56,7 +57,7 @@ pub(super) async fn list(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(decider) = decider(&broker, peer, &headers) else {
+    let Some(decider) = decider(&broker, peer, &headers).await else {
         return unauthorized();
     };
     let role = &broker.approvals.settings().approver_role;
@@ -110,7 +111,7 @@ async fn decide(
     body: axum::body::Bytes,
     decision: Decision,
 ) -> Response {
-    let Some(decider) = decider(&broker, peer, &headers) else {
+    let Some(decider) = decider(&broker, peer, &headers).await else {
         return unauthorized();
     };
     let body: DecideBody = if body.is_empty() {

@@ -30,7 +30,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Auditor, Event, EventKind, ExportFilter};
-use crate::authn::{AuthnError, Caller, Issuer, TokenRequest};
+use crate::authn::{
+    AuthnError, Caller, InsufficientScope, Issuer, Refusal, TokenRequest, Verifier,
+};
 use crate::config::Config;
 use crate::downstream::Pool;
 use crate::mission::MissionRuntime;
@@ -43,6 +45,8 @@ pub struct Broker {
     pub store: Store,
     pub audit: Auditor,
     pub issuer: Arc<Issuer>,
+    /// Verifies bearer tokens of the embedded and the external issuers.
+    pub verifier: Arc<Verifier>,
     pub pool: Arc<Pool>,
     pub missions: BTreeMap<String, Arc<MissionState>>,
     /// Credential of the admin API (written to the store directory with mode 0600).
@@ -72,7 +76,7 @@ struct Gate {
     core: crate::call::Core,
     sessions: Arc<session::Sessions>,
     allowed: rebinding::Allowed,
-    issuer: Arc<Issuer>,
+    verifier: Arc<Verifier>,
     public_url: String,
     metadata_url: String,
 }
@@ -127,7 +131,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
                 hosts: hosts.clone(),
                 origins: origins.clone(),
             },
-            issuer: broker.issuer.clone(),
+            verifier: broker.verifier.clone(),
             public_url: settings.public_url.clone(),
             metadata_url: format!(
                 "{}/.well-known/oauth-protected-resource{}",
@@ -168,7 +172,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             move |axum::extract::Path(rest): axum::extract::Path<String>, request: Request| {
                 let broker = unknown_broker.clone();
                 let aggregate = aggregate.clone();
-                async move { unknown_mission(&broker, &aggregate, &rest, &request) }
+                async move { unknown_mission(&broker, &aggregate, &rest, request).await }
             },
         ),
     )
@@ -212,6 +216,8 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             let b = broker.clone();
             move || async move {
                 let (ready, downstreams) = b.pool.readiness();
+                let (issuers_ready, issuers) = b.verifier.readiness();
+                let ready = ready && issuers_ready;
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -219,7 +225,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
                 };
                 (
                     status,
-                    Json(serde_json::json!({ "ready": ready, "downstreams": downstreams })),
+                    Json(serde_json::json!({ "ready": ready, "downstreams": downstreams, "issuers": issuers })),
                 )
             }
         }),
@@ -246,25 +252,33 @@ fn protected_resource(broker: &Broker, mission: &str) -> Response {
         Some(state) => state.runtime.resource_url.clone(),
         None => format!("{public_url}/mcp/{mission}"),
     };
-    Json(serde_json::json!({
+    // The embedded authorization server first, then every external issuer whose tokens it takes.
+    let servers: Vec<&str> = std::iter::once(public_url.as_str())
+        .chain(broker.verifier.external_issuers())
+        .collect();
+    let mut document = serde_json::json!({
         "resource": resource,
-        "authorization_servers": [public_url],
+        "authorization_servers": servers,
         "bearer_methods_supported": ["header"],
         "resource_name": format!("Mandate mission {mission}"),
         "resource_documentation": "https://github.com/mandate/mandate#readme",
-    }))
-    .into_response()
+    });
+    let scopes = broker.verifier.required_scopes();
+    if !scopes.is_empty() {
+        document["scopes_supported"] = scopes.into();
+    }
+    Json(document).into_response()
 }
 
 /// A request to `/mcp/<path>` where no mission is served. It is answered as a mission would
 /// answer it, so nobody can tell which missions exist: 401 without a valid token (pointing at this
 /// path's metadata), 403 with one (no token opens a mission that is not there). The refusal is
 /// audited and aggregated like those of the missions.
-fn unknown_mission(
+async fn unknown_mission(
     broker: &Broker,
     aggregate: &crate::audit::aggregate::Aggregator,
     rest: &str,
-    request: &Request,
+    request: Request,
 ) -> Response {
     let peer = request
         .extensions()
@@ -275,15 +289,20 @@ fn unknown_mission(
     let metadata_url = format!("{public_url}/.well-known/oauth-protected-resource/mcp/{rest}");
     let resource_url = format!("{public_url}/mcp/{rest}");
     let audiences = [public_url.as_str(), resource_url.as_str()];
-    let verified = crate::authn::bearer(request.headers().get(header::AUTHORIZATION))
-        .and_then(|token| broker.issuer.verify(token, &audiences));
+    let verified = broker
+        .verifier
+        .verify_request(request.headers(), &audiences)
+        .await;
     let mut event = Event::new(EventKind::AuthFailure);
     let refusal = match &verified {
         Err(e) => {
             event.outcome = Some("unauthenticated".into());
             event.detail = Some(format!("{e} (from {peer}; no mission at `/mcp/{rest}`)"));
             aggregate.record(&format!("unauthenticated: {e}"), &peer, event);
-            return challenge(&metadata_url, e);
+            return challenge(&metadata_url, &broker.verifier, &e.error);
+        }
+        Ok(caller) if let Err(missing) = broker.verifier.check_scopes(caller) => {
+            return insufficient_scope(&metadata_url, aggregate, caller, &missing, event);
         }
         Ok(caller) => {
             event.outcome = Some("forbidden".into());
@@ -331,8 +350,10 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "unknown peer".into());
     let audiences = [gate.public_url.as_str(), gate.runtime.resource_url.as_str()];
-    let verified = crate::authn::bearer(request.headers().get(header::AUTHORIZATION))
-        .and_then(|token| gate.issuer.verify(token, &audiences));
+    let verified = gate
+        .verifier
+        .verify_request(request.headers(), &audiences)
+        .await;
     let caller: Arc<Caller> = match verified {
         Ok(c) => c,
         Err(e) => {
@@ -346,6 +367,17 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             return unauthorized(&gate, &e);
         }
     };
+    if let Err(missing) = gate.verifier.check_scopes(&caller) {
+        let event = gate.caller_event(EventKind::AuthFailure, &caller);
+        drain(request).await;
+        return insufficient_scope(
+            &gate.metadata_url,
+            &gate.aggregate,
+            &caller,
+            &missing,
+            event,
+        );
+    }
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
         let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
         event.outcome = Some("forbidden".into());
@@ -516,13 +548,77 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
         },
         _ => None,
     };
-    let response = next
-        .run(Request::from_parts(parts, axum::body::Body::from(body)))
-        .await;
+    let request_id = envelope
+        .id
+        .filter(|_| envelope.method.is_some())
+        .map(|id| id.get().to_owned());
+    let running = next.run(Request::from_parts(parts, axum::body::Body::from(body)));
+    let Some(id) = request_id else {
+        return running.await;
+    };
+    // A session deleted while rmcp answers a request: the request ends with a cancellation,
+    // never with rmcp's `500 Session service terminated` or a stream cut short.
+    let closed = live.closed();
+    let response = tokio::select! {
+        biased;
+        response = running => response,
+        _ = closed.cancelled() => return closed_during(&id),
+    };
+    let response = end_on_close(response, closed, id);
     match inflight {
         None => response,
         Some(guard) => hold_until_finished(response, guard),
     }
+}
+
+/// The error a request in flight gets when its session is closed.
+fn session_closed_error() -> crate::call::RpcError {
+    crate::call::RpcError {
+        code: crate::call::reject::REQUEST_CANCELLED,
+        message: "request cancelled: its session was closed (HTTP DELETE, or idle) while it was in flight; open a new session and retry".into(),
+        data: None,
+    }
+}
+
+/// The answer to request `id` when its session closed before rmcp answered it.
+fn closed_during(id: &str) -> Response {
+    native::error_response(id, StatusCode::OK, &session_closed_error())
+}
+
+/// An SSE response rmcp is streaming for request `id`: when the session closes before the stream
+/// ends, the stream ends with the cancellation of that request instead of being cut short.
+fn end_on_close(response: Response, closed: CancellationToken, id: String) -> Response {
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse || !response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream();
+    let stream = futures::stream::unfold(Some((body, closed, id)), |state| async move {
+        use futures::StreamExt;
+        let (mut body, closed, id) = state?;
+        tokio::select! {
+            biased;
+            chunk = body.next() => {
+                let chunk = chunk?;
+                Some((chunk, Some((body, closed, id))))
+            }
+            _ = closed.cancelled() => {
+                let error = session_closed_error();
+                let error = serde_json::json!({"code": error.code, "message": error.message});
+                // The id as the caller sent it (raw JSON), not re-encoded.
+                let event = format!(
+                    "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{error}}}\n\n"
+                );
+                Some((Ok(axum::body::Bytes::from(event)), None))
+            }
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// Keeps `guard` alive until the response body is finished or dropped.
@@ -578,19 +674,26 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-fn unauthorized(gate: &Gate, e: &AuthnError) -> Response {
-    challenge(&gate.metadata_url, e)
+fn unauthorized(gate: &Gate, e: &Refusal) -> Response {
+    challenge(&gate.metadata_url, &gate.verifier, &e.error)
 }
 
-/// The 401 for `e`, pointing at the resource's metadata document.
-fn challenge(metadata_url: &str, e: &AuthnError) -> Response {
+/// The 401 for `e`, pointing at the resource's metadata document (and naming the scopes the
+/// issuers require, if any: RFC 6750 §3).
+fn challenge(metadata_url: &str, verifier: &Verifier, e: &AuthnError) -> Response {
+    let scopes = verifier.required_scopes();
+    let scope = if scopes.is_empty() {
+        String::new()
+    } else {
+        format!(", scope=\"{}\"", scopes.join(" "))
+    };
     let challenge = if e.token_presented() {
         format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata_url}\"",
+            "Bearer error=\"invalid_token\", error_description=\"{}\"{scope}, resource_metadata=\"{metadata_url}\"",
             e.to_string().replace('"', "'"),
         )
     } else {
-        format!("Bearer resource_metadata=\"{metadata_url}\"")
+        format!("Bearer resource_metadata=\"{metadata_url}\"{scope}")
     };
     (
         StatusCode::UNAUTHORIZED,
@@ -599,6 +702,39 @@ fn challenge(metadata_url: &str, e: &AuthnError) -> Response {
             HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
         )],
         format!("{e}\n"),
+    )
+        .into_response()
+}
+
+/// The 403 for a valid token that lacks scopes its issuer requires (RFC 6750 §3.1), naming every
+/// scope needed; audited (aggregated per principal).
+fn insufficient_scope(
+    metadata_url: &str,
+    aggregate: &crate::audit::aggregate::Aggregator,
+    caller: &Caller,
+    missing: &InsufficientScope,
+    mut event: Event,
+) -> Response {
+    event.outcome = Some("forbidden".into());
+    event.tenant = Some(caller.tenant.clone());
+    event.detail = Some(missing.to_string());
+    aggregate.record(
+        &format!("forbidden: {missing}"),
+        &crate::call::principal_key(caller),
+        event,
+    );
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\", resource_metadata=\"{metadata_url}\"",
+        missing.to_string().replace('"', "'"),
+        missing.required.join(" "),
+    );
+    (
+        StatusCode::FORBIDDEN,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+        )],
+        format!("{missing}\n"),
     )
         .into_response()
 }

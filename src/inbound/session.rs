@@ -100,6 +100,9 @@ pub struct Session {
     /// Server→client requests sent on native streams, awaiting the caller's response.
     asks: Mutex<HashMap<String, oneshot::Sender<Result<Value, RpcError>>>>,
     next_ask: AtomicU64,
+    /// Cancelled when the session ends (DELETE, idle close): requests rmcp is answering on it
+    /// are then answered with a cancellation by the gate.
+    closed: CancellationToken,
 }
 
 /// Why a native call could not be registered.
@@ -168,6 +171,11 @@ impl Session {
             }
             None => false,
         }
+    }
+
+    /// Cancelled when the session ends.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
     }
 
     pub fn forget_ask(&self, id: &str) {
@@ -300,6 +308,9 @@ impl Sessions {
     /// Forgets a session; its native calls in flight end with a cancellation.
     fn remove(&self, id: &str) {
         let removed = self.map.write().ok().and_then(|mut m| m.remove(id));
+        if let Some(session) = &removed {
+            session.closed.cancel();
+        }
         if let Some(session) = removed
             && let Ok(inflight) = session.inflight.lock()
         {
@@ -363,6 +374,7 @@ impl SessionManager for Sessions {
                     inflight: Mutex::new(HashMap::new()),
                     asks: Mutex::new(HashMap::new()),
                     next_ask: AtomicU64::new(1),
+                    closed: CancellationToken::new(),
                 });
                 if let Ok(mut m) = self.map.write() {
                     m.insert(session.id.clone(), session);

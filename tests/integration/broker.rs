@@ -812,9 +812,11 @@ async fn downstreams_are_not_shared_across_tenants_or_environments() {
     assert_eq!(seen_by_globex.structured_content.unwrap()["status"], "open");
     a.cancel().await.unwrap();
     g.cancel().await.unwrap();
-    // Three ledger processes, one per group, all stopped with the broker.
+    // A probe process per group, plus one per principal that called (the ledger is
+    // per-principal: acme's caller and globex's caller each got their own), all stopped with
+    // the broker.
     let children = children_of(server.child.id());
-    assert_eq!(children.len(), 3, "{children:?}");
+    assert_eq!(children.len(), 5, "{children:?}");
     server.stop();
     for pid in children {
         eventually(10, "downstream stopped on shutdown", || !alive(pid)).await;

@@ -33,7 +33,7 @@ async fn start_http_fixture() -> (tokio::process::Child, String) {
     (fixture, url)
 }
 
-fn conformance_workspace(http: Option<&str>) -> Workspace {
+pub fn conformance_workspace(http: Option<&str>) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     let tools = [

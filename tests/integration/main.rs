@@ -10,6 +10,8 @@ mod approvals;
 mod audit;
 mod broker;
 mod config_files;
+mod identity;
 mod interop;
+mod isolation;
 mod native;
 mod security;

@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 /// The sample ledger serving streamable HTTP on a free port.
-struct HttpLedger {
+pub struct HttpLedger {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl HttpLedger {
-    fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_on("127.0.0.1:0")
     }
 

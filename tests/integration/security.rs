@@ -186,7 +186,7 @@ async fn refused_tokens_are_answered_with_fixed_texts_that_say_what_to_do() {
         ("garbage", "malformed bearer token"),
         (
             "eyJhbGciOiJFUzI1NiJ9.e30.e",
-            "token is not an ES256 `at+jwt` access token",
+            "token is not an access token this broker accepts",
         ),
         (&bad_base64, "malformed bearer token"),
         ("a.b.c", "malformed bearer token"),

@@ -396,6 +396,85 @@ pub fn certificate(ws: &Workspace) -> Vec<u8> {
     std::fs::read(ws.path().join("cert.pem")).unwrap()
 }
 
+// ---- identity (external issuers): a real oidc-provider authorization server ----
+
+/// `tests/peers/idp.mjs`: oidc-provider 9.13.3 on 127.0.0.1, issuing `at+jwt` access tokens by
+/// client_credentials. Killed on drop.
+pub struct Idp {
+    pub child: Child,
+    /// The issuer identifier (`http://127.0.0.1:<port>`).
+    pub url: String,
+}
+
+impl Idp {
+    /// Starts the IdP with `config` (see the launcher's header for its shape).
+    pub fn start(config: &serde_json::Value) -> Self {
+        let path = format!(
+            "{}:{}",
+            node22_bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Command::new(node22_bin_dir().join("node"))
+            .arg(repo().join("tests/peers/idp.mjs"))
+            .arg(config.to_string())
+            .env("PATH", path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        let Some(url) = first.strip_prefix("idp listening on ") else {
+            panic!("the idp did not start: {first}");
+        };
+        Self {
+            child,
+            url: url.to_owned(),
+        }
+    }
+
+    /// An access token by client_credentials (client_secret_basic) for `resource`.
+    pub async fn token(
+        &self,
+        client: &str,
+        secret: &str,
+        resource: &str,
+        scope: Option<&str>,
+    ) -> String {
+        let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let r = reqwest::Client::new()
+            .post(format!("{}/token", self.url))
+            .basic_auth(client, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                reqwest::Url::parse_with_params("http://form.invalid/", &form)
+                    .unwrap()
+                    .query()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(status.is_success(), "token request failed: {body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // --- approvals ---
 
 impl Workspace {
