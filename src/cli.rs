@@ -128,6 +128,18 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// Manage the agent registry: agents are non-human identities with an accountable owner,
+    /// the missions they may use, an expiry, a review date and a credential for the embedded
+    /// authorization server (`/oauth/token`).
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Write JSON Schemas of the configuration files for editors.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
@@ -146,14 +158,112 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Register an agent. Without `--public-key` it gets a client secret, printed once (only its
+    /// hash is stored); with it, it authenticates with `private_key_jwt` (ES256). Each mission
+    /// must list the agent in its `agents`.
+    Onboard {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id (its OAuth client id and the `azp` of its tokens).
+        id: String,
+        /// The agent's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The accountable human, e.g. alice@acme.example.
+        #[arg(long)]
+        owner: String,
+        /// A mission the agent may use (repeatable).
+        #[arg(long = "mission", required = true)]
+        missions: Vec<String>,
+        /// When it stops working: a date (end of that day, UTC) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// When its owner must have reviewed it, or it is suspended: a date or an RFC 3339 time.
+        #[arg(long)]
+        review: Option<String>,
+        /// A file with the agent's ES256 public key as a JWK, for `private_key_jwt`.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every agent with its status; agents the zombie sweep suspended are marked ZOMBIE.
+    List {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend an agent at once: its next request is refused, its cached downstream tokens are
+    /// dropped. `resume` undoes it.
+    Suspend {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// Why (recorded in the audit log and shown to the agent).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended agent (give a new `--expires` or `--review` if those had passed).
+    Resume {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// A new expiry: a date or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A new review date: a date or an RFC 3339 time.
+        #[arg(long)]
+        review: Option<String>,
+    },
+    /// Offboard an agent for good: it never calls again (configuration does not bring it back).
+    Offboard {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The agent id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Sign new tokens with a new key. The old key's private part is deleted; its public part
     /// stays in the JWKS, and tokens it signed stay valid, until they have expired (at most 24h).
-    /// Run it while `mandate serve` is stopped: the server loads the keys at start.
+    /// While `mandate serve` runs it rotates there (admin API), and new tokens use the new key
+    /// at once.
     Rotate {
         /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
         #[arg(long, default_value = ".")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Write mandate.schema.json, mission.schema.json and tool-manifest.schema.json, generated
+    /// from the configuration types. Point a TOML file at one with a first line like
+    /// `#:schema ../../../schemas/mission.schema.json` and VS Code (Even Better TOML) or taplo
+    /// validate and complete it while you type.
+    Manifests {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Where to write the schemas (default: `schemas/` in the configuration directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -312,7 +422,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys {
             command: KeysCommand::Rotate { config },
-        } => keys_rotate(&config),
+        } => keys_rotate(&config).await,
+        Command::Schema {
+            command: SchemaCommand::Manifests { config, out },
+        } => schema_manifests(&config, out.as_deref()),
         Command::Audit { command } => match command {
             AuditCommand::Verify {
                 config,
@@ -358,6 +471,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token,
             } => approvals_decide(&config, &id, Decision::Deny, reason, token).await,
         },
+        Command::Agents { command } => agents_command(command).await,
     }
 }
 
@@ -398,6 +512,35 @@ fn check(dir: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The token exchange for `mandate pin`, when a downstream it pins is protected: Mandate
+/// authenticates to it as itself (its own token from the store's issuer key, or client
+/// credentials at the profile's identity provider).
+fn pin_exchange(
+    config: &Config,
+    only: Option<&str>,
+) -> anyhow::Result<Option<Arc<crate::exchange::Exchanger>>> {
+    let protected = config.manifests.values().any(|m| {
+        m.auth.is_some()
+            && matches!(m.transport, config::Transport::Http { .. })
+            && only.is_none_or(|id| id == m.id)
+    });
+    if !protected {
+        return Ok(None);
+    }
+    let store = match Store::open(&config.settings.store_path) {
+        Ok(s) => s,
+        Err(StoreError::Locked(path)) => bail!(
+            "store `{}` is in use by `mandate serve`: a protected downstream is pinned with Mandate's own key, so stop the server to pin it",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
+    Ok(Some(Arc::new(crate::exchange::Exchanger::new(
+        config, issuer,
+    )?)))
+}
+
 async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
@@ -412,15 +555,25 @@ async fn pin(dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
         );
     }
     let http = downstream::http_client();
+    let exchange = pin_exchange(&config, only)?;
     let mut failed = false;
     for manifest in config.manifests.values() {
         if only.is_some_and(|id| id != manifest.id) {
             continue;
         }
         let routes = Arc::new(downstream::Routes::default());
+        let auth = exchange.as_ref().and_then(|e| e.service_auth(manifest));
         let result = async {
-            let service =
-                downstream::connect(manifest, routes, &http, &manifest.id, None, None).await?;
+            let service = downstream::connect(
+                manifest,
+                routes,
+                &http,
+                &manifest.id,
+                None,
+                None,
+                auth.clone(),
+            )
+            .await?;
             let tools =
                 tokio::time::timeout(Duration::from_secs(30), service.peer().list_all_tools())
                     .await
@@ -642,25 +795,54 @@ enum Backend {
     Admin(AdminCredential),
 }
 
+/// How long a command waits for a store another process holds: a CLI command finishing, or a
+/// server that owns the store but has not published its admin credential yet.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the store, or finds the running server that owns it. While the store is locked and no
+/// live admin credential is there (a server starting, another CLI command), it retries briefly.
 fn backend(config: &Config) -> anyhow::Result<Backend> {
     let path = &config.settings.store_path;
-    match Store::open(path) {
-        Ok(store) => Ok(Backend::Direct(store)),
-        Err(StoreError::Locked(_)) => {
-            // A server that just started may not have written its credential yet.
-            for _ in 0..100 {
-                if let Some(cred) = store::read_admin_credential(path) {
+    let deadline = std::time::Instant::now() + STORE_WAIT;
+    loop {
+        match Store::open(path) {
+            Ok(store) => {
+                // A credential beside a store nobody holds was left by a server that is gone.
+                store::remove_admin_credential(path);
+                return Ok(Backend::Direct(store));
+            }
+            Err(StoreError::Locked(_)) => {
+                if let Some(cred) = live_admin_credential(path) {
                     return Ok(Backend::Admin(cred));
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
+            Err(e) => return Err(e.into()),
+        }
+        if std::time::Instant::now() > deadline {
             bail!(
-                "store `{}` is locked by another process that published no admin credential: is another program using it?",
+                "store `{}` is held by a process that serves no admin API (a `mandate serve --stdio` started while no server ran, or another program): run `mandate serve` on this configuration, so that stdio clients and CLI commands all go through it",
                 path.display()
             )
         }
-        Err(e) => Err(e.into()),
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The admin credential of a server that answers at its URL; `None` for no file or a stale one
+/// (left by a server that is gone, or read while a new one is starting).
+fn live_admin_credential(store: &Path) -> Option<AdminCredential> {
+    let cred = store::read_admin_credential(store)?;
+    // A credential of a process that is gone, whose port something else may have taken since.
+    #[cfg(target_os = "linux")]
+    if !Path::new(&format!("/proc/{}", cred.pid)).exists() {
+        return None;
+    }
+    let url = reqwest::Url::parse(&cred.url).ok()?;
+    let addrs = url.socket_addrs(|| None).ok()?;
+    addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(500)).is_ok())
+        .then_some(cred)
 }
 
 /// Sends an admin GET; fails unless the server answers with success.
@@ -693,22 +875,72 @@ async fn admin_get(
     Ok(admin_request(cred, path, query).await?.text().await?)
 }
 
-/// `mandate keys rotate`: only without a running server, which holds the keys in memory (the
-/// admin API has no rotation endpoint yet).
-fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
+/// Sends an admin POST (with a JSON `body`, if any) and reads its JSON answer; fails with the
+/// server's own text when it refuses (`what` names the request in other failures).
+async fn admin_post<R: serde::de::DeserializeOwned>(
+    cred: &AdminCredential,
+    path: &str,
+    body: Option<&impl Serialize>,
+    what: &str,
+) -> anyhow::Result<R> {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}", cred.url))
+        .bearer_auth(&cred.token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{}", text.trim());
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("the running server answered {what} with something else"))
+}
+
+/// `mandate schema manifests`: writes the editor schemas of the configuration files.
+fn schema_manifests(dir: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let out = out.map_or_else(|| dir.join("schemas"), Path::to_path_buf);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    for file in config::schema::manifests()? {
+        let path = out.join(file.name);
+        std::fs::write(&path, &file.text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mandate keys rotate`: in the store, or through the running server's admin API (which
+/// then signs with the new key at once).
+async fn keys_rotate(dir: &Path) -> anyhow::Result<ExitCode> {
     let config = match load(dir, false) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = match backend(&config)? {
-        Backend::Direct(store) => store,
-        Backend::Admin(cred) => bail!(
-            "`mandate serve` (pid {}) is running and holds the signing keys: stop `mandate serve`, run `mandate keys rotate`, then start it again",
-            cred.pid
-        ),
+    let rotation = match backend(&config)? {
+        Backend::Direct(store) => {
+            let rotation = Issuer::rotate(&store)?;
+            store.flush()?;
+            let rotation = inbound::AdminRotation {
+                current: rotation.current,
+                retired: rotation.retired,
+                published_until: rotation.published_until,
+            };
+            let (audit, writer) = Auditor::start(&store)?;
+            inbound::record_rotation(&audit, &rotation).await?;
+            audit.stop().await?;
+            let _ = writer.await;
+            rotation
+        }
+        Backend::Admin(cred) => {
+            admin_post(&cred, "/admin/keys/rotate", None::<&()>, "the rotation").await?
+        }
     };
-    let rotation = Issuer::rotate(&store)?;
-    store.flush()?;
     let until = std::time::UNIX_EPOCH + Duration::from_secs(rotation.published_until);
     println!(
         "new signing key `{}`; the old key `{}` stays published in the JWKS until {} (when the last token it signed has expired)",
@@ -739,20 +971,7 @@ async fn token(dir: &Path, request: AdminTokenRequest) -> anyhow::Result<ExitCod
             }
         }
         Backend::Admin(cred) => {
-            let response = reqwest::Client::new()
-                .post(format!("{}/admin/token", cred.url))
-                .bearer_auth(&cred.token)
-                .json(&request)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
-            let status = response.status();
-            let body = response.text().await?;
-            if !status.is_success() {
-                bail!("{}", body.trim());
-            }
-            serde_json::from_str::<AdminTokenResponse>(&body)
-                .context("the running server answered the token request with something else")?
+            admin_post(&cred, "/admin/token", Some(&request), "the token request").await?
         }
     };
     if request.mission.is_none() {
@@ -974,6 +1193,20 @@ async fn serve(
         }
         config.missions.retain(|k, _| k == id);
     }
+    // The store first, before the port opens: a CLI command run as soon as the port answers
+    // then finds the store owned (and waits for the admin credential written below).
+    let store = if stdio {
+        match backend(&config)? {
+            Backend::Direct(store) => store,
+            // A server owns this configuration's store: relay to it, so the calls go through
+            // its keys and into its audit chain.
+            Backend::Admin(cred) => {
+                return bridge_stdio(&config, &cred, mission.as_deref()).await;
+            }
+        }
+    } else {
+        open_own_store(&config.settings.store_path).await?
+    };
     let listener = if stdio {
         None
     } else {
@@ -1003,20 +1236,13 @@ async fn serve(
         _ => None,
     };
     let missions = MissionRuntime::build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-    let store = match Store::open(&config.settings.store_path) {
-        Ok(s) => s,
-        Err(StoreError::Locked(path)) => bail!(
-            "store `{}` is in use by another `mandate serve`: stop it, or give this one its own store ([store] path in mandate.toml)",
-            path.display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
     let (audit, writer) = Auditor::start(&store)?;
     let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url)?);
     let verifier = Arc::new(crate::authn::Verifier::new(
         issuer.clone(),
         &config.settings.issuers,
     )?);
+    let agents = crate::agents::Registry::load(Arc::new(store.agents()?), audit.clone()).await?;
     let mut event = Event::new(EventKind::ConfigLoad);
     event.detail = Some(format!(
         "{} mission(s): {}; {} tool manifest(s)",
@@ -1037,14 +1263,17 @@ async fn serve(
         detail.push_str(&format!("; {}", files.join("; ")));
     }
     audit.record_durable(event).await?;
+    // Agents named by missions are registered ("declared by mission"; see `crate::agents`).
+    agents.register_declared(&config).await?;
     let core = crate::call::Core {
         audit: audit.clone(),
         approvals: open_approvals(&config, &store, &audit, true)?,
         quotas: Arc::new(crate::quota::Quotas::in_process(&audit)),
     };
 
+    let exchange = Arc::new(crate::exchange::Exchanger::new(&config, issuer.clone())?);
     let config = Arc::new(config);
-    let pool = Pool::start(&config, &audit);
+    let pool = Pool::start_with_exchange(&config, &audit, Some(exchange.clone()));
     let mut states = BTreeMap::new();
     let now = crate::authn::unix_now();
     for (id, runtime) in &missions {
@@ -1052,10 +1281,17 @@ async fn serve(
         if now > runtime.mission.expires_at {
             continue;
         }
-        let state = MissionState::new(runtime.clone(), &pool).map_err(anyhow::Error::msg)?;
+        let state = MissionState::new(runtime.clone(), &pool)
+            .map_err(anyhow::Error::msg)?
+            .with_agents(agents.clone());
         states.insert(id.clone(), Arc::new(state));
     }
     let shutdown = CancellationToken::new();
+    // The zombie sweep: now, then every `[agents] sweep_interval`.
+    let sweeper = agents.spawn_sweeper(config.settings.agents.clone(), shutdown.clone());
+    // Suspension and offboarding act at once: the agent's cached downstream tokens go too.
+    let cache = exchange.clone();
+    agents.on_revoke(Arc::new(move |agent: &str| cache.forget_agent(agent)));
     tokio::spawn(signal_shutdown(shutdown.clone()));
     verifier.start(&shutdown);
     let result = match listener {
@@ -1111,6 +1347,8 @@ async fn serve(
                 admin_token,
                 approvals: core.approvals.clone(),
                 quotas: core.quotas.clone(),
+                exchange: exchange.clone(),
+                agents: agents.clone(),
             });
             // Accept connections (and admin requests) at once; announce readiness once the
             // downstreams (which may be building or starting) have connected or failed to
@@ -1156,6 +1394,11 @@ async fn serve(
         }
     };
     shutdown.cancel();
+    let _ = sweeper.await;
+    // When each agent was last seen is kept in memory; a last sweep writes it down.
+    if let Err(e) = agents.sweep(&config.settings.agents).await {
+        tracing::warn!(error = %e, "agents' last-seen times could not be saved");
+    }
     pool.shutdown().await;
     core.quotas.flush();
     drop(core);
@@ -1168,6 +1411,72 @@ async fn serve(
     result.map(|_| ExitCode::SUCCESS)
 }
 
+/// Opens the store for `mandate serve`. A CLI command may hold it for a moment (then this
+/// retries briefly instead of exiting); another server holding it stops the start.
+async fn open_own_store(path: &Path) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    loop {
+        match Store::open(path) {
+            Ok(store) => {
+                // Whatever credential is there was left by a server that is gone.
+                store::remove_admin_credential(path);
+                return Ok(store);
+            }
+            Err(StoreError::Locked(path)) => {
+                if let Some(cred) = live_admin_credential(&path) {
+                    bail!(
+                        "store `{}` is in use by another `mandate serve` (pid {}): stop it, or give this one its own store ([store] path in mandate.toml)",
+                        path.display(),
+                        cred.pid
+                    );
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "store `{}` is in use by another process (a `mandate serve --stdio` started while no server ran, or a long CLI command): stop it, or give this server its own store ([store] path in mandate.toml)",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `serve --stdio` while a server owns the store: checks what it can locally (mission served,
+/// token present), then relays MCP between stdin/stdout and the server's endpoint for the
+/// mission on loopback; the server verifies `MANDATE_TOKEN`.
+async fn bridge_stdio(
+    config: &Config,
+    cred: &AdminCredential,
+    mission: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(id) = mission else {
+        bail!("`--stdio` needs `--mission <id>`");
+    };
+    let Some(m) = config.missions.get(id) else {
+        bail!("unknown mission `{id}`: run `mandate check` to list the missions");
+    };
+    if crate::authn::unix_now() > m.expires_at {
+        bail!(
+            "mission `{id}` expired on {}: it is not served (move `expires` forward in `{}` to serve it again)",
+            m.expires,
+            m.path.display()
+        );
+    }
+    let token = std::env::var("MANDATE_TOKEN").map_err(|_| {
+        anyhow::anyhow!(
+            "no caller token: set MANDATE_TOKEN (mint one with `mandate token … --mission {id}`)"
+        )
+    })?;
+    let url = format!("{}{}", cred.url, m.http_path());
+    tracing::info!(%url, pid = cred.pid, "a server owns this configuration's store: relaying stdio to it");
+    inbound::bridge::relay_stdio(&url, token.trim())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The wildcard address of `local`'s family.
 fn unspecified(local: SocketAddr) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -1178,21 +1487,24 @@ fn unspecified(local: SocketAddr) -> std::net::IpAddr {
 }
 
 /// Refuses a start that would expose tokens or advertise a URL clients cannot use: listening
-/// beyond loopback needs TLS and a `public_url` naming this server as clients reach it, and with
-/// TLS the `public_url` is https.
+/// beyond loopback needs TLS (here, or at a proxy in front: an https `public_url`) and a
+/// `public_url` naming this server as clients reach it, and with TLS the `public_url` is https.
 fn check_exposure(settings: &config::Settings, local: SocketAddr) -> anyhow::Result<()> {
     let exposed = !local.ip().is_loopback();
-    if exposed && settings.tls.is_none() {
-        bail!(
-            "listening on `{local}` (beyond loopback) without TLS would send tokens in clear text: add `[server] tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}` to mandate.toml, or listen on 127.0.0.1 behind a TLS-terminating proxy"
-        );
-    }
     let url = reqwest::Url::parse(&settings.public_url).with_context(|| {
         format!(
             "`public_url` `{}` is not a URL: set `[server] public_url` to the URL clients will use",
             settings.public_url
         )
     })?;
+    // Behind a TLS-terminating proxy clients use https to the proxy, which forwards plain HTTP
+    // here: an explicit https `public_url` says so.
+    let proxied = settings.public_url_explicit && url.scheme() == "https";
+    if exposed && settings.tls.is_none() && !proxied {
+        bail!(
+            "listening on `{local}` (beyond loopback) without TLS would send tokens in clear text: add `[server] tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}` to mandate.toml, or, behind a TLS-terminating proxy, set `[server] public_url = \"https://…\"` to the URL clients use through the proxy"
+        );
+    }
     if settings.tls.is_some() && url.scheme() != "https" {
         bail!(
             "`public_url` `{}` is not https, but `[server] tls` serves HTTPS: set `[server] public_url = \"https://…\"` to the URL clients will use",
@@ -1279,6 +1591,11 @@ async fn serve_stdio(
             "MANDATE_TOKEN may not use mission `{}`: {denied}",
             state.runtime.mission.id
         );
+    }
+    if let Some(agents) = state.agents()
+        && let Err(refusal) = agents.admit(&caller.agent, id, crate::authn::unix_now())
+    {
+        bail!("MANDATE_TOKEN may not use mission `{id}`: {refusal}");
     }
     let handler = MissionHandler::new(
         state.clone(),
@@ -1476,6 +1793,176 @@ async fn approvals_list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `mandate agents …`: on the store directly, or through the running server's admin API.
+async fn agents_command(command: AgentsCommand) -> anyhow::Result<ExitCode> {
+    use crate::agents::{Change, ChangeRequest, OnboardRequest};
+    /// One operation, whichever way it goes.
+    enum Op {
+        Onboard(OnboardRequest, bool),
+        List(bool),
+        Change(String, Change, ChangeRequest),
+    }
+    let (dir, op) = match command {
+        AgentsCommand::Onboard {
+            config,
+            id,
+            tenant,
+            owner,
+            missions,
+            expires,
+            review,
+            public_key,
+            json,
+        } => {
+            let public_jwk = match public_key {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read `{}`", path.display()))?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("`{}` is not a JWK (JSON)", path.display()))?,
+                    )
+                }
+            };
+            let request = OnboardRequest {
+                id,
+                tenant,
+                owner,
+                missions,
+                expires,
+                review,
+                public_jwk,
+            };
+            (config, Op::Onboard(request, json))
+        }
+        AgentsCommand::List { config, json } => (config, Op::List(json)),
+        AgentsCommand::Suspend { config, id, reason } => (
+            config,
+            Op::Change(
+                id,
+                Change::Suspend,
+                ChangeRequest {
+                    reason,
+                    ..ChangeRequest::default()
+                },
+            ),
+        ),
+        AgentsCommand::Resume {
+            config,
+            id,
+            expires,
+            review,
+        } => (
+            config,
+            Op::Change(
+                id,
+                Change::Resume,
+                ChangeRequest {
+                    reason: None,
+                    expires,
+                    review,
+                },
+            ),
+        ),
+        AgentsCommand::Offboard { config, id, reason } => (
+            config,
+            Op::Change(
+                id,
+                Change::Offboard,
+                ChangeRequest {
+                    reason,
+                    ..ChangeRequest::default()
+                },
+            ),
+        ),
+    };
+    let config = match load(&dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let public_url = config.settings.public_url.clone();
+    match backend(&config)? {
+        Backend::Direct(store) => {
+            let (audit, writer) = Auditor::start(&store)?;
+            let registry =
+                crate::agents::Registry::load(Arc::new(store.agents()?), audit.clone()).await?;
+            let result: anyhow::Result<()> = async {
+                registry.register_declared(&config).await?;
+                match op {
+                    Op::Onboard(request, json) => {
+                        let onboarded = registry.onboard(&config, request, "cli").await?;
+                        print_onboarded(&onboarded, json, &public_url)?;
+                    }
+                    Op::List(json) => print_agents(&registry.list(), json)?,
+                    Op::Change(id, change, request) => {
+                        let record = registry.change(&id, change, &request, "cli").await?;
+                        print_changed(&record);
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            drop(registry);
+            audit.stop().await?;
+            let _ = writer.await;
+            result?;
+        }
+        Backend::Admin(cred) => {
+            let client = reqwest::Client::new();
+            let (request, json) = match &op {
+                Op::Onboard(request, json) => (
+                    client
+                        .post(format!("{}/admin/agents", cred.url))
+                        .json(request),
+                    *json,
+                ),
+                Op::List(json) => (client.get(format!("{}/admin/agents", cred.url)), *json),
+                Op::Change(id, change, request) => {
+                    let verb = match change {
+                        Change::Suspend => "suspend",
+                        Change::Resume => "resume",
+                        Change::Offboard => "offboard",
+                    };
+                    let mut url = reqwest::Url::parse(&format!("{}/admin/agents/", cred.url))
+                        .with_context(|| format!("invalid admin URL `{}`", cred.url))?;
+                    url.path_segments_mut()
+                        .map_err(|()| anyhow::anyhow!("invalid admin URL `{}`", cred.url))?
+                        .pop_if_empty()
+                        .push(id)
+                        .push(verb);
+                    (client.post(url).json(request), false)
+                }
+            };
+            let response = request
+                .bearer_auth(&cred.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                bail!("{}", body.trim());
+            }
+            let unexpected = "the running server answered with something else";
+            match op {
+                Op::Onboard(..) => print_onboarded(
+                    &serde_json::from_str(&body).context(unexpected)?,
+                    json,
+                    &public_url,
+                )?,
+                Op::List(_) => {
+                    let agents: Vec<crate::agents::AgentRecord> =
+                        serde_json::from_str(&body).context(unexpected)?;
+                    print_agents(&agents, json)?
+                }
+                Op::Change(..) => print_changed(&serde_json::from_str(&body).context(unexpected)?),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn approvals_decide(
     dir: &Path,
     id: &str,
@@ -1524,4 +2011,85 @@ async fn approvals_decide(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_onboarded(
+    onboarded: &crate::agents::Onboarded,
+    json: bool,
+    public_url: &str,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(onboarded)?);
+        return Ok(());
+    }
+    let a = &onboarded.agent;
+    println!(
+        "onboarded agent `{}` (tenant {}, owner {}) for mission(s): {}",
+        a.id,
+        a.tenant,
+        a.owner,
+        a.missions.join(", ")
+    );
+    println!("client_id: {}", a.id);
+    match &onboarded.client_secret {
+        Some(secret) => {
+            println!("client_secret: {secret}");
+            eprintln!("note: the client secret is shown only now (Mandate keeps only its hash)");
+        }
+        None => println!("authentication: private_key_jwt (ES256) with the registered key"),
+    }
+    println!("token endpoint: {public_url}/oauth/token");
+    Ok(())
+}
+
+fn print_agents(agents: &[crate::agents::AgentRecord], json: bool) -> anyhow::Result<()> {
+    use crate::agents::{Origin, time_text};
+    if json {
+        println!("{}", serde_json::to_string_pretty(agents)?);
+        return Ok(());
+    }
+    if agents.is_empty() {
+        println!("no agents registered");
+        return Ok(());
+    }
+    let when = |t: Option<u64>| t.map(time_text).unwrap_or_else(|| "-".into());
+    println!("ID\tSTATUS\tORIGIN\tTENANT\tOWNER\tMISSIONS\tEXPIRES\tREVIEW\tLAST SEEN\tCREDENTIAL");
+    for a in agents {
+        let mut status = a.status.as_str().to_uppercase();
+        if a.zombie {
+            status.push_str(" ZOMBIE");
+        }
+        if let Some(reason) = &a.reason {
+            status.push_str(&format!(" ({reason})"));
+        }
+        let origin = match a.origin {
+            Origin::Onboarded => "onboarded",
+            Origin::DeclaredByMission => "declared by mission",
+        };
+        println!(
+            "{}\t{status}\t{origin}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            a.id,
+            a.tenant,
+            a.owner,
+            a.missions.join(","),
+            when(a.expires_at),
+            when(a.review_at),
+            when(a.last_seen),
+            a.credential.method()
+        );
+    }
+    Ok(())
+}
+
+fn print_changed(record: &crate::agents::AgentRecord) {
+    let reason = record
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    println!(
+        "agent `{}` is {}{reason}",
+        record.id,
+        record.status.as_str()
+    );
 }

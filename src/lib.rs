@@ -23,6 +23,7 @@
 //! Each stage's output type can only be built by that stage's module, so no code path reaches a
 //! downstream without passing the earlier stages.
 
+pub mod agents;
 pub mod approval;
 pub mod audit;
 pub mod authn;

@@ -290,6 +290,7 @@ mod tests {
             expires_at: 0,
             scopes: vec![],
             attributes: Default::default(),
+            token: Default::default(),
         };
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();

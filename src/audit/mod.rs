@@ -52,11 +52,16 @@ pub enum EventKind {
     ConfigLoad,
     /// An embedded-issuer token was minted.
     TokenIssued,
+    /// The embedded issuer's signing key was rotated (`mandate keys rotate`).
+    KeyRotated,
     /// Resource or prompt access through a mission.
     Access,
     /// A step of a human approval: `outcome` is `requested`, `approved`, `denied`, `used` or
     /// `expired`; `approval` names the request.
     Approval,
+    /// An agent was onboarded, suspended, resumed or offboarded (by a person, by configuration
+    /// or by the zombie sweep).
+    AgentLifecycle,
 }
 
 /// The agent's stated reasoning for a call (`_meta["io.mandate/reasoning"]`).
@@ -133,6 +138,25 @@ pub struct Event {
     /// The approval request a call waited for or used, or an approval record's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// The downstream token the call carried (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeRecord>,
+}
+
+/// What an audit record says about a call's token exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    /// The exchange profile.
+    pub profile: String,
+    /// The token's audience (the downstream).
+    pub audience: String,
+    /// The token's `jti`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Whether the token came from the cache.
+    pub cached: bool,
 }
 
 impl Event {
@@ -160,6 +184,7 @@ impl Event {
             latency_us: None,
             output_digest: None,
             approval: None,
+            exchange: None,
         }
     }
 

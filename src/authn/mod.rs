@@ -19,6 +19,7 @@ pub use token::Refusal;
 pub use verifier::{InsufficientScope, Verifier};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -71,6 +72,48 @@ pub struct Caller {
     pub scopes: Vec<String>,
     /// Claims mapped for policy (groups, department, region, clearance, ...), by attribute name.
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The bearer token itself, for the token exchange only (a secret: never logged; compared
+    /// and printed by its digest).
+    pub token: CallerToken,
+}
+
+/// A caller's bearer token: the secret and its SHA-256 (the token-exchange cache key). Only the
+/// `rfc8693`-style exchanges of a token an external issuer issued ever send it, and only to that
+/// issuer's token endpoint.
+#[derive(Clone, Default)]
+pub struct CallerToken {
+    secret: Option<Arc<secrecy::SecretString>>,
+    digest: [u8; 32],
+}
+
+impl CallerToken {
+    pub fn new(token: &str) -> Self {
+        Self {
+            secret: Some(Arc::new(secrecy::SecretString::from(token))),
+            digest: sha2::Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+    /// The token, when the verifier kept it.
+    pub fn secret(&self) -> Option<&secrecy::SecretString> {
+        self.secret.as_deref()
+    }
+    /// SHA-256 of the token; `None` when it was not kept (then nothing is cached for it).
+    pub fn digest(&self) -> Option<&[u8; 32]> {
+        self.secret.as_ref().map(|_| &self.digest)
+    }
+}
+
+impl PartialEq for CallerToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for CallerToken {}
+
+impl std::fmt::Debug for CallerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallerToken(sha256:{})", hex::encode(&self.digest[..8]))
+    }
 }
 
 impl Caller {
@@ -135,10 +178,16 @@ impl AuthnError {
 /// The embedded issuer: an ES256 key kept in the store, published as a JWKS.
 pub struct Issuer {
     issuer: String,
+    /// The keys in use; replaced as a whole when a running server rotates ([`Issuer::reload`]).
+    keys: std::sync::RwLock<Arc<SigningKeys>>,
+}
+
+/// The signing key and the keys that verify, loaded together from the store.
+struct SigningKeys {
     kid: String,
     encoding: EncodingKey,
     /// Keys that verify tokens, by `kid`: the current one and the retired ones still published.
-    verifying: HashMap<String, DecodingKey>,
+    verifying: Arc<token::KeySet>,
     jwks: serde_json::Value,
 }
 
@@ -201,26 +250,43 @@ impl Issuer {
     /// Loads the issuer key from the store, creating it on first use, and the rotated-out keys
     /// still published (forgetting those whose tokens have all expired).
     pub fn load_or_create(store: &Store, issuer: &str) -> anyhow::Result<Self> {
-        let keys = store.keys()?;
-        let pem = current_pem(&keys)?;
-        let now = unix_now();
-        let mut retired = Vec::new();
-        for (name, value) in keys.list(ISSUER_RETIRED_PREFIX)? {
-            let key: RetiredKey = serde_json::from_slice(&value).map_err(|e| {
-                anyhow::anyhow!("retired issuer key `{name}` in the store is unreadable ({e}): restore the store from a backup")
-            })?;
-            if key.published_until() < now {
-                keys.remove(&name)?;
-            } else {
-                retired.push(key.public);
-            }
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            keys: std::sync::RwLock::new(Arc::new(SigningKeys::load(store)?)),
+        })
+    }
+
+    /// Reloads the keys from the store (after [`Issuer::rotate`] in a running server): new
+    /// tokens are signed with the new key at once; tokens of the old one stay valid.
+    pub fn reload(&self, store: &Store) -> anyhow::Result<()> {
+        let fresh = Arc::new(SigningKeys::load(store)?);
+        match self.keys.write() {
+            Ok(mut keys) => *keys = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        Self::from_keys(&pem, &retired, issuer)
+        Ok(())
+    }
+
+    /// An issuer of the given keys (unit tests build one without a store).
+    #[cfg(test)]
+    fn from_keys(pem: &str, retired: &[PublicJwk], issuer: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            keys: std::sync::RwLock::new(Arc::new(SigningKeys::from_keys(pem, retired)?)),
+        })
+    }
+
+    /// The keys in use now.
+    fn keys(&self) -> Arc<SigningKeys> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Replaces the signing key with a new one. The old key's private part is deleted; its public
-    /// part stays published until the tokens it signed have expired. Takes effect for a server
-    /// at its next start.
+    /// part stays published until the tokens it signed have expired. A running server takes it
+    /// up with [`Issuer::reload`].
     pub fn rotate(store: &Store) -> anyhow::Result<Rotation> {
         let keys = store.keys()?;
         let old_pem = current_pem(&keys)?;
@@ -251,36 +317,30 @@ impl Issuer {
         })
     }
 
-    fn from_keys(pem: &str, retired: &[PublicJwk], issuer: &str) -> anyhow::Result<Self> {
-        let current = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(pem)?)?;
-        let mut verifying = HashMap::new();
-        let mut published = Vec::new();
-        for key in std::iter::once(&current).chain(retired) {
-            verifying.insert(
-                key.kid.clone(),
-                DecodingKey::from_ec_components(&key.x, &key.y)?,
-            );
-            published.push(key.json());
-        }
-        Ok(Self {
-            issuer: issuer.trim_end_matches('/').to_owned(),
-            kid: current.kid,
-            encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
-            verifying,
-            jwks: serde_json::json!({ "keys": published }),
-        })
-    }
-
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
 
-    pub fn jwks(&self) -> &serde_json::Value {
-        &self.jwks
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys().jwks.clone()
     }
 
     /// Mints an access token.
     pub fn mint(&self, request: &TokenRequest) -> anyhow::Result<MintedToken> {
+        self.mint_with_scope(request, None)
+    }
+
+    /// Mints an access token that also carries `scope` (space-separated OAuth scopes): what the
+    /// embedded authorization server's `/oauth/token` issues.
+    pub fn mint_scoped(&self, request: &TokenRequest, scope: &str) -> anyhow::Result<MintedToken> {
+        self.mint_with_scope(request, Some(scope))
+    }
+
+    fn mint_with_scope(
+        &self,
+        request: &TokenRequest,
+        scope: Option<&str>,
+    ) -> anyhow::Result<MintedToken> {
         if request.ttl.is_zero() || request.ttl > MAX_TTL {
             anyhow::bail!("`ttl` must be between 1s and 24h");
         }
@@ -308,25 +368,85 @@ impl Issuer {
         };
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(TOKEN_TYPE.to_owned());
-        header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
+        let keys = self.keys();
+        header.kid = Some(keys.kid.clone());
+        let token = match scope {
+            None => jsonwebtoken::encode(&header, &claims, &keys.encoding)?,
+            Some(scope) => {
+                #[derive(Serialize)]
+                struct WithScope<'a> {
+                    #[serde(flatten)]
+                    claims: &'a Claims,
+                    scope: &'a str,
+                }
+                let body = WithScope {
+                    claims: &claims,
+                    scope,
+                };
+                jsonwebtoken::encode(&header, &body, &keys.encoding)?
+            }
+        };
         Ok(MintedToken { token, claims })
     }
 
     /// The keys that verify its tokens, by `kid` (ES256 only).
-    pub fn key_set(&self) -> token::KeySet {
-        self.verifying
-            .iter()
-            .map(|(kid, decoding)| {
-                (
-                    kid.clone(),
-                    token::Key {
-                        decoding: decoding.clone(),
-                        algorithms: vec![Algorithm::ES256],
-                    },
-                )
-            })
-            .collect()
+    /// The keys in use now: a rotation in a running server ([`Issuer::reload`]) shows at once.
+    pub fn key_set(&self) -> Arc<token::KeySet> {
+        self.keys().verifying.clone()
+    }
+
+    /// Signs arbitrary claims with the current key (ES256, `kid`, the given `typ`): the embedded
+    /// STS's downstream tokens.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
+        let keys = self.keys();
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(keys.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &keys.encoding)?)
+    }
+}
+
+impl SigningKeys {
+    /// The issuer key from the store, created on first use, and the rotated-out keys still
+    /// published (forgetting those whose tokens have all expired).
+    fn load(store: &Store) -> anyhow::Result<Self> {
+        let keys = store.keys()?;
+        let pem = current_pem(&keys)?;
+        let now = unix_now();
+        let mut retired = Vec::new();
+        for (name, value) in keys.list(ISSUER_RETIRED_PREFIX)? {
+            let key: RetiredKey = serde_json::from_slice(&value).map_err(|e| {
+                anyhow::anyhow!("retired issuer key `{name}` in the store is unreadable ({e}): restore the store from a backup")
+            })?;
+            if key.published_until() < now {
+                keys.remove(&name)?;
+            } else {
+                retired.push(key.public);
+            }
+        }
+        Self::from_keys(&pem, &retired)
+    }
+
+    fn from_keys(pem: &str, retired: &[PublicJwk]) -> anyhow::Result<Self> {
+        let current = PublicJwk::of(&p256::SecretKey::from_pkcs8_pem(pem)?)?;
+        let mut verifying = HashMap::new();
+        let mut published = Vec::new();
+        for key in std::iter::once(&current).chain(retired) {
+            verifying.insert(
+                key.kid.clone(),
+                token::Key {
+                    decoding: DecodingKey::from_ec_components(&key.x, &key.y)?,
+                    algorithms: vec![Algorithm::ES256],
+                },
+            );
+            published.push(key.json());
+        }
+        Ok(Self {
+            kid: current.kid,
+            encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
+            verifying: Arc::new(verifying),
+            jwks: serde_json::json!({ "keys": published }),
+        })
     }
 }
 

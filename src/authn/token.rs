@@ -356,6 +356,10 @@ pub fn caller(
             attributes.insert(attribute.clone(), v.clone());
         }
     }
+    // An earlier actor chain (RFC 8693 `act`), nested into downstream tokens' own `act`.
+    if let Some(act) = c.get("act").filter(|a| a.is_object()) {
+        attributes.insert("act".to_owned(), act.clone());
+    }
     Ok(Caller {
         issuer: rules.issuer.clone(),
         subject,
@@ -367,6 +371,7 @@ pub fn caller(
         expires_at: exp,
         scopes: scopes(c),
         attributes,
+        token: super::CallerToken::default(),
     })
 }
 

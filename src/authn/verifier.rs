@@ -11,7 +11,7 @@ use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use super::external::{External, IssuerStatus};
-use super::token::{self, KeySet, MAX_TOKEN_BYTES, Refusal, Rules};
+use super::token::{self, MAX_TOKEN_BYTES, Refusal, Rules};
 use super::{AuthnError, Caller, Issuer, unix_now};
 use crate::config::issuers::{IssuerSettings, TenantFrom, TokenType};
 
@@ -46,7 +46,6 @@ pub struct InsufficientScope {
 pub struct Verifier {
     embedded: Arc<Issuer>,
     embedded_rules: Rules,
-    embedded_keys: KeySet,
     externals: Vec<Arc<External>>,
     /// Whether some issuer takes tokens without `typ`.
     untyped: bool,
@@ -66,7 +65,6 @@ impl Verifier {
             roles_claim: Some("roles".into()),
             attributes: Default::default(),
         };
-        let embedded_keys = embedded.key_set();
         let externals = issuers
             .iter()
             .map(|s| External::new(s.clone()).map(Arc::new))
@@ -75,7 +73,6 @@ impl Verifier {
             untyped: issuers.iter().any(|i| i.token_type == TokenType::Jwt),
             embedded,
             embedded_rules,
-            embedded_keys,
             externals,
             cache: Mutex::new(HashMap::new()),
         })
@@ -163,7 +160,8 @@ impl Verifier {
             }
         };
         let (rules, keys) = match trusted {
-            Trusted::Embedded => (&self.embedded_rules, None),
+            // Read live: a key rotation in the running server is seen at once.
+            Trusted::Embedded => (&self.embedded_rules, self.embedded.key_set()),
             Trusted::External(i) => {
                 let external = &self.externals[i];
                 let mut keys = external.keys();
@@ -181,18 +179,14 @@ impl Verifier {
                         ));
                     }
                 }
-                (&external.rules, Some(keys))
+                (&external.rules, keys)
             }
         };
-        let keys = keys.as_deref().unwrap_or(&self.embedded_keys);
-        token::verify_signature(&parsed, rules, keys)?;
-        let caller = Arc::new(token::caller(
-            &parsed,
-            rules,
-            audiences,
-            unix_now(),
-            &digest,
-        )?);
+        token::verify_signature(&parsed, rules, &keys)?;
+        let mut caller = token::caller(&parsed, rules, audiences, unix_now(), &digest)?;
+        // Kept (as a secret) only for exchanges that must present it to its own issuer.
+        caller.token = super::CallerToken::new(token);
+        let caller = Arc::new(caller);
         let all_audiences = match parsed.claims.get("aud") {
             Some(serde_json::Value::Array(items)) => items
                 .iter()
@@ -231,7 +225,7 @@ impl Verifier {
         let (rules, key_present) = match entry.issuer {
             Trusted::Embedded => (
                 &self.embedded_rules,
-                self.embedded_keys.contains_key(&entry.kid),
+                self.embedded.key_set().contains_key(&entry.kid),
             ),
             Trusted::External(i) => (
                 &self.externals[i].rules,

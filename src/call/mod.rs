@@ -283,6 +283,7 @@ async fn stages(
 
     // 6. exchange: the per-call downstream credential.
     let credentialed = exchange::credential(journaled).await?;
+    record.exchange(&credentialed);
 
     // 7. downstream
     let tool = credentialed.tool().clone();

@@ -126,6 +126,13 @@ impl CallRecord {
         }
     }
 
+    /// The downstream token the call carries (profile, audience, `jti`, expiry; never the token).
+    pub fn exchange(&mut self, credentialed: &crate::exchange::Credentialed) {
+        if let Some(e) = &mut self.event {
+            e.exchange = credentialed.record();
+        }
+    }
+
     pub fn output(&mut self, completed: &Completed) {
         if let Some(e) = &mut self.event {
             let raw = match completed {

@@ -5,6 +5,7 @@
 use crate::approval::ApprovalError;
 use crate::audit::EventKind;
 use crate::downstream::DownstreamError;
+use crate::exchange::ExchangeError;
 use crate::mission::{Denied, Invalid};
 use crate::policy::{PolicyDenied, SCOPE_POLICY};
 use crate::quota::{QUOTA_POLICY, QuotaExceeded};
@@ -55,6 +56,9 @@ pub enum Reject {
     /// The result violates the pinned output schema; it is withheld.
     #[error("output violates the pinned schema: {0}")]
     InvalidOutput(Invalid),
+    /// No downstream token could be had: the call fails closed (never the caller's token).
+    #[error("{0}")]
+    Exchange(#[from] ExchangeError),
 }
 
 /// What the caller gets for a [`Reject`].
@@ -121,6 +125,7 @@ impl Reject {
                 | DownstreamError::Mcp(_) => (EventKind::Call, "downstream_error"),
             },
             Reject::InvalidOutput(_) => (EventKind::ValidationFailure, "invalid_output"),
+            Reject::Exchange(_) => (EventKind::Call, "exchange_failed"),
         }
     }
 
@@ -139,7 +144,8 @@ impl Reject {
             | Reject::InvalidArguments(_)
             | Reject::AuditUnavailable(_)
             | Reject::Downstream(_)
-            | Reject::InvalidOutput(_) => None,
+            | Reject::InvalidOutput(_)
+            | Reject::Exchange(_) => None,
         }
     }
 
@@ -205,6 +211,10 @@ impl Reject {
             },
             Reject::InvalidOutput(invalid) => Answer::ToolError(format!(
                 "tool `{tool}` returned output that violates its pinned schema: {invalid}"
+            )),
+            // The agent reads why (and whether to get the user); the call did not run.
+            Reject::Exchange(e) => Answer::ToolError(format!(
+                "mandate could not get a token for tool `{tool}`: {e}"
             )),
         }
     }

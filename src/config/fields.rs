@@ -74,6 +74,25 @@ pub const SETTINGS: &[Field] = &[
             ("token_endpoint", V),
             ("client_id", V),
             ("client_secret_env", V),
+            ("client_secret_file", V),
+            ("client_auth", V),
+            ("private_key_file", V),
+            ("private_key_id", V),
+            ("actor_token", V),
+            ("ttl", V),
+            ("resource_token_endpoint", V),
+            ("resource_issuer", V),
+            ("resource_client_id", V),
+            ("resource_client_secret_env", V),
+            ("resource_client_secret_file", V),
+        ]),
+    ),
+    (
+        "agents",
+        Shape::Table(&[
+            ("register_mission_agents", V),
+            ("sweep_interval", V),
+            ("max_idle", V),
         ]),
     ),
     (
@@ -112,7 +131,12 @@ pub const MANIFEST: &[Field] = &[
     ),
     (
         "auth",
-        Shape::Table(&[("exchange", V), ("audience", V), ("scopes", V)]),
+        Shape::Table(&[
+            ("exchange", V),
+            ("audience", V),
+            ("scopes", V),
+            ("deliver", V),
+        ]),
     ),
     ("timeout", V),
     (

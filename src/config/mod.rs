@@ -6,9 +6,11 @@
 //! `tool-manifests/<domain>/<name>.toml` with `<name>.lock.json` beside each.
 
 pub mod diag;
+pub mod exchange;
 pub mod fields;
 pub mod issuers;
 pub mod raw;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,10 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// External issuers (`[[identity.issuers]]`), besides the embedded one.
     pub issuers: Vec<issuers::IssuerSettings>,
+    /// Token exchange profiles (always including `embedded`).
+    pub exchange: Vec<exchange::ExchangeProfile>,
+    /// `[agents]`: the agent registry.
+    pub agents: AgentSettings,
     /// `[approvals]`.
     pub approvals: ApprovalSettings,
 }
@@ -89,6 +95,27 @@ pub struct Limits {
     pub per_tool: Option<u32>,
 }
 
+/// `[agents]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSettings {
+    /// Register the agents missions name at start ("declared by mission").
+    pub register_mission_agents: bool,
+    /// Period of the zombie sweep.
+    pub sweep_interval: Duration,
+    /// Suspend agents idle longer than this (`None`: never for idleness).
+    pub max_idle: Option<Duration>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            register_mission_agents: true,
+            sweep_interval: Duration::from_secs(3600),
+            max_idle: None,
+        }
+    }
+}
+
 /// A validated tool manifest.
 #[derive(Debug, Clone)]
 pub struct ToolManifest {
@@ -104,6 +131,8 @@ pub struct ToolManifest {
     pub lock: Option<LockFile>,
     /// Whether callers share one downstream session (`[isolation]`).
     pub isolation: Isolation,
+    /// Outbound credentials; `None` when the exchange is `none`.
+    pub auth: Option<exchange::Auth>,
 }
 
 /// Default most per-principal instances of one downstream.
@@ -491,7 +520,16 @@ pub fn build(
     let manifests_dir = root.join("tool-manifests");
     for (path, text, lock) in &sources.manifests {
         let src = Source { path, text };
-        match build_manifest(root, &manifests_dir, &src, lock, require_locks, &mut diags) {
+        let built = build_manifest(
+            root,
+            &manifests_dir,
+            &src,
+            lock,
+            require_locks,
+            &settings.exchange,
+            &mut diags,
+        );
+        match built {
             Some(m) => {
                 manifests.insert(m.id.clone(), m);
             }
@@ -602,15 +640,7 @@ fn build_settings(
         None => format!("http://{listen}"),
     };
     let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
-    for ex in &raw.exchange {
-        diags.push(src.at(
-            ex.span().start,
-            format!(
-                "token exchange profile `{}` is not supported yet: remove it (downstream calls carry no caller token)",
-                ex.get_ref().name
-            ),
-        ));
-    }
+    let exchange = exchange::build_profiles(root, &src, &raw.exchange, diags);
     let approvals = build_approvals(&src, &raw.approvals, diags);
     Settings {
         approvals,
@@ -625,7 +655,45 @@ fn build_settings(
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
         issuers,
+        exchange,
+        agents: build_agent_settings(&src, &raw.agents, diags),
     }
+}
+
+/// `[agents]`: durations of at least one second.
+fn build_agent_settings(
+    src: &Source,
+    raw: &raw::RawAgents,
+    diags: &mut Vec<Diagnostic>,
+) -> AgentSettings {
+    let mut settings = AgentSettings::default();
+    if let Some(on) = raw.register_mission_agents {
+        settings.register_mission_agents = on;
+    }
+    let mut period = |value: &Spanned<String>, name: &str| -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            _ => {
+                diags.push(src.at(
+                    value.span().start,
+                    format!(
+                        "`{name}` must be a duration of at least 1s like `1h` or `30d`, not `{}`",
+                        value.get_ref()
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(v) = &raw.sweep_interval
+        && let Some(d) = period(v, "sweep_interval")
+    {
+        settings.sweep_interval = d;
+    }
+    if let Some(v) = &raw.max_idle {
+        settings.max_idle = period(v, "max_idle");
+    }
+    settings
 }
 
 fn build_manifest(
@@ -634,6 +702,7 @@ fn build_manifest(
     src: &Source,
     lock: &Result<Option<LockFile>, String>,
     require_locks: bool,
+    profiles: &[exchange::ExchangeProfile],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ToolManifest> {
     let raw: RawManifest = fields::parse(src, fields::MANIFEST, diags)?;
@@ -696,18 +765,7 @@ fn build_manifest(
             }
         }
     };
-    if let Some(auth) = &raw.auth {
-        let ex = &auth.get_ref().exchange;
-        if ex.get_ref() != "none" && ex.get_ref() != "embedded" {
-            diags.push(src.at(
-                ex.span().start,
-                format!(
-                    "unknown exchange profile `{}` (expected `none` or `embedded`)",
-                    ex.get_ref()
-                ),
-            ));
-        }
-    }
+    let auth = exchange::build_auth(src, &id, raw.auth.as_ref(), &transport, profiles, diags);
     let timeout = raw
         .timeout
         .as_ref()
@@ -842,6 +900,7 @@ fn build_manifest(
         tools,
         lock,
         isolation,
+        auth,
     })
 }
 

@@ -28,6 +28,7 @@
 //! outbound request id), or — where the wire carries no association — to a call in flight of the
 //! instance's one principal. A shared instance relays nothing it cannot attribute.
 
+pub mod authed;
 mod fence;
 mod http_lane;
 pub mod passthrough;
@@ -50,8 +51,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Auditor, Event, EventKind};
 use crate::call::{CallSink, RpcError};
 use crate::config::{Config, Isolation, ToolManifest, Transport};
-use crate::exchange::Credentialed;
+use crate::exchange::{Credentialed, Exchanger, ServiceAuth};
 use crate::tools::Drift;
+use secrecy::ExposeSecret;
 
 pub use relay::{CallRoute, Listeners, Relay, Routes};
 
@@ -127,6 +129,8 @@ pub struct Instance {
     /// Stops this instance's supervisor (idle close, shutdown).
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The token exchange, when this downstream's manifest names a profile.
+    exchange: Option<Arc<Exchanger>>,
 }
 
 impl Instance {
@@ -140,8 +144,10 @@ impl Instance {
         audit: Auditor,
         http: reqwest::Client,
         stop: CancellationToken,
+        exchange: Option<Arc<Exchanger>>,
     ) -> Self {
         let (peer, _) = watch::channel(None);
+        let exchange = exchange.filter(|e| e.protects(&manifest.id));
         let lane = match &manifest.transport {
             // 2026-07-28 downstreams are stateless (no session to post on): rmcp serves them.
             Transport::Http { url, protocol, .. } if protocol != "2026-07-28" => {
@@ -175,6 +181,7 @@ impl Instance {
             last_used: AtomicU64::new(0),
             stop,
             task: Mutex::new(None),
+            exchange,
         }
     }
 
@@ -196,7 +203,19 @@ impl Instance {
         }
     }
 
-    /// Whether a tool is quarantined on this downstream.
+    /// The token exchange of this downstream's calls (`None`: its calls carry no token).
+    pub fn exchanger(&self) -> Option<&Arc<Exchanger>> {
+        self.exchange.as_ref()
+    }
+
+    /// Mandate's own credential for this downstream's connection.
+    fn service_auth(&self) -> Option<ServiceAuth> {
+        self.exchange
+            .as_ref()
+            .and_then(|e| e.service_auth(&self.manifest))
+    }
+
+    /// Whether a downstream tool is quarantined (definition drifted from the lock).
     pub fn is_quarantined(&self, tool: &str) -> bool {
         self.quarantine.contains(tool)
     }
@@ -381,6 +400,7 @@ impl Instance {
                 &label,
                 self.lane.as_ref(),
                 self.stdio.clone(),
+                self.service_auth(),
             );
             let connected = tokio::select! {
                 c = connecting => c,
@@ -511,6 +531,8 @@ pub struct Downstream {
     epoch: Instant,
     next_instance: AtomicU64,
     shutdown: CancellationToken,
+    /// The token exchange, when this downstream's manifest names a profile.
+    exchange: Option<Arc<Exchanger>>,
 }
 
 /// The right to use an instance for one call or request; holds it open (not idle) while it
@@ -557,6 +579,7 @@ impl Downstream {
         audit: Auditor,
         http: reqwest::Client,
         shutdown: CancellationToken,
+        exchange: Option<Arc<Exchanger>>,
     ) -> Self {
         let quarantine = Arc::new(Quarantine::default());
         let listeners = Arc::new(Listeners::default());
@@ -573,11 +596,13 @@ impl Downstream {
             audit.clone(),
             http.clone(),
             shutdown.child_token(),
+            exchange.clone(),
         ));
         Self {
             key,
             manifest,
             probe,
+            exchange,
             instances: RwLock::new(HashMap::new()),
             quarantine,
             listeners,
@@ -587,6 +612,11 @@ impl Downstream {
             next_instance: AtomicU64::new(1),
             shutdown,
         }
+    }
+
+    /// The token exchange of this downstream's calls (`None`: its calls carry no token).
+    pub fn exchanger(&self) -> Option<&Arc<Exchanger>> {
+        self.probe.exchanger()
     }
 
     /// The routes that upstream sessions listen on for list changes.
@@ -660,6 +690,7 @@ impl Downstream {
             self.audit.clone(),
             self.http.clone(),
             self.shutdown.child_token(),
+            self.exchange.clone(),
         ));
         instance.start();
         tracing::info!(downstream = %self.key, instance = n, "per-principal instance started");
@@ -781,7 +812,12 @@ pub async fn call(
             return result;
         }
     }
-    if let Some(lane) = downstream.stdio.as_ref().filter(|l| l.ready()) {
+    let meta_token = permit.meta_token().map(|t| t.expose_secret().to_owned());
+    if let Some(lane) = downstream
+        .stdio
+        .as_ref()
+        .filter(|l| l.ready() && meta_token.is_none())
+    {
         return lane
             .call(
                 &tool.tool,
@@ -796,12 +832,25 @@ pub async fn call(
     }
     let mut params = CallToolRequestParams::new(tool.tool.clone());
     params.arguments = Some(permit.arguments().clone());
-    if let Some(tp) = traceparent {
+    if traceparent.is_some() || meta_token.is_some() {
         let mut meta = rmcp::model::RequestMetaObject::default();
-        meta.set_traceparent(tp);
+        if let Some(tp) = traceparent {
+            meta.set_traceparent(tp);
+        }
+        // A stdio downstream that opted in (`deliver = "meta"`) gets its token here.
+        if let Some(token) = meta_token {
+            meta.0.insert(
+                crate::exchange::AUTHORIZATION_META.to_owned(),
+                serde_json::Value::String(token),
+            );
+        }
         params.meta = Some(meta);
     }
-    let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+    let mut request = CallToolRequest::new(params);
+    if let Some(issued) = permit.issued() {
+        request.extensions.insert(authed::CallAuth(issued.clone()));
+    }
+    let request = ClientRequest::CallToolRequest(request);
     let result = downstream
         .forward(request, Some(CallRoute::new(sink)), tool.timeout, ct)
         .await?;
@@ -846,6 +895,15 @@ pub struct Pool {
 impl Pool {
     /// One connection per (tenant, environment, manifest) used by the missions; starts them.
     pub fn start(config: &Config, audit: &Auditor) -> Arc<Self> {
+        Self::start_with_exchange(config, audit, None)
+    }
+
+    /// As [`Pool::start`], with the token exchange for the downstreams whose manifests name one.
+    pub fn start_with_exchange(
+        config: &Config,
+        audit: &Auditor,
+        exchange: Option<Arc<Exchanger>>,
+    ) -> Arc<Self> {
         let http = http_client();
         let shutdown = CancellationToken::new();
         let mut downstreams = BTreeMap::new();
@@ -866,6 +924,7 @@ impl Pool {
                         audit.clone(),
                         http.clone(),
                         shutdown.child_token(),
+                        exchange.clone(),
                     ))
                 });
             }
@@ -964,6 +1023,7 @@ pub async fn connect(
     label: &str,
     lane: Option<&http_lane::HttpLane>,
     stdio: Option<Arc<fence::StdioLane>>,
+    auth: Option<ServiceAuth>,
 ) -> anyhow::Result<rmcp::service::RunningService<RoleClient, Relay>> {
     let (protocol, lifecycle) = match &manifest.transport {
         Transport::Stdio { protocol, .. } | Transport::Http { protocol, .. } => lifecycle(protocol),
@@ -1015,7 +1075,7 @@ pub async fn connect(
             match lane {
                 Some(lane) => {
                     let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
-                        lane.capture(),
+                        authed::Authed::new(lane.capture(), auth, label),
                         config,
                     );
                     let transport = fence::Fenced::new(transport, routes.clone(), None);
@@ -1023,7 +1083,7 @@ pub async fn connect(
                 }
                 None => {
                     let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
-                        http.clone(),
+                        authed::Authed::new(http.clone(), auth, label),
                         config,
                     );
                     let transport = fence::Fenced::new(transport, routes.clone(), None);

@@ -39,6 +39,8 @@ pub struct MissionState {
     pub runtime: Arc<MissionRuntime>,
     pub mission: call::Mission,
     tools: Vec<(Arc<mission::ExposedTool>, Tool)>,
+    /// The agent registry, consulted on every request (set by [`MissionState::with_agents`]).
+    agents: Option<Arc<crate::agents::Registry>>,
 }
 
 impl MissionState {
@@ -61,7 +63,19 @@ impl MissionState {
             runtime,
             mission,
             tools,
+            agents: None,
         })
+    }
+
+    /// The agent registry this mission consults, if any.
+    pub fn agents(&self) -> Option<&Arc<crate::agents::Registry>> {
+        self.agents.as_ref()
+    }
+
+    /// Consults `agents` on every request of this mission (stdio included).
+    pub fn with_agents(mut self, agents: Arc<crate::agents::Registry>) -> Self {
+        self.agents = Some(agents);
+        self
     }
 
     /// The tools a caller sees: pinned definitions minus quarantined ones.
@@ -326,6 +340,17 @@ impl MissionHandler {
                 "token expired: mint a new one with `mandate token`",
                 None,
             ));
+        }
+        // The agent registry (the HTTP layer checked it too; over stdio this is the check).
+        if let Some(agents) = &self.state.agents
+            && let Err(refusal) =
+                agents.admit(&caller.agent, self.mission_id(), crate::authn::unix_now())
+        {
+            let mut e = self.base_event(EventKind::AuthFailure, &caller, ctx);
+            e.outcome = Some("forbidden".into());
+            e.detail = Some(refusal.to_string());
+            self.core.audit.record_now(e);
+            return Err(ErrorData::invalid_request(refusal.to_string(), None));
         }
         Ok(caller)
     }

@@ -7,10 +7,13 @@
 //! tenant or agent, or for an expired mission, is a 403. The MCP handler then finds the verified
 //! [`Caller`] in the request.
 
+mod agents_admin;
 pub mod approvals;
+pub mod bridge;
 pub mod handler;
 pub(crate) mod ingress;
 pub mod native;
+pub mod oauth;
 mod rebinding;
 pub mod session;
 pub mod tls;
@@ -51,6 +54,10 @@ pub struct Broker {
     pub missions: BTreeMap<String, Arc<MissionState>>,
     /// Credential of the admin API (written to the store directory with mode 0600).
     pub admin_token: String,
+    /// The token exchange: `forget_agent` on suspension, the `/oauth/token` exchange grant.
+    pub exchange: Arc<crate::exchange::Exchanger>,
+    /// The agent registry, consulted on every request.
+    pub agents: Arc<crate::agents::Registry>,
     /// Approval requests and decisions.
     pub approvals: Arc<crate::approval::Approvals>,
     /// `[limits]` token buckets.
@@ -77,6 +84,7 @@ struct Gate {
     sessions: Arc<session::Sessions>,
     allowed: rebinding::Allowed,
     verifier: Arc<Verifier>,
+    agents: Arc<crate::agents::Registry>,
     public_url: String,
     metadata_url: String,
 }
@@ -132,6 +140,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
                 origins: origins.clone(),
             },
             verifier: broker.verifier.clone(),
+            agents: broker.agents.clone(),
             public_url: settings.public_url.clone(),
             metadata_url: format!(
                 "{}/.well-known/oauth-protected-resource{}",
@@ -164,6 +173,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     }
     let metadata_broker = broker.clone();
     let admin = broker.clone();
+    let authorization_server = oauth::routes(broker.clone(), aggregate.clone());
     let unknown_broker = broker.clone();
     app.route(
         // Paths of missions this broker does not serve: answered like a mission would.
@@ -172,7 +182,11 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             move |axum::extract::Path(rest): axum::extract::Path<String>, request: Request| {
                 let broker = unknown_broker.clone();
                 let aggregate = aggregate.clone();
-                async move { unknown_mission(&broker, &aggregate, &rest, request).await }
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let response = unknown_mission(&broker, &aggregate, &rest, &parts).await;
+                    drained(Request::from_parts(parts, body), response).await
+                }
             },
         ),
     )
@@ -190,15 +204,11 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
         get({
             let b = broker.clone();
             move || async move {
-                let base = &b.config.settings.public_url;
-                Json(serde_json::json!({
-                    "issuer": b.issuer.issuer(),
-                    "jwks_uri": format!("{base}/.well-known/jwks.json"),
-                    "id_token_signing_alg_values_supported": ["ES256"],
-                    "token_endpoint_auth_methods_supported": [],
-                    "response_types_supported": [],
-                    "subject_types_supported": ["public"],
-                }))
+                // The authorization server's metadata, plus what OpenID discovery requires.
+                let mut document = oauth::metadata_document(&b);
+                document["id_token_signing_alg_values_supported"] = serde_json::json!(["ES256"]);
+                document["subject_types_supported"] = serde_json::json!(["public"]);
+                Json(document)
             }
         }),
     )
@@ -240,7 +250,14 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
         crate::approval::webhook::DECISION_PATH,
         post(approvals::webhook),
     )
+    .route(
+        "/admin/agents",
+        get(agents_admin::list).post(agents_admin::onboard),
+    )
+    .route("/admin/agents/{id}/{change}", post(agents_admin::change))
+    .route("/admin/keys/rotate", post(admin_keys_rotate))
     .with_state(admin)
+    .merge(authorization_server)
 }
 
 /// The protected-resource metadata (RFC 9728) of `/mcp/<mission>`. It answers for any path, known
@@ -278,10 +295,10 @@ async fn unknown_mission(
     broker: &Broker,
     aggregate: &crate::audit::aggregate::Aggregator,
     rest: &str,
-    request: Request,
+    request: &axum::http::request::Parts,
 ) -> Response {
     let peer = request
-        .extensions()
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "unknown peer".into());
@@ -291,7 +308,7 @@ async fn unknown_mission(
     let audiences = [public_url.as_str(), resource_url.as_str()];
     let verified = broker
         .verifier
-        .verify_request(request.headers(), &audiences)
+        .verify_request(&request.headers, &audiences)
         .await;
     let mut event = Event::new(EventKind::AuthFailure);
     let refusal = match &verified {
@@ -324,9 +341,18 @@ async fn unknown_mission(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_str(&refusal).unwrap_or(HeaderValue::from_static("Bearer")),
         )],
-        "this token may not use this mission (tenant, agent or mission expiry)\n",
+        // What a mission of another tenant answers: no token opens a mission that is not there,
+        // and the answer does not tell a missing mission from another tenant's.
+        forbidden_text(crate::mission::Denied::Tenant),
     )
         .into_response()
+}
+
+/// The body of a 403 for an authenticated caller: the rule that refused it, and what to do.
+fn forbidden_text(denied: crate::mission::Denied) -> String {
+    format!(
+        "this token may not use this mission: {denied} (use a token of the mission's tenant and one of its agents, for a mission that has not expired)\n"
+    )
 }
 
 impl Gate {
@@ -363,20 +389,19 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             event.detail = Some(format!("{e} (from {peer})"));
             gate.aggregate
                 .record(&format!("unauthenticated: {e}"), &peer, event);
-            drain(request).await;
-            return unauthorized(&gate, &e);
+            return drained(request, unauthorized(&gate, &e)).await;
         }
     };
     if let Err(missing) = gate.verifier.check_scopes(&caller) {
         let event = gate.caller_event(EventKind::AuthFailure, &caller);
-        drain(request).await;
-        return insufficient_scope(
+        let response = insufficient_scope(
             &gate.metadata_url,
             &gate.aggregate,
             &caller,
             &missing,
             event,
         );
+        return drained(request, response).await;
     }
     if let Err(denied) = gate.runtime.admit(&caller, crate::authn::unix_now()) {
         let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
@@ -387,20 +412,39 @@ async fn authenticate(State(gate): State<Arc<Gate>>, mut request: Request, next:
             &crate::call::principal_key(&caller),
             event,
         );
-        drain(request).await;
         let challenge = format!(
             "Bearer error=\"insufficient_scope\", error_description=\"not allowed on this mission\", resource_metadata=\"{}\"",
             gate.metadata_url
         );
-        return (
+        // The caller is authenticated: it learns which rule refused it (as the audit does).
+        let response = (
             StatusCode::FORBIDDEN,
             [(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
             )],
-            "this token may not use this mission (tenant, agent or mission expiry)\n",
+            forbidden_text(denied),
         )
             .into_response();
+        return drained(request, response).await;
+    }
+    // The agent registry, on every request: a suspension acts on the next one.
+    if let Err(refusal) = gate.agents.admit(
+        &caller.agent,
+        &gate.runtime.mission.id,
+        crate::authn::unix_now(),
+    ) {
+        let mut event = gate.caller_event(EventKind::AuthFailure, &caller);
+        event.outcome = Some("forbidden".into());
+        event.detail = Some(refusal.to_string());
+        gate.aggregate.record(
+            &format!("forbidden: {}", refusal.label()),
+            &crate::call::principal_key(&caller),
+            event,
+        );
+        // No `insufficient_scope` challenge: no other token of this agent would do.
+        let response = (StatusCode::FORBIDDEN, format!("{refusal}\n")).into_response();
+        return drained(request, response).await;
     }
     request.extensions_mut().insert(caller.clone());
     let session_id = request
@@ -632,13 +676,31 @@ fn hold_until_finished<G: Send + Sync + 'static>(response: Response, guard: G) -
     Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
-/// Largest request body read (and discarded) before a refusal: reading it lets the connection
-/// stay open for the next request instead of being closed under a client still sending.
-const DRAIN_BYTES: usize = 64 * 1024;
-
-/// Reads and discards a refused request's body (bounded by [`DRAIN_BYTES`]).
-async fn drain(request: Request) {
-    let _ = axum::body::to_bytes(request.into_body(), DRAIN_BYTES).await;
+/// Reads and discards a refused request's body, then gives `response`: a body left unread would
+/// make the server close the kept-alive connection (without an answer when the close races the
+/// client's next request). Bodies are read as a stream up to [`MAX_BODY_BYTES`] (what an accepted
+/// request may carry) without being held; a longer one is not read further, and the response
+/// says `Connection: close` so the client knows the connection ends after it.
+async fn drained(request: Request, mut response: Response) -> Response {
+    use futures::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0usize;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                read += bytes.len();
+                if read > MAX_BODY_BYTES {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    break;
+                }
+            }
+            // The client broke off its body: the connection is gone either way.
+            Err(_) => break,
+        }
+    }
+    response
 }
 
 /// Largest accepted request body.
@@ -654,11 +716,16 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, Response
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
-            jsonrpc_error(
+            let mut response = jsonrpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 -32600,
                 &format!("request body exceeds {} MiB", MAX_BODY_BYTES / 1024 / 1024),
-            )
+            );
+            // The rest of the body is not read: the connection ends after this answer.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
         })
 }
 
@@ -923,4 +990,70 @@ pub async fn serve_http(
     // Counts gathered since the last window are written before the audit log closes.
     aggregate.flush();
     served
+}
+
+/// What `POST /admin/keys/rotate` answers (and `mandate keys rotate` prints).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct AdminRotation {
+    /// `kid` of the key that signs new tokens.
+    pub current: String,
+    /// `kid` of the rotated-out key.
+    pub retired: String,
+    /// Unix seconds until which the rotated-out key stays published.
+    pub published_until: u64,
+}
+
+/// Audits a key rotation (by key ids; key material never reaches the log).
+pub async fn record_rotation(audit: &Auditor, rotation: &AdminRotation) -> anyhow::Result<()> {
+    let mut event = Event::new(EventKind::KeyRotated);
+    event.detail = Some(format!(
+        "signing key `{}` replaces `{}`, which stays published until {}",
+        rotation.current, rotation.retired, rotation.published_until
+    ));
+    audit.record_durable(event).await?;
+    Ok(())
+}
+
+/// Rotates the embedded issuer's signing key of the running server: the store gets the new key,
+/// and the issuer in memory signs with it from this answer on.
+async fn admin_keys_rotate(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !admin_authorized(&broker, peer, &headers) {
+        return forbidden_admin();
+    }
+    let (store, issuer) = (broker.store.clone(), broker.issuer.clone());
+    let rotated = tokio::task::spawn_blocking(move || {
+        let rotation = Issuer::rotate(&store)?;
+        store.flush()?;
+        issuer.reload(&store)?;
+        anyhow::Ok(rotation)
+    })
+    .await;
+    match rotated {
+        Ok(Ok(r)) => {
+            tracing::info!(kid = %r.current, retired = %r.retired, "issuer signing key rotated");
+            let rotation = AdminRotation {
+                current: r.current,
+                retired: r.retired,
+                published_until: r.published_until,
+            };
+            if let Err(e) = record_rotation(&broker.audit, &rotation).await {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the key was rotated, but the audit log could not record it: {e}\n"),
+                )
+                    .into_response();
+            }
+            Json(rotation).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("key rotation failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }

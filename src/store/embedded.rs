@@ -13,6 +13,8 @@
 //!   published until the tokens it signed have expired
 //! - `approvals`: key = approval id, value = the request's JSON (see `approval`)
 //! - `approvals_by_call`: key = digest of the exact call, value = the id of its latest request
+//! - `agents`: key = agent id, value = the agent's record (JSON, see `crate::agents`; a client
+//!   secret only as its SHA-256)
 //!
 //! Permissions: the store holds private signing keys, so it is private to its owner. Opening it
 //! adds `077` to the process's umask (sled creates files later, such as snapshots, and they must
@@ -24,7 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ApprovalStore, AuditLog, Entries, Entry, KeyStore, StorageError};
+use super::{AgentStore, ApprovalStore, AuditLog, Entries, Entry, KeyStore, StorageError};
 
 /// Tree holding the legacy v1 audit chain.
 pub const AUDIT_TREE: &str = "audit";
@@ -44,6 +46,9 @@ pub const APPROVALS_BY_CALL_TREE: &str = "approvals_by_call";
 pub const ISSUER_KEY: &str = "issuer/es256";
 /// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
 pub const ISSUER_RETIRED_PREFIX: &str = "issuer/es256/retired/";
+
+/// Tree holding the agent registry.
+pub const AGENTS_TREE: &str = "agents";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +149,13 @@ impl Store {
     pub fn keys(&self) -> Result<SledKeyStore, StorageError> {
         Ok(SledKeyStore {
             tree: self.tree(KEYS_TREE).map_err(StorageError::new)?,
+        })
+    }
+
+    /// The agent registry in this store.
+    pub fn agents(&self) -> Result<SledAgentStore, StorageError> {
+        Ok(SledAgentStore {
+            tree: self.tree(AGENTS_TREE).map_err(StorageError::new)?,
         })
     }
 }
@@ -404,6 +416,48 @@ impl KeyStore for SledKeyStore {
             .map_err(StorageError::new)?;
         self.tree.flush().map_err(StorageError::new)?;
         Ok(())
+    }
+}
+
+/// [`AgentStore`] on the `agents` tree.
+pub struct SledAgentStore {
+    tree: sled::Tree,
+}
+
+impl AgentStore for SledAgentStore {
+    fn get(&self, agent: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree
+            .get(agent.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        agent: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        let swapped = self
+            .tree
+            .compare_and_swap(agent.as_bytes(), expected, Some(new))
+            .map_err(StorageError::new)?
+            .is_ok();
+        if swapped {
+            self.tree.flush().map_err(StorageError::new)?;
+        }
+        Ok(swapped)
+    }
+
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.tree
+            .iter()
+            .map(|item| {
+                let (id, value) = item.map_err(StorageError::new)?;
+                Ok((String::from_utf8_lossy(&id).into_owned(), value.to_vec()))
+            })
+            .collect()
     }
 }
 

@@ -9,7 +9,8 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`], [`KeyStore`] and [`ApprovalStore`]. Declared for the issues that move agents,
+//! Implemented now: [`AuditLog`], [`KeyStore`], [`AgentStore`] and [`ApprovalStore`]. Declared for
+//! the issues that move
 //! approvals, handoffs and quotas into the store: [`AgentStore`], [`ApprovalStore`],
 //! [`HandoffStore`], [`QuotaStore`] (their shapes may be refined by those issues, but they stay
 //! narrow: keyed records with compare-and-swap, no query language).
@@ -26,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 pub use embedded::SledApprovalStore;
 pub use embedded::{
-    AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAuditLog, SledKeyStore, Store,
-    StoreError,
+    AGENTS_TREE, AUDIT_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE, SledAgentStore,
+    SledAuditLog, SledKeyStore, Store, StoreError,
 };
 
 /// A storage operation failed (the backend's message, for the operator).
@@ -96,7 +97,8 @@ pub trait KeyStore: Send + Sync {
     fn remove(&self, name: &str) -> Result<(), StorageError>;
 }
 
-/// Registered agents and their lifecycle state (declared; implemented with the agent registry).
+/// Registered agents and their lifecycle state (see `crate::agents`): one opaque record per
+/// agent id. Every write is durable when it returns.
 pub trait AgentStore: Send + Sync {
     fn get(&self, agent: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Replaces the record if it still equals `expected` (None: absent); false on a lost race.
@@ -106,7 +108,8 @@ pub trait AgentStore: Send + Sync {
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool, StorageError>;
-    fn list(&self) -> Entries<'_>;
+    /// Every agent id and record, in id order.
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }
 
 /// Approval requests, pending and decided, by id; and which request is the latest for each call

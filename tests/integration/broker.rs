@@ -484,7 +484,7 @@ async fn connect_as<H: ClientHandler + Clone + Default>(
 }
 
 #[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Vec<f64>>>);
+pub(crate) struct Progress(pub Arc<Mutex<Vec<f64>>>);
 
 impl ClientHandler for Progress {
     async fn on_progress(

@@ -155,7 +155,7 @@ async fn run_conformance(http: Option<&str>) {
 
 /// A workspace fronting PyPI `mcp-server-time` (mcp 2.x: speaks 2026-07-28 and the handshake
 /// revisions) with one mission; `protocol` is the revision Mandate speaks to it.
-fn time_workspace(protocol: &str) -> Workspace {
+pub(crate) fn time_workspace(protocol: &str) -> Workspace {
     let peers = peers();
     let ws = Workspace::new();
     ws.write(
@@ -330,7 +330,7 @@ async fn mcp_inspector_cli_lists_and_calls_through_mandate() {
 
 /// An MCP client that answers `roots/list` with its own root.
 #[derive(Clone)]
-struct Roots(&'static str);
+pub(crate) struct Roots(pub &'static str);
 
 #[allow(deprecated)]
 impl rmcp::ClientHandler for Roots {

@@ -6,12 +6,15 @@
 mod common;
 
 mod admin;
+mod agents;
 mod approvals;
 mod audit;
 mod broker;
 mod config_files;
+mod exchange;
 mod identity;
 mod interop;
 mod isolation;
 mod native;
+mod ops;
 mod security;

@@ -926,7 +926,7 @@ async fn a_restarted_http_downstream_is_reconnected_without_failing_a_call() {
 /// (no client-side retry to hide a close) each get their answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_keep_the_connection_alive() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let (_ledger, _ws, server, url) = live();
     let address = url
         .trim_start_matches("http://")
@@ -952,30 +952,8 @@ async fn refusals_keep_the_connection_alive() {
         let mut buffer = Vec::new();
         for i in 0..3000 {
             socket.write_all(request.as_bytes()).unwrap();
-            // Read one response: headers, then Content-Length bytes.
-            let (head_end, length) = loop {
-                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                    assert!(head.starts_with("http/1.1 401"), "request {i}: {head}");
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                        .unwrap_or(0);
-                    break (end + 4, length);
-                }
-                let mut chunk = [0u8; 4096];
-                let n = socket.read(&mut chunk).unwrap();
-                assert!(n > 0, "request {i}: the connection was closed without a response");
-                buffer.extend_from_slice(&chunk[..n]);
-            };
-            while buffer.len() < head_end + length {
-                let mut chunk = [0u8; 4096];
-                let n = socket.read(&mut chunk).unwrap();
-                assert!(n > 0, "request {i}: the connection was closed mid-response");
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            buffer.drain(..head_end + length);
+            let head = read_response(&mut socket, &mut buffer, i);
+            assert!(head.starts_with("http/1.1 401"), "request {i}: {head}");
         }
     })
     .await

@@ -539,3 +539,53 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+// --- ops (issue 7: one broker, refusals, key rotation) ---
+
+/// Reads one HTTP/1.1 response (Content-Length framed) from a raw connection, consuming it from
+/// `buffer`; returns its head (lowercase). Fails the test if the connection closes first.
+pub fn read_response(socket: &mut std::net::TcpStream, buffer: &mut Vec<u8>, i: usize) -> String {
+    use std::io::Read;
+    let (head_end, length, head) = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .unwrap_or(0);
+            break (end + 4, length, head);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "request {i}: the connection was closed without a response"
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    while buffer.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).unwrap();
+        assert!(n > 0, "request {i}: the connection was closed mid-response");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    buffer.drain(..head_end + length);
+    head
+}
+
+/// The `kid`s the broker at `base` publishes in its JWKS.
+pub async fn jwks_kids(base: &str) -> Vec<String> {
+    let jwks: serde_json::Value = reqwest::get(format!("{base}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
