@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::{Decider, Decision};
 use crate::audit::{Auditor, Event, EventKind, ExportFilter, PublicKey};
 use crate::authn::{Issuer, TokenRequest};
 use crate::config::{self, Config};
@@ -41,9 +42,10 @@ use crate::tools::{LockFile, lock_path};
 Environment:
   MANDATE_LOG    log filter (default `info,rmcp=warn`), e.g. `debug` or `mandate=debug`
   MANDATE_TOKEN  the caller's token for `serve --stdio`
+  MANDATE_APPROVER_TOKEN  an approver's token for `approvals` (default: decide as the local admin)
 
-While `mandate serve` runs it owns the store; `token` and `audit` then reach it through its
-loopback admin API, so the same commands work either way."
+While `mandate serve` runs it owns the store; `token`, `audit` and `approvals` then reach it
+through its loopback admin API, so the same commands work either way."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -118,6 +120,13 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Review and decide human approval requests (tools with `approval = "approver"`). Each
+    /// request approves one exact call (user, agent, mission, tool, arguments, policy version)
+    /// once, until it expires.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
     },
     /// Manage the agent registry: agents are non-human identities with an accountable owner,
     /// the missions they may use, an expiry, a review date and a credential for the embedded
@@ -291,6 +300,55 @@ enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// List approval requests with their state, requester, tool and canonical arguments (pending
+    /// ones only, unless --all).
+    List {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Also list approved, denied, used and expired requests.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (one object per line) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Act as this approver (their bearer token) instead of the local admin.
+        #[arg(long, env = "MANDATE_APPROVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Approve a pending request: the identical call, retried by the agent, then runs once.
+    Approve {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The approval id (`apr-…`), as the agent's pending result and `list` show it.
+        id: String,
+        /// Why (recorded in the request and the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Decide as this approver (their bearer token, with the approver role; never the
+        /// requester's own) instead of the local admin.
+        #[arg(long, env = "MANDATE_APPROVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Deny a pending request: the agent's call fails with the denial and the reason.
+    Deny {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// The approval id (`apr-…`).
+        id: String,
+        /// Why (shown to the agent, recorded in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Decide as this approver (their bearer token) instead of the local admin.
+        #[arg(long, env = "MANDATE_APPROVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ClientKind {
     Claude,
@@ -393,6 +451,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client,
             stdio,
         } => client_config(&config, &mission, client, stdio),
+        Command::Approvals { command } => match command {
+            ApprovalsCommand::List {
+                config,
+                all,
+                json,
+                token,
+            } => approvals_list(&config, all, json, token).await,
+            ApprovalsCommand::Approve {
+                config,
+                id,
+                reason,
+                token,
+            } => approvals_decide(&config, &id, Decision::Approve, reason, token).await,
+            ApprovalsCommand::Deny {
+                config,
+                id,
+                reason,
+                token,
+            } => approvals_decide(&config, &id, Decision::Deny, reason, token).await,
+        },
         Command::Agents { command } => agents_command(command).await,
     }
 }
@@ -1187,6 +1265,14 @@ async fn serve(
     audit.record_durable(event).await?;
     // Agents named by missions are registered ("declared by mission"; see `crate::agents`).
     agents.register_declared(&config).await?;
+    let core = crate::call::Core {
+        audit: audit.clone(),
+        // Over stdio, handoff downstreams are refused (their recipients call back over HTTP);
+        // the HTTP broker's core mints them (`Broker::core`).
+        handoffs: None,
+        approvals: open_approvals(&config, &store, &audit, true)?,
+        quotas: Arc::new(crate::quota::Quotas::in_process(&audit)),
+    };
 
     let exchange = Arc::new(crate::exchange::Exchanger::new(&config, issuer.clone())?);
     let config = Arc::new(config);
@@ -1218,6 +1304,7 @@ async fn serve(
                 &states,
                 &verifier,
                 &audit,
+                core.clone(),
                 mission.as_deref(),
                 shutdown.clone(),
             )
@@ -1269,6 +1356,8 @@ async fn serve(
                     .with_agents(agents.clone()),
                 ),
                 admin_token,
+                approvals: core.approvals.clone(),
+                quotas: core.quotas.clone(),
                 exchange: exchange.clone(),
                 agents: agents.clone(),
             });
@@ -1322,6 +1411,8 @@ async fn serve(
         tracing::warn!(error = %e, "agents' last-seen times could not be saved");
     }
     pool.shutdown().await;
+    core.quotas.flush();
+    drop(core);
     drop(states);
     if let Err(e) = audit.stop().await {
         tracing::error!(error = %e, "audit log could not be flushed at shutdown");
@@ -1464,6 +1555,7 @@ async fn serve_stdio(
     states: &BTreeMap<String, Arc<MissionState>>,
     verifier: &crate::authn::Verifier,
     audit: &Auditor,
+    core: crate::call::Core,
     mission: Option<&str>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -1523,11 +1615,7 @@ async fn serve_stdio(
     }
     let handler = MissionHandler::new(
         state.clone(),
-        crate::call::Core {
-            audit: audit.clone(),
-            // Handoff downstreams need the HTTP broker (its recipients call it back over HTTP).
-            handoffs: None,
-        },
+        core,
         Some(caller),
         crate::inbound::handler::SessionState::new(),
     );
@@ -1538,6 +1626,47 @@ async fn serve_stdio(
         _ = shutdown.cancelled() => { ct.cancel(); }
     }
     Ok(())
+}
+
+/// The approval service on `store`; with `webhook`, the notifier of `[approvals] webhook_url`
+/// (its secret read from the environment now, so a missing one stops the start).
+fn open_approvals(
+    config: &Config,
+    store: &Store,
+    audit: &Auditor,
+    webhook: bool,
+) -> anyhow::Result<Arc<crate::approval::Approvals>> {
+    let settings = &config.settings.approvals;
+    let notifier = match &settings.webhook_url {
+        Some(url) if webhook => {
+            let secret = std::env::var(&settings.webhook_secret_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`[approvals] webhook_url` is set, but the environment variable `{}` holding its secret is not: set it (e.g. `export {}=$(openssl rand -hex 32)`) and share it with the receiver",
+                        settings.webhook_secret_env,
+                        settings.webhook_secret_env
+                    )
+                })?;
+            Some(crate::approval::webhook::Notifier::start(
+                url.clone(),
+                secret.into(),
+                format!(
+                    "{}{}",
+                    config.settings.public_url,
+                    crate::approval::webhook::DECISION_PATH
+                ),
+            ))
+        }
+        _ => None,
+    };
+    Ok(crate::approval::Approvals::new(
+        Arc::new(store.approvals()?),
+        settings.clone(),
+        audit.clone(),
+        notifier,
+    ))
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {
@@ -1556,6 +1685,128 @@ async fn signal_shutdown(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// Who decides from the CLI: the local admin, or an approver by their token (verified by the
+/// embedded issuer in the store; with the broker running, the broker verifies it against every
+/// trusted issuer).
+async fn cli_decider(
+    config: &Config,
+    store: &Store,
+    token: Option<&str>,
+) -> anyhow::Result<Decider> {
+    let Some(token) = token else {
+        return Ok(Decider::Admin);
+    };
+    let public_url = &config.settings.public_url;
+    let issuer = Arc::new(Issuer::load_or_create(store, public_url)?);
+    let verifier = crate::authn::Verifier::new(issuer, &[])?;
+    let caller = verifier
+        .verify(token.trim(), &[public_url.as_str()])
+        .await
+        .map_err(|e| anyhow::anyhow!("approver token refused: {}", e.error))?;
+    Ok(Decider::Approver(caller))
+}
+
+/// Runs `f` on the approval service of the store (no server running), then closes the audit log.
+async fn with_approvals<T>(
+    config: &Config,
+    store: Store,
+    f: impl AsyncFnOnce(&crate::approval::Approvals) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (audit, writer) = Auditor::start(&store)?;
+    let approvals = open_approvals(config, &store, &audit, false)?;
+    let result = f(&approvals).await;
+    drop(approvals);
+    audit.stop().await?;
+    drop(audit);
+    let _ = writer.await;
+    result
+}
+
+/// Sends an admin request about approvals, as the admin or with an approver's token.
+async fn approvals_admin(
+    cred: &AdminCredential,
+    token: Option<&str>,
+    request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let response = request(&client, &cred.url)
+        .bearer_auth(token.map_or(cred.token.as_str(), str::trim))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running server at {}", cred.url))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("{}", body.trim());
+    }
+    Ok(body)
+}
+
+async fn approvals_list(
+    dir: &Path,
+    all: bool,
+    json: bool,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let mut requests = match backend(&config)? {
+        Backend::Direct(store) => {
+            let decider = cli_decider(&config, &store, token.as_deref()).await?;
+            let role = config.settings.approvals.approver_role.clone();
+            with_approvals(&config, store, async |a| {
+                let mut list = a.list().await?;
+                match &decider {
+                    Decider::Admin | Decider::Webhook { .. } => {}
+                    Decider::Approver(c) if c.roles.contains(&role) => {
+                        list.retain(|r| r.tenant == c.tenant)
+                    }
+                    Decider::Approver(_) => {
+                        bail!("{}", crate::approval::DecideError::NotApprover(role))
+                    }
+                }
+                Ok(list)
+            })
+            .await?
+        }
+        Backend::Admin(cred) => {
+            let body = approvals_admin(&cred, token.as_deref(), |c, url| {
+                c.get(format!("{url}/admin/approvals"))
+            })
+            .await?;
+            serde_json::from_str::<inbound::approvals::Listing>(&body)
+                .context("the running server answered the approvals request with something else")?
+                .approvals
+        }
+    };
+    if !all {
+        requests.retain(|r| r.state == crate::approval::State::Pending);
+    }
+    for r in &requests {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!(
+                "{}  {:<8}  {}  {}  {} (agent {})  expires {}  arguments {}",
+                r.id,
+                r.state.as_str(),
+                r.mission,
+                r.tool,
+                r.subject,
+                r.agent,
+                crate::approval::rfc3339(r.expires_at),
+                crate::call::record::bounded(&r.arguments, 512)
+            );
+        }
+    }
+    if requests.is_empty() && !json {
+        eprintln!("no {}approval requests", if all { "" } else { "pending " });
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `mandate agents …`: on the store directly, or through the running server's admin API.
@@ -1725,6 +1976,56 @@ async fn agents_command(command: AgentsCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn approvals_decide(
+    dir: &Path,
+    id: &str,
+    decision: Decision,
+    reason: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(dir, false) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let request = match backend(&config)? {
+        Backend::Direct(store) => {
+            let decider = cli_decider(&config, &store, token.as_deref()).await?;
+            with_approvals(&config, store, async |a| {
+                Ok(a.decide(id, decision, &decider, reason).await?)
+            })
+            .await?
+        }
+        Backend::Admin(cred) => {
+            let verb = match decision {
+                Decision::Approve => "approve",
+                Decision::Deny => "deny",
+            };
+            let body = inbound::approvals::DecideBody { reason };
+            let answer = approvals_admin(&cred, token.as_deref(), |c, url| {
+                c.post(format!("{url}/admin/approvals/{id}/{verb}"))
+                    .json(&body)
+            })
+            .await?;
+            serde_json::from_str::<crate::approval::Request>(&answer)
+                .context("the running server answered the decision with something else")?
+        }
+    };
+    println!(
+        "{} {}: the agent's identical call of `{}` {}",
+        request.id,
+        request.state.as_str(),
+        request.tool,
+        match decision {
+            Decision::Approve => format!(
+                "runs once when retried before {}",
+                crate::approval::rfc3339(request.expires_at)
+            ),
+            Decision::Deny => "is refused".to_owned(),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,7 +12,9 @@
 //!    actor chain is re-verified hop by hop against the handoff ledger ([`handoff`])
 //! 2. **scope** — the tool is in the mission's toolset and not quarantined → [`mission::Scoped`]
 //! 3. **validate** — arguments against the pinned input schema → [`mission::Valid`]
-//! 4. **policy** — the decision ([`policy`]) → [`policy::Authorized`]
+//! 4. **policy** — the decision ([`policy`]) → [`policy::Authorized`]; then the mission's
+//!    `[limits]` ([`quota`]) and, for tools that need it, a human approval of the exact call
+//!    ([`approval`]) → [`approval::Approved`]
 //! 5. **downstream** — the call goes to the downstream ([`downstream`]), which accepts only an
 //!    [`policy::Authorized`] call
 //! 6. **output** — `structuredContent` against the pinned output schema
@@ -23,6 +25,7 @@
 //! downstream without passing the earlier stages.
 
 pub mod agents;
+pub mod approval;
 pub mod audit;
 pub mod authn;
 pub mod call;
@@ -34,6 +37,7 @@ pub mod handoff;
 pub mod inbound;
 pub mod mission;
 pub mod policy;
+pub mod quota;
 pub mod store;
 pub mod tools;
 

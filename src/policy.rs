@@ -44,6 +44,29 @@ impl Authorized {
     pub fn mission(&self) -> &Arc<MissionRuntime> {
         self.valid.mission()
     }
+    /// Whether the call needs approval before it runs, and by whom: `approver` (a human
+    /// approver) or `user` (the user, in their own client). From the tool's manifest here; a
+    /// permitting Cedar policy's `@approval(...)` annotation adds to it with the Cedar engine.
+    pub fn approval_required(&self) -> Option<&str> {
+        match self.tool().spec.approval.as_str() {
+            "none" => None,
+            mode => Some(mode),
+        }
+    }
+    /// The version of the policy that decided: bound into approvals, so a policy change makes
+    /// earlier approvals void.
+    pub fn policy_version(&self) -> &str {
+        &self.valid.mission().policy_version
+    }
+}
+
+/// The policy version of a mission: the SHA-256 of its `<name>.cedar` text beside the manifest,
+/// or of its id when it has none. Computed once, when the mission loads.
+pub fn policy_version(mission: &crate::config::Mission) -> String {
+    match std::fs::read(mission.path.with_extension("cedar")) {
+        Ok(text) => crate::audit::digest_bytes(&text),
+        Err(_) => crate::audit::digest_bytes(mission.id.as_bytes()),
+    }
 }
 
 /// Why the policy stage denied.

@@ -56,6 +56,9 @@ pub enum EventKind {
     KeyRotated,
     /// Resource or prompt access through a mission.
     Access,
+    /// A step of a human approval: `outcome` is `requested`, `approved`, `denied`, `used` or
+    /// `expired`; `approval` names the request.
+    Approval,
     /// An agent was onboarded, suspended, resumed or offboarded (by a person, by configuration
     /// or by the zombie sweep).
     AgentLifecycle,
@@ -132,6 +135,9 @@ pub struct Event {
     /// SHA-256 of the canonical JSON result returned to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_digest: Option<String>,
+    /// The approval request a call waited for or used, or an approval record's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// The downstream token the call carried (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<ExchangeRecord>,
@@ -197,6 +203,7 @@ impl Event {
             detail: None,
             latency_us: None,
             output_digest: None,
+            approval: None,
             exchange: None,
             issuer: None,
             actors: Vec::new(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::approval::Approved;
 use crate::audit::Auditor;
 use crate::authn::Caller;
 use crate::config::Effect;
@@ -16,47 +17,47 @@ use super::record::CallRecord;
 
 /// An authorized call whose intent is durable (or that only reads).
 pub struct Journaled {
-    authorized: Authorized,
+    approved: Approved,
     /// Sequence number of the durable intent record (writes only).
     intent: Option<u64>,
 }
 
 impl Journaled {
     pub fn caller(&self) -> &Arc<Caller> {
-        self.authorized.caller()
+        self.approved.authorized().caller()
     }
     pub fn tool(&self) -> &Arc<ExposedTool> {
-        self.authorized.tool()
+        self.approved.authorized().tool()
     }
     pub fn downstream(&self) -> &Arc<Downstream> {
-        self.authorized.downstream()
+        self.approved.authorized().downstream()
     }
     pub fn intent(&self) -> Option<u64> {
         self.intent
     }
     pub fn authorized(&self) -> &Authorized {
-        &self.authorized
+        self.approved.authorized()
     }
     pub fn into_authorized(self) -> Authorized {
-        self.authorized
+        self.approved.into_authorized()
     }
 }
 
 /// Stage 5: journal. Fails closed when the audit store cannot take the intent.
 pub async fn write_intent(
     audit: &Auditor,
-    authorized: Authorized,
+    approved: Approved,
     record: &CallRecord,
 ) -> Result<Journaled, Reject> {
-    if authorized.tool().effect() == Effect::Read {
+    if approved.authorized().tool().effect() == Effect::Read {
         return Ok(Journaled {
-            authorized,
+            approved,
             intent: None,
         });
     }
     match audit.record_durable(record.intent()).await {
         Ok(seq) => Ok(Journaled {
-            authorized,
+            approved,
             intent: Some(seq),
         }),
         Err(e) => {

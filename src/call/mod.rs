@@ -9,8 +9,9 @@
 //! The stages read top to bottom in [`stages`], each producing the permit the next one needs:
 //!
 //! ```text
-//! authn (fresh token) → scope → Scoped → validate → Valid → policy → Authorized
-//!   → journal → Journaled → exchange → Credentialed → downstream → output check → Completed
+//! authn (fresh token) → scope → Scoped → validate → Valid → policy → Authorized → quota
+//!   → approval → Approved → journal → Journaled → exchange → Credentialed → downstream
+//!   → output check → Completed
 //! ```
 //!
 //! Every permit has private fields and one constructor in its stage's module, and carries the
@@ -86,6 +87,10 @@ pub trait CallSink: Send + Sync {
     fn log(&self, params: serde_json::Map<String, Value>) -> Relaying<'_>;
     /// A server→client request (sampling, elicitation, roots) caused by this call.
     fn ask(&self, method: &str, params: Option<Value>) -> Asked;
+    /// Whether the caller declared MCP elicitation support (`None`: not known to this sink).
+    fn can_elicit(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// One tool call as an adapter hands it to the core.
@@ -120,6 +125,10 @@ pub struct Core {
     pub audit: Auditor,
     /// Mints handoff tokens for handoff downstreams (none: such calls are refused).
     pub handoffs: Option<Arc<crate::handoff::Handoffs>>,
+    /// Approval requests and decisions.
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// `[limits]` token buckets.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// A mission with its resolved downstream connections: what the pipeline runs against.
@@ -204,7 +213,12 @@ pub async fn run(
 ) -> Result<Completed, Reject> {
     let mut record = record::CallRecord::start(core.audit.clone(), mission.id(), &request);
     let result = stages(core, mission, request, &mut record).await;
-    record.finish(&result);
+    match &result {
+        Err(Reject::Quota(refused)) => {
+            record.finish_with(&result, |e| core.quotas.audit_refusal(refused, e))
+        }
+        _ => record.finish(&result),
+    }
     result
 }
 
@@ -250,8 +264,24 @@ async fn stages(
     let authorized = policy::authorize(&mission.runtime, valid, reasoning.as_ref())?;
     record.authorized(&authorized);
 
+    // 4a. quota: the mission's `[limits]` token buckets.
+    core.quotas.check(
+        mission.id(),
+        &mission.runtime.mission.limits,
+        authorized.caller(),
+        &authorized.tool().exposed,
+    )?;
+
+    // 4b. approval: a human approved this exact call, or it needs none.
+    let approved = core
+        .approvals
+        .check(authorized, mission.id(), &sink, &cancel)
+        .await
+        .inspect_err(|e| record.approval(e))?;
+    record.approved(&approved);
+
     // 5. journal: a write's intent is durable before anything leaves.
-    let journaled = journal::write_intent(&core.audit, authorized, record).await?;
+    let journaled = journal::write_intent(&core.audit, approved, record).await?;
 
     // 6. exchange: the per-call downstream credential.
     let credentialed = exchange::credential(journaled, core.handoffs.as_deref()).await?;

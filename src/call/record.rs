@@ -108,6 +108,26 @@ impl CallRecord {
         }
     }
 
+    /// The approval the call waits for (pending, denied or expired).
+    pub fn approval(&mut self, error: &crate::approval::ApprovalError) {
+        use crate::approval::ApprovalError as E;
+        if let Some(e) = &mut self.event {
+            match error {
+                E::Pending { id, .. } | E::Denied { id, .. } | E::Expired { id } => {
+                    e.approval = Some(id.clone());
+                }
+                E::UserDeclined | E::UserUnreachable | E::Unavailable(_) => {}
+            }
+        }
+    }
+
+    /// The approval the call used, if it needed one.
+    pub fn approved(&mut self, approved: &crate::approval::Approved) {
+        if let Some(e) = &mut self.event {
+            e.approval = approved.approval().map(str::to_owned);
+        }
+    }
+
     /// The downstream token the call carries (profile, audience, `jti`, expiry; never the token).
     pub fn exchange(&mut self, credentialed: &crate::exchange::Credentialed) {
         if let Some(e) = &mut self.event {
@@ -138,6 +158,13 @@ impl CallRecord {
 
     /// Finalizes the record with the pipeline's result.
     pub fn finish(&mut self, result: &Result<Completed, Reject>) {
+        let audit = self.audit.clone();
+        self.finish_with(result, |event| audit.record_now(event));
+    }
+
+    /// Finalizes the record with the pipeline's result and hands it to `write` (which may
+    /// aggregate records a caller can produce at will).
+    pub fn finish_with(&mut self, result: &Result<Completed, Reject>, write: impl FnOnce(Event)) {
         let Some(mut event) = self.event.take() else {
             return;
         };
@@ -158,7 +185,7 @@ impl CallRecord {
             }
         }
         event.latency_us = Some(self.started.elapsed().as_micros() as u64);
-        self.audit.record_now(event);
+        write(event);
     }
 }
 

@@ -2,12 +2,14 @@
 //! answer the caller gets, mapped in one exhaustive match each (no catch-all arm, so a new
 //! variant forces a decision).
 
+use crate::approval::ApprovalError;
 use crate::audit::EventKind;
 use crate::downstream::DownstreamError;
 use crate::exchange::ExchangeError;
 use crate::handoff::HandoffError;
 use crate::mission::{Denied, Invalid};
 use crate::policy::{PolicyDenied, SCOPE_POLICY};
+use crate::quota::{QUOTA_POLICY, QuotaExceeded};
 
 use super::RpcError;
 
@@ -40,6 +42,12 @@ pub enum Reject {
     /// A policy denied the call.
     #[error("{0}")]
     Policy(#[from] PolicyDenied),
+    /// A `[limits]` quota refused the call.
+    #[error("{0}")]
+    Quota(#[from] QuotaExceeded),
+    /// The call needs an approval it does not have (yet).
+    #[error("{0}")]
+    Approval(#[from] ApprovalError),
     /// The durable intent record of a write could not be written: fail closed.
     #[error("audit unavailable: {0}")]
     AuditUnavailable(String),
@@ -84,6 +92,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC `internal error`.
 pub const INTERNAL_ERROR: i64 = -32603;
+/// A `[limits]` quota refused the call (implementation-defined server error; `data.retryAfter`
+/// says in how many seconds to retry).
+pub const RATE_LIMITED: i64 = -32029;
 /// MCP: request cancelled.
 pub const REQUEST_CANCELLED: i64 = -32800;
 
@@ -100,6 +111,15 @@ impl Reject {
             }
             Reject::TooLarge(_) => (EventKind::ValidationFailure, "too_large"),
             Reject::Policy(_) => (EventKind::Denial, "denied"),
+            Reject::Quota(_) => (EventKind::Denial, "rate_limited"),
+            Reject::Approval(e) => match e {
+                ApprovalError::Pending { .. } => (EventKind::Call, "approval_pending"),
+                ApprovalError::Denied { .. } => (EventKind::Denial, "approval_denied"),
+                ApprovalError::Expired { .. } => (EventKind::Denial, "approval_expired"),
+                ApprovalError::UserDeclined => (EventKind::Denial, "user_declined"),
+                ApprovalError::UserUnreachable => (EventKind::Denial, "user_unreachable"),
+                ApprovalError::Unavailable(_) => (EventKind::Call, "refused"),
+            },
             Reject::AuditUnavailable(_) => (EventKind::Call, "refused"),
             Reject::Downstream(e) => match e {
                 DownstreamError::Timeout(..) => (EventKind::Call, "timeout"),
@@ -121,7 +141,9 @@ impl Reject {
         match self {
             Reject::Scope(_) => Some(SCOPE_POLICY),
             Reject::Policy(p) => Some(p.policy()),
+            Reject::Quota(_) => Some(QUOTA_POLICY),
             Reject::TokenExpired
+            | Reject::Approval(_)
             | Reject::UnknownSession
             | Reject::InvalidReasoning(_)
             | Reject::ArgumentsNotObject
@@ -165,6 +187,20 @@ impl Reject {
                 INVALID_PARAMS,
                 format!("invalid arguments for tool `{tool}`: {invalid}"),
             ),
+            Reject::Quota(q) => Answer::Error {
+                status: 200,
+                error: RpcError {
+                    code: RATE_LIMITED,
+                    message: self.to_string(),
+                    data: Some(serde_json::json!({
+                        "retryAfter": q.retry_after_secs,
+                        "limit": q.scope,
+                        "callsPerMinute": q.per_minute,
+                    })),
+                },
+            },
+            // The agent reads these and acts (waits for the approver, retries, stops).
+            Reject::Approval(e) => Answer::ToolError(e.to_string()),
             Reject::AuditUnavailable(_) => Answer::ToolError(
                 "mandate refused the call: the audit store is unavailable, so write and irreversible tools are disabled"
                     .into(),

@@ -96,6 +96,17 @@ pub const SETTINGS: &[Field] = &[
         ]),
     ),
     ("handoff", Shape::Table(&[("max_depth", V), ("ttl", V)])),
+    (
+        "approvals",
+        Shape::Table(&[
+            ("ttl", V),
+            ("wait", V),
+            ("approver_role", V),
+            ("webhook_url", V),
+            ("webhook_secret_env", V),
+            ("replay_window", V),
+        ]),
+    ),
 ];
 
 /// A tool manifest.
@@ -161,7 +172,15 @@ pub const MISSION: &[Field] = &[
     ("prompts", V),
     ("handoffs", V),
     ("require_reasoning", V),
-    ("limits", Shape::Table(&[("calls_per_minute", V)])),
+    (
+        "limits",
+        Shape::Table(&[
+            ("calls_per_minute", V),
+            ("per_agent", V),
+            ("per_user", V),
+            ("per_tool", V),
+        ]),
+    ),
 ];
 
 /// Parses `src` as a `T` whose fields are `fields`. Every unknown field goes to `diags`, and the

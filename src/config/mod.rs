@@ -60,6 +60,41 @@ pub struct Settings {
     pub agents: AgentSettings,
     /// `[handoff]`: handoffs between agents.
     pub handoff: HandoffSettings,
+    /// `[approvals]`.
+    pub approvals: ApprovalSettings,
+}
+
+/// `[approvals]`, validated (see [`raw::RawApprovals`] for each field's meaning).
+#[derive(Debug, Clone)]
+pub struct ApprovalSettings {
+    pub ttl: Duration,
+    pub wait: Duration,
+    pub approver_role: String,
+    pub webhook_url: Option<String>,
+    pub webhook_secret_env: String,
+    pub replay_window: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+            wait: Duration::from_secs(30),
+            approver_role: "approver".into(),
+            webhook_url: None,
+            webhook_secret_env: "MANDATE_APPROVALS_WEBHOOK_SECRET".into(),
+            replay_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A mission's `[limits]`: calls per minute, each a token bucket (see [`raw::RawLimits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub calls_per_minute: Option<u32>,
+    pub per_agent: Option<u32>,
+    pub per_user: Option<u32>,
+    pub per_tool: Option<u32>,
 }
 
 /// `[agents]` settings.
@@ -223,7 +258,7 @@ pub struct Mission {
     pub prompts: Vec<String>,
     pub handoffs: Vec<String>,
     pub require_reasoning: BTreeSet<Effect>,
-    pub calls_per_minute: Option<u32>,
+    pub limits: Limits,
 }
 
 impl Mission {
@@ -534,18 +569,11 @@ pub fn build(
     }
 
     let mut missions = BTreeMap::new();
-    let mut warnings = sources.warnings.clone();
+    let warnings = sources.warnings.clone();
     let missions_dir = root.join("missions");
     for (path, text) in &sources.missions {
         let src = Source { path, text };
         if let Some(m) = build_mission(&missions_dir, &src, &manifests, &broken, &mut diags) {
-            if m.calls_per_minute.is_some() {
-                warnings.push(Warning {
-                    file: m.path.clone(),
-                    message: "`[limits]` is not enforced yet: `calls_per_minute` has no effect"
-                        .to_owned(),
-                });
-            }
             missions.insert(m.id.clone(), m);
         }
     }
@@ -642,7 +670,9 @@ fn build_settings(
     };
     let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
     let exchange = exchange::build_profiles(root, &src, &raw.exchange, diags);
+    let approvals = build_approvals(&src, &raw.approvals, diags);
     Settings {
+        approvals,
         listen,
         public_url,
         public_url_explicit: raw.server.public_url.is_some(),
@@ -889,17 +919,11 @@ fn build_manifest(
         let approval = one_of(
             src,
             t.approval.as_ref(),
-            &["none", "approver"],
+            &["none", "approver", "user"],
             "none",
             "approval",
             diags,
         );
-        if approval == "approver" {
-            diags.push(src.at(
-                t.approval.as_ref().map_or(0, |a| a.span().start),
-                "`approval = \"approver\"` is not supported yet: human approval lands with the approvals feature",
-            ));
-        }
         if let Some(l) = &lock
             && l.get(&name).is_none()
         {
@@ -1358,6 +1382,21 @@ fn build_mission(
             )),
         }
     }
+    for (name, limit) in [
+        ("calls_per_minute", &raw.limits.calls_per_minute),
+        ("per_agent", &raw.limits.per_agent),
+        ("per_user", &raw.limits.per_user),
+        ("per_tool", &raw.limits.per_tool),
+    ] {
+        if let Some(l) = limit
+            && *l.get_ref() == 0
+        {
+            diags.push(src.at(
+                l.span().start,
+                format!("`{name}` must be at least 1 (calls per minute); remove it for no limit"),
+            ));
+        }
+    }
     if diags.len() != before {
         return None;
     }
@@ -1379,8 +1418,125 @@ fn build_mission(
         prompts,
         handoffs: raw.handoffs.into_iter().map(Spanned::into_inner).collect(),
         require_reasoning,
-        calls_per_minute: raw.limits.calls_per_minute,
+        limits: Limits {
+            calls_per_minute: raw.limits.calls_per_minute.map(Spanned::into_inner),
+            per_agent: raw.limits.per_agent.map(Spanned::into_inner),
+            per_user: raw.limits.per_user.map(Spanned::into_inner),
+            per_tool: raw.limits.per_tool.map(Spanned::into_inner),
+        },
     })
+}
+
+/// `[approvals]`: durations within bounds, an http(s) webhook URL.
+fn build_approvals(
+    src: &Source,
+    raw: &RawApprovals,
+    diags: &mut Vec<Diagnostic>,
+) -> ApprovalSettings {
+    let defaults = ApprovalSettings::default();
+    let duration = |value: &Option<Spanned<String>>,
+                    field: &str,
+                    min: Duration,
+                    max: Duration,
+                    default: Duration,
+                    diags: &mut Vec<Diagnostic>| {
+        let Some(v) = value else {
+            return default;
+        };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d >= min && d <= max => d,
+            Ok(_) => {
+                diags.push(src.at(
+                    v.span().start,
+                    format!(
+                        "`{field}` `{}` must be between {} and {}",
+                        v.get_ref(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+                default
+            }
+            Err(_) => {
+                diags.push(src.at(
+                    v.span().start,
+                    format!(
+                        "invalid duration `{}` in `{field}` (write e.g. `30s` or `1h`)",
+                        v.get_ref()
+                    ),
+                ));
+                default
+            }
+        }
+    };
+    let ttl = duration(
+        &raw.ttl,
+        "ttl",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 24 * 3600),
+        defaults.ttl,
+        diags,
+    );
+    let wait = duration(
+        &raw.wait,
+        "wait",
+        Duration::ZERO,
+        Duration::from_secs(600),
+        defaults.wait,
+        diags,
+    );
+    let replay_window = duration(
+        &raw.replay_window,
+        "replay_window",
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        defaults.replay_window,
+        diags,
+    );
+    let approver_role = match &raw.approver_role {
+        Some(r) if r.get_ref().trim().is_empty() => {
+            diags.push(src.at(
+                r.span().start,
+                "`approver_role` must not be empty (e.g. `approver`)",
+            ));
+            defaults.approver_role
+        }
+        Some(r) => r.get_ref().clone(),
+        None => defaults.approver_role,
+    };
+    let webhook_url = raw.webhook_url.as_ref().map(|u| {
+        let ok = reqwest::Url::parse(u.get_ref())
+            .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some());
+        if !ok {
+            diags.push(src.at(
+                u.span().start,
+                format!(
+                    "`webhook_url` must be an http(s) URL, not `{}`",
+                    u.get_ref()
+                ),
+            ));
+        }
+        u.get_ref().clone()
+    });
+    let webhook_secret_env = match &raw.webhook_secret_env {
+        Some(e) if e.get_ref().is_empty() => {
+            diags.push(src.at(
+                e.span().start,
+                "`webhook_secret_env` must name an environment variable",
+            ));
+            defaults.webhook_secret_env
+        }
+        Some(e) => e.get_ref().clone(),
+        None => defaults.webhook_secret_env,
+    };
+    ApprovalSettings {
+        ttl,
+        wait,
+        approver_role,
+        webhook_url,
+        webhook_secret_env,
+        replay_window,
+    }
 }
 
 /// MCP tool names: 1-128 characters of `A-Z a-z 0-9 _ - .`.

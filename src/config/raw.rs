@@ -27,6 +27,9 @@ pub struct RawSettings {
     #[serde(default)]
     #[schemars(with = "Vec<RawExchange>")]
     pub exchange: Vec<Spanned<RawExchange>>,
+    /// Human approval of tool calls (`approval = "approver"` tools).
+    #[serde(default)]
+    pub approvals: RawApprovals,
     /// The agent registry.
     #[serde(default)]
     pub agents: RawAgents,
@@ -47,6 +50,35 @@ pub struct RawHandoff {
     /// Lifetime of a handoff token, e.g. `2m` (default and most `5m`).
     #[schemars(with = "Option<String>")]
     pub ttl: Option<Spanned<String>>,
+}
+
+/// `[approvals]`: how approval requests wait, expire and reach approvers.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// How long an approval request stays valid, from its creation, for a decision and then for
+    /// the one call it approves (default `1h`, at most `7d`).
+    #[schemars(with = "Option<String>")]
+    pub ttl: Option<Spanned<String>>,
+    /// How long a call that needs approval waits for a decision before the agent gets a pending
+    /// result naming the approval id (default `30s`; `0s`: answer pending at once).
+    #[schemars(with = "Option<String>")]
+    pub wait: Option<Spanned<String>>,
+    /// The role (in the token's `roles`) that makes a user an approver (default `approver`).
+    #[schemars(with = "Option<String>")]
+    pub approver_role: Option<Spanned<String>>,
+    /// URL that receives each new approval request as a signed JSON POST (e.g. a ServiceNow or
+    /// Jira automation endpoint). The same system posts decisions back to
+    /// `<public_url>/approvals/webhook`, signed with the same secret.
+    #[schemars(with = "Option<String>")]
+    pub webhook_url: Option<Spanned<String>>,
+    /// Environment variable holding the webhook's HMAC secret (default
+    /// `MANDATE_APPROVALS_WEBHOOK_SECRET`); required when `webhook_url` is set.
+    #[schemars(with = "Option<String>")]
+    pub webhook_secret_env: Option<Spanned<String>>,
+    /// How old a signed webhook decision may be, by its signature's timestamp (default `5m`).
+    #[schemars(with = "Option<String>")]
+    pub replay_window: Option<Spanned<String>>,
 }
 
 /// `[agents]`: the agent registry and its zombie sweep.
@@ -345,7 +377,8 @@ pub struct RawTool {
     /// Scopes requested in the token exchange for this tool.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// `none` or `approver` (default `none`).
+    /// `none`, `approver` (a human approver must approve each exact call) or `user` (the user
+    /// confirms each call in their own client, through MCP elicitation) (default `none`).
     #[schemars(with = "Option<String>")]
     pub approval: Option<Spanned<String>>,
     /// Per-call timeout for this tool, overriding the manifest's.
@@ -418,6 +451,17 @@ pub struct RawRename {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    /// Calls per minute per caller (not yet enforced).
-    pub calls_per_minute: Option<u32>,
+    /// Calls per minute to this mission, all callers together (a token bucket: up to this many at
+    /// once, refilled evenly over the minute).
+    #[schemars(with = "Option<u32>")]
+    pub calls_per_minute: Option<Spanned<u32>>,
+    /// Calls per minute of each agent on this mission.
+    #[schemars(with = "Option<u32>")]
+    pub per_agent: Option<Spanned<u32>>,
+    /// Calls per minute of each user (issuer, tenant and subject) on this mission.
+    #[schemars(with = "Option<u32>")]
+    pub per_user: Option<Spanned<u32>>,
+    /// Calls per minute to each tool of this mission.
+    #[schemars(with = "Option<u32>")]
+    pub per_tool: Option<Spanned<u32>>,
 }

@@ -91,6 +91,8 @@ impl MissionState {
 pub struct SessionState {
     pub id: u64,
     pub log_level: Mutex<Option<LoggingLevel>>,
+    /// Whether the client declared MCP elicitation at `initialize`.
+    elicitation: std::sync::OnceLock<bool>,
 }
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
@@ -100,7 +102,13 @@ impl SessionState {
         Arc::new(Self {
             id: SESSIONS.fetch_add(1, Ordering::Relaxed),
             log_level: Mutex::new(None),
+            elicitation: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether the client declared MCP elicitation (`None` before `initialize`).
+    pub fn can_elicit(&self) -> Option<bool> {
+        self.elicitation.get().copied()
     }
 
     pub fn log_level(&self) -> Option<LoggingLevel> {
@@ -174,6 +182,12 @@ impl CallSink for PeerSink {
             }
             let _ = self.peer.notify_logging_message(p).await;
         })
+    }
+
+    fn can_elicit(&self) -> Option<bool> {
+        self.peer
+            .peer_info()
+            .map(|info| info.capabilities.elicitation.is_some())
     }
 
     fn ask(&self, method: &str, params: Option<Value>) -> Asked {
@@ -439,6 +453,20 @@ impl MissionHandler {
 }
 
 impl ServerHandler for MissionHandler {
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, ErrorData> {
+        // Kept for the native path, which has no rmcp peer to ask (`approval = "user"`).
+        let _ = self
+            .session
+            .elicitation
+            .set(request.capabilities.elicitation.is_some());
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     fn get_info(&self) -> ServerConfig {
         let m = &self.state.runtime.mission;
         let has_resources = !m.resources.is_empty();

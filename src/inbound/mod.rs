@@ -8,6 +8,7 @@
 //! [`Caller`] in the request.
 
 mod agents_admin;
+pub mod approvals;
 pub mod bridge;
 pub mod handler;
 pub(crate) mod ingress;
@@ -59,6 +60,22 @@ pub struct Broker {
     pub exchange: Arc<crate::exchange::Exchanger>,
     /// The agent registry, consulted on every request.
     pub agents: Arc<crate::agents::Registry>,
+    /// Approval requests and decisions.
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// `[limits]` token buckets.
+    pub quotas: Arc<crate::quota::Quotas>,
+}
+
+impl Broker {
+    /// The call core's shared parts.
+    pub fn core(&self) -> crate::call::Core {
+        crate::call::Core {
+            audit: self.audit.clone(),
+            handoffs: Some(self.handoffs.clone()),
+            approvals: self.approvals.clone(),
+            quotas: self.quotas.clone(),
+        }
+    }
 }
 
 struct Gate {
@@ -119,10 +136,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             aggregate: aggregate.clone(),
             runtime: state.runtime.clone(),
             state: state.clone(),
-            core: crate::call::Core {
-                audit: broker.audit.clone(),
-                handoffs: Some(broker.handoffs.clone()),
-            },
+            core: broker.core(),
             sessions: sessions.clone(),
             allowed: rebinding::Allowed {
                 hosts: hosts.clone(),
@@ -140,7 +154,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             .with_allowed_hosts(hosts.clone())
             .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
         config = config.with_allowed_origins(origins.clone());
-        let (state, core) = (state.clone(), gate.core.clone());
+        let (state, core) = (state.clone(), broker.core());
         let service = StreamableHttpService::new(
             move || {
                 Ok(MissionHandler::new(
@@ -232,6 +246,13 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
     .route("/admin/token", post(admin_token))
     .route("/admin/audit/export", get(admin_export))
     .route("/admin/audit/verify", get(admin_verify))
+    .route("/admin/approvals", get(approvals::list))
+    .route("/admin/approvals/{id}/approve", post(approvals::approve))
+    .route("/admin/approvals/{id}/deny", post(approvals::deny))
+    .route(
+        crate::approval::webhook::DECISION_PATH,
+        post(approvals::webhook),
+    )
     .route(
         "/admin/agents",
         get(agents_admin::list).post(agents_admin::onboard),

@@ -135,6 +135,14 @@ impl CallSink for NativeSink {
         })
     }
 
+    fn can_elicit(&self) -> Option<bool> {
+        match &self.session {
+            Some(s) => s.state.can_elicit(),
+            // A stateless request has no back-channel to ask on.
+            None => Some(false),
+        }
+    }
+
     fn ask(&self, method: &str, params: Option<Value>) -> Asked {
         let Some(session) = &self.session else {
             let method = method.to_owned();

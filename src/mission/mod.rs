@@ -48,6 +48,8 @@ pub struct MissionRuntime {
     /// Canonical resource URL: `<public_url>/mcp/<domain>/<env>/<name>`.
     pub resource_url: String,
     pub tools: BTreeMap<String, Arc<ExposedTool>>,
+    /// See [`crate::policy::policy_version`].
+    pub policy_version: String,
 }
 
 impl MissionRuntime {
@@ -148,6 +150,7 @@ impl MissionRuntime {
         }
         Ok(Self {
             resource_url: format!("{}{}", config.settings.public_url, mission.http_path()),
+            policy_version: crate::policy::policy_version(mission),
             mission: mission.clone(),
             tools,
         })

@@ -11,6 +11,8 @@
 //! - `keys`: key = key name (`issuer/es256`, `audit/es256`), value = PKCS#8 PEM private key;
 //!   `issuer/es256/retired/<kid>`: a rotated-out issuer key's public part (JSON, no private key),
 //!   published until the tokens it signed have expired
+//! - `approvals`: key = approval id, value = the request's JSON (see `approval`)
+//! - `approvals_by_call`: key = digest of the exact call, value = the id of its latest request
 //! - `agents`: key = agent id, value = the agent's record (JSON, see `crate::agents`; a client
 //!   secret only as its SHA-256)
 //! - `handoffs`: the handoff ledger, key = the handoff token's `jti`, value = its record (JSON,
@@ -26,7 +28,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AgentStore, AuditLog, Entries, Entry, HandoffStore, KeyStore, StorageError};
+use super::{
+    AgentStore, ApprovalStore, AuditLog, Entries, Entry, HandoffStore, KeyStore, StorageError,
+};
 
 /// Tree holding the legacy v1 audit chain.
 pub const AUDIT_TREE: &str = "audit";
@@ -40,6 +44,10 @@ pub const CHAINS_TREE: &str = "audit_chains";
 pub const KEYS_TREE: &str = "keys";
 /// Tree holding the handoff ledger.
 pub const HANDOFFS_TREE: &str = "handoffs";
+/// Tree holding approval requests.
+pub const APPROVALS_TREE: &str = "approvals";
+/// Tree indexing the latest approval request of each call digest.
+pub const APPROVALS_BY_CALL_TREE: &str = "approvals_by_call";
 /// Key of the embedded issuer's private key in [`KEYS_TREE`].
 pub const ISSUER_KEY: &str = "issuer/es256";
 /// Prefix of the rotated-out issuer keys' public records in [`KEYS_TREE`] (then the `kid`).
@@ -120,6 +128,16 @@ impl Store {
 
     pub fn flush(&self) -> sled::Result<usize> {
         self.db.flush()
+    }
+
+    /// The approval requests in this store.
+    pub fn approvals(&self) -> Result<SledApprovalStore, StorageError> {
+        Ok(SledApprovalStore {
+            requests: self.tree(APPROVALS_TREE).map_err(StorageError::new)?,
+            by_call: self
+                .tree(APPROVALS_BY_CALL_TREE)
+                .map_err(StorageError::new)?,
+        })
     }
 
     /// The audit log in this store.
@@ -500,6 +518,79 @@ impl HandoffStore for SledHandoffStore {
     }
 }
 
+/// [`ApprovalStore`] on sled. Every write is flushed: an approval survives a crash.
+#[derive(Clone)]
+pub struct SledApprovalStore {
+    requests: sled::Tree,
+    by_call: sled::Tree,
+}
+
+impl ApprovalStore for SledApprovalStore {
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .requests
+            .get(id.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        id: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        let swapped = self
+            .requests
+            .compare_and_swap(id.as_bytes(), expected, Some(new))
+            .map_err(StorageError::new)?
+            .is_ok();
+        if swapped {
+            self.requests.flush().map_err(StorageError::new)?;
+        }
+        Ok(swapped)
+    }
+
+    fn latest_for(&self, call: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .by_call
+            .get(call.as_bytes())
+            .map_err(StorageError::new)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn claim_latest(
+        &self,
+        call: &str,
+        expected: Option<&str>,
+        id: &str,
+    ) -> Result<bool, StorageError> {
+        let claimed = self
+            .by_call
+            .compare_and_swap(
+                call.as_bytes(),
+                expected.map(str::as_bytes),
+                Some(id.as_bytes()),
+            )
+            .map_err(StorageError::new)?
+            .is_ok();
+        if claimed {
+            self.by_call.flush().map_err(StorageError::new)?;
+        }
+        Ok(claimed)
+    }
+
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.requests
+            .iter()
+            .map(|item| {
+                let (id, value) = item.map_err(StorageError::new)?;
+                Ok((String::from_utf8_lossy(&id).into_owned(), value.to_vec()))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +617,36 @@ mod tests {
             Some((3, b"cp".to_vec()))
         );
         assert_eq!(log.latest_checkpoint("tenant:ab").unwrap(), None);
+    }
+
+    #[test]
+    fn approvals_swap_only_from_the_expected_state_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = Store::open(dir.path()).unwrap().approvals().unwrap();
+            assert!(a.compare_and_swap("apr-1", None, b"pending").unwrap());
+            assert!(!a.compare_and_swap("apr-1", None, b"again").unwrap());
+            assert!(
+                a.compare_and_swap("apr-1", Some(b"pending"), b"approved")
+                    .unwrap()
+            );
+            // Single use: only one of two racing users wins.
+            assert!(
+                a.compare_and_swap("apr-1", Some(b"approved"), b"used")
+                    .unwrap()
+            );
+            assert!(
+                !a.compare_and_swap("apr-1", Some(b"approved"), b"used")
+                    .unwrap()
+            );
+            assert!(a.claim_latest("call", None, "apr-1").unwrap());
+            assert!(!a.claim_latest("call", None, "apr-2").unwrap());
+            assert!(a.claim_latest("call", Some("apr-1"), "apr-2").unwrap());
+        }
+        let a = Store::open(dir.path()).unwrap().approvals().unwrap();
+        assert_eq!(a.get("apr-1").unwrap(), Some(b"used".to_vec()));
+        assert_eq!(a.latest_for("call").unwrap().as_deref(), Some("apr-2"));
+        assert_eq!(a.list().unwrap(), [("apr-1".to_owned(), b"used".to_vec())]);
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`], [`KeyStore`], [`AgentStore`] and [`HandoffStore`]. Declared for
-//! the issues that move approvals and quotas into the store: [`ApprovalStore`], [`QuotaStore`]
-//! (their shapes may be refined by those issues, but they stay narrow: keyed records with
-//! compare-and-swap, no query language).
+//! Implemented now: [`AuditLog`], [`KeyStore`], [`AgentStore`], [`HandoffStore`] and
+//! [`ApprovalStore`]. Declared for the issue that moves quotas into the store: [`QuotaStore`] (its
+//! shape may be refined, but it stays narrow: keyed records with compare-and-swap, no query
+//! language).
 //!
 //! sled allows one process at a time. While `mandate serve` runs it owns the store and writes
 //! `admin.json` (0600) beside it: the loopback URL and a random credential that the CLI uses to
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use embedded::SledApprovalStore;
 pub use embedded::{
     AGENTS_TREE, AUDIT_TREE, HANDOFFS_TREE, ISSUER_KEY, ISSUER_RETIRED_PREFIX, KEYS_TREE,
     SledAgentStore, SledAuditLog, SledHandoffStore, SledKeyStore, Store, StoreError,
@@ -110,17 +111,30 @@ pub trait AgentStore: Send + Sync {
     fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }
 
-/// Pending and decided approval requests (declared; implemented with approvals).
+/// Approval requests, pending and decided, by id; and which request is the latest for each call
+/// digest (so the identical call finds its approval).
 pub trait ApprovalStore: Send + Sync {
     fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces the record if it still equals `expected` (None: absent), durably; false on a
+    /// lost race.
     fn compare_and_swap(
         &self,
         id: &str,
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool, StorageError>;
-    /// Requests still pending, oldest first.
-    fn pending(&self) -> Entries<'_>;
+    /// The id of the latest request for the call with this digest.
+    fn latest_for(&self, call: &str) -> Result<Option<String>, StorageError>;
+    /// Makes `id` the latest request for the call with this digest, durably, if the latest is
+    /// still `expected` (None: none yet); false when another request got there first.
+    fn claim_latest(
+        &self,
+        call: &str,
+        expected: Option<&str>,
+        id: &str,
+    ) -> Result<bool, StorageError>;
+    /// Every request, in id order.
+    fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
 }
 
 /// The handoff ledger: one record per handoff token Mandate minted, by its `jti` (see

@@ -605,19 +605,28 @@ fn expired_missions_are_visible() {
 }
 
 #[test]
-fn limits_that_are_not_enforced_are_a_warning() {
+fn limits_are_enforced_so_check_no_longer_warns_and_zero_is_an_error() {
     let ws = base();
     ws.mission(
         "finance/prod/review",
         r#""finance/ledger/get_invoice""#,
-        "[limits]\ncalls_per_minute = 10",
+        "[limits]\ncalls_per_minute = 10\nper_agent = 5\nper_user = 5\nper_tool = 5",
     );
     let out = check_within_20s(&ws);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("[limits]"), "{stderr}");
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice""#,
+        "[limits]\nper_tool = 0",
+    );
+    let out = check_within_20s(&ws);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "review.toml: warning: `[limits]` is not enforced yet: `calls_per_minute` has no effect"
+            "review.toml:8:12: `per_tool` must be at least 1 (calls per minute); remove it for no limit"
         ),
         "{stderr}"
     );

@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod agents;
+mod approvals;
 mod audit;
 mod broker;
 mod config_files;

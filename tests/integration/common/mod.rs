@@ -169,38 +169,7 @@ tools = [{tools}]
 
     /// `mandate serve --listen <addr>` (e.g. `[::1]:0`).
     pub fn serve_on(&self, listen: &str) -> Server {
-        let mut child = Command::new(mandate_bin())
-            .args(["serve", "--listen", listen])
-            .current_dir(self.path())
-            .env("MANDATE_LOG", "info,rmcp=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        std::thread::spawn(move || for _ in lines {});
-        let Some(url) = first.strip_prefix("mandate listening on ") else {
-            std::thread::sleep(Duration::from_millis(200));
-            panic!(
-                "mandate serve did not start: {first}\n{}",
-                log.lock().unwrap()
-            );
-        };
-        Server {
-            child,
-            url: url.to_owned(),
-            log,
-        }
+        self.serve_with(listen, &[])
     }
 }
 
@@ -506,6 +475,71 @@ impl Drop for Idp {
     }
 }
 
+// --- approvals ---
+
+impl Workspace {
+    /// `mandate serve --listen <addr>` with extra environment variables.
+    pub fn serve_with(&self, listen: &str, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(mandate_bin())
+            .args(["serve", "--listen", listen])
+            .current_dir(self.path())
+            .env("MANDATE_LOG", "info,rmcp=warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        let Some(url) = first.strip_prefix("mandate listening on ") else {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "mandate serve did not start: {first}\n{}",
+                log.lock().unwrap()
+            );
+        };
+        Server {
+            child,
+            url: url.to_owned(),
+            log,
+        }
+    }
+}
+
+/// A token of `sub` (tenant acme, agent bot) with these roles, broker-wide.
+pub fn token_with_roles(ws: &Workspace, sub: &str, roles: &[&str]) -> String {
+    let mut args = vec!["token", "--sub", sub, "--tenant", "acme", "--agent", "bot"];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    let out = ws.mandate(&args);
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A free loopback port (for a server that must keep its URL across a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 // --- ops (issue 7: one broker, refusals, key rotation) ---
 
 /// Reads one HTTP/1.1 response (Content-Length framed) from a raw connection, consuming it from
@@ -557,16 +591,6 @@ pub async fn jwks_kids(base: &str) -> Vec<String> {
 }
 
 // ---- handoff: the example handoff agent (examples/handoff_agent.rs) ----
-
-/// A loopback port that was free a moment ago (bound and released), for a broker whose URL must
-/// be known before it starts.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running example handoff agent, calling Mandate at `mandate` with the tokens it is given.
 /// Killed on drop.

@@ -1,0 +1,117 @@
+//! Unit tests: the digest binds every part of the call; the webhook signature scheme.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::Binding;
+use super::webhook::{SignatureError, sign, verify};
+
+fn args(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("test arguments are objects"),
+    }
+}
+
+fn base_args() -> Map<String, Value> {
+    args(json!({ "invoice": "INV-1", "amount": 100, "note": { "a": 1, "b": [1, 2] } }))
+}
+
+fn digest<'a>(arguments: &'a Map<String, Value>, f: impl FnOnce(&mut Binding<'a>)) -> String {
+    let mut b = Binding {
+        issuer: "https://issuer",
+        subject: "alice",
+        tenant: "acme",
+        agent: "bot",
+        mission: "finance/prod/review",
+        tool: "pay_invoice",
+        downstream_tool: "finance/ledger/pay_invoice",
+        arguments,
+        policy_version: "v1",
+    };
+    f(&mut b);
+    b.digest().unwrap()
+}
+
+#[test]
+fn the_digest_is_canonical_in_argument_order_and_number_form() {
+    let a = base_args();
+    let base = digest(&a, |_| {});
+    assert_eq!(base, digest(&base_args(), |_| {}));
+    // Same arguments written in another key order and number form (RFC 8785).
+    let reordered: Map<String, Value> =
+        serde_json::from_str(r#"{"note":{"b":[1,2],"a":1.0},"amount":1e2,"invoice":"INV-1"}"#)
+            .unwrap();
+    assert_eq!(base, digest(&reordered, |_| {}));
+}
+
+#[test]
+fn the_digest_changes_with_every_bound_part() {
+    let a = base_args();
+    let base = digest(&a, |_| {});
+    let other_args =
+        args(json!({ "invoice": "INV-1", "amount": 101, "note": { "a": 1, "b": [1, 2] } }));
+    let nested =
+        args(json!({ "invoice": "INV-1", "amount": 100, "note": { "a": 1, "b": [2, 1] } }));
+    let changed = [
+        digest(&a, |b| b.issuer = "https://other"),
+        digest(&a, |b| b.subject = "bob"),
+        digest(&a, |b| b.tenant = "globex"),
+        digest(&a, |b| b.agent = "other-bot"),
+        digest(&a, |b| b.mission = "finance/prod/other"),
+        digest(&a, |b| b.tool = "pay"),
+        digest(&a, |b| b.downstream_tool = "finance/other/pay_invoice"),
+        digest(&other_args, |_| {}),
+        digest(&nested, |_| {}),
+        digest(&a, |b| b.policy_version = "v2"),
+    ];
+    for (i, d) in changed.iter().enumerate() {
+        assert_ne!(&base, d, "change {i} kept the digest");
+    }
+}
+
+#[test]
+fn a_signature_verifies_only_for_its_body_secret_and_time() {
+    let secret = b"s3cret";
+    let body = br#"{"id":"apr-1","decision":"approve","approver":"bob"}"#;
+    let header = sign(secret, 1_000, body);
+    assert!(header.starts_with("t=1000,v1="), "{header}");
+    let window = Duration::from_secs(300);
+    assert_eq!(verify(secret, Some(&header), body, 1_100, window), Ok(()));
+    assert_eq!(
+        verify(secret, Some(&header), br#"{"id":"apr-2"}"#, 1_100, window),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify(b"other", Some(&header), body, 1_100, window),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify(secret, Some(&header), body, 1_301, window),
+        Err(SignatureError::Stale)
+    );
+    // The timestamp is signed: moving it forward breaks the signature.
+    let moved = header.replace("t=1000", "t=1290");
+    assert_eq!(
+        verify(secret, Some(&moved), body, 1_300, window),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify(secret, None, body, 1_000, window),
+        Err(SignatureError::Missing)
+    );
+    assert_eq!(
+        verify(secret, Some("v1=abc"), body, 1_000, window),
+        Err(SignatureError::Malformed)
+    );
+    // The documented scheme, computed independently: HMAC-SHA256 over "<t>.<body>".
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(b"1000.");
+    mac.update(body);
+    assert_eq!(
+        header,
+        format!("t=1000,v1={}", hex::encode(mac.finalize().into_bytes()))
+    );
+}
