@@ -51,6 +51,8 @@ fn caller(issuer: &str, n: usize) -> Arc<Caller> {
         expires_at: mandate::authn::unix_now() + 3600,
         scopes: Vec::new(),
         attributes: Default::default(),
+        act: None,
+        actors: Vec::new(),
         token: CallerToken::new(&token),
     })
 }

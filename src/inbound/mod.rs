@@ -671,28 +671,45 @@ fn end_on_close(response: Response, closed: CancellationToken, id: String) -> Re
     }
     let (parts, body) = response.into_parts();
     let body = body.into_data_stream();
-    let stream = futures::stream::unfold(Some((body, closed, id)), |state| async move {
+    // rmcp may end the stream of a closed session before the session's `closed` token fires:
+    // a stream that ends without the answer to `id` waits briefly for it, so the request still
+    // ends with its cancellation rather than cut short.
+    let answer = [format!("\"id\":{id},\"result\""), format!("\"id\":{id},\"error\"")];
+    let state = (body, closed, id, answer, false);
+    let stream = futures::stream::unfold(Some(state), |state| async move {
         use futures::StreamExt;
-        let (mut body, closed, id) = state?;
-        tokio::select! {
+        let (mut body, closed, id, answer, mut answered) = state?;
+        let cancelled = tokio::select! {
             biased;
-            chunk = body.next() => {
-                let chunk = chunk?;
-                Some((chunk, Some((body, closed, id))))
-            }
-            _ = closed.cancelled() => {
-                let error = session_closed_error();
-                let error = serde_json::json!({"code": error.code, "message": error.message});
-                // The id as the caller sent it (raw JSON), not re-encoded.
-                let event = format!(
-                    "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{error}}}\n\n"
-                );
-                Some((Ok(axum::body::Bytes::from(event)), None))
-            }
+            chunk = body.next() => match chunk {
+                Some(chunk) => {
+                    if let Ok(bytes) = &chunk {
+                        let text = String::from_utf8_lossy(bytes);
+                        answered |= answer.iter().any(|a| text.contains(a.as_str()));
+                    }
+                    return Some((chunk, Some((body, closed, id, answer, answered))));
+                }
+                None if answered => return None,
+                None => tokio::time::timeout(CLOSE_GRACE, closed.cancelled()).await.is_ok(),
+            },
+            _ = closed.cancelled() => true,
+        };
+        if !cancelled {
+            return None;
         }
+        let error = session_closed_error();
+        let error = serde_json::json!({"code": error.code, "message": error.message});
+        // The id as the caller sent it (raw JSON), not re-encoded.
+        let event = format!(
+            "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{error}}}\n\n"
+        );
+        Some((Ok(axum::body::Bytes::from(event)), None))
     });
     Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
+
+/// How long a stream that ended without its answer waits for its session's close to show.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Keeps `guard` alive until the response body is finished or dropped.
 fn hold_until_finished<G: Send + Sync + 'static>(response: Response, guard: G) -> Response {
