@@ -674,7 +674,10 @@ fn end_on_close(response: Response, closed: CancellationToken, id: String) -> Re
     // rmcp may end the stream of a closed session before the session's `closed` token fires:
     // a stream that ends without the answer to `id` waits briefly for it, so the request still
     // ends with its cancellation rather than cut short.
-    let answer = [format!("\"id\":{id},\"result\""), format!("\"id\":{id},\"error\"")];
+    let answer = [
+        format!("\"id\":{id},\"result\""),
+        format!("\"id\":{id},\"error\""),
+    ];
     let state = (body, closed, id, answer, false);
     let stream = futures::stream::unfold(Some(state), |state| async move {
         use futures::StreamExt;
