@@ -114,7 +114,9 @@ const USAGE: &str = "usage: bench [options]
   --block B             calls per worker per round (100)
   --client-threads T    threads of the load generator; 1 = single-threaded (1)
   --fresh-connections   new HTTP connection per request (rmcp's default client)
-  --json FILE           also write the report as pretty JSON to FILE";
+  --json FILE           also write the report as pretty JSON to FILE
+  --exchange PROFILE    the HTTP downstream's `[auth] exchange` (none; `embedded` measures
+                        per-call On-Behalf-Of tokens, served from the cache after the first)";
 
 /// The invoice every call asks for, and what its result must contain.
 const INVOICE_ID: &str = "INV-1001";
@@ -160,6 +162,8 @@ struct Options {
     downstreams: Vec<Downstream>,
     client_threads: usize,
     json: Option<PathBuf>,
+    /// `[auth] exchange` of the HTTP downstream.
+    exchange: String,
 }
 
 fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -186,6 +190,7 @@ fn parse_args() -> Result<Options> {
         downstreams: vec![Downstream::Http, Downstream::Stdio],
         client_threads: 1,
         json: None,
+        exchange: "none".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -228,6 +233,7 @@ fn parse_args() -> Result<Options> {
                 opts.downstreams.dedup();
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
+            "--exchange" => opts.exchange = value("--exchange")?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -452,15 +458,21 @@ effect = "read"
 "#;
 
 /// Writes the manifests and missions for the selected downstreams.
-fn write_workspace(root: &Path, ledger_url: Option<&str>, ledger_bin: Option<&Path>) -> Result<()> {
+fn write_workspace(
+    root: &Path,
+    ledger_url: Option<&str>,
+    ledger_bin: Option<&Path>,
+    exchange: &str,
+) -> Result<()> {
     if let Some(url) = ledger_url {
         write(
             root,
             &format!("tool-manifests/{}.toml", Downstream::Http.manifest()),
             &format!(
                 "description = \"Acme ledger over HTTP (benchmark)\"\n{MANIFEST_HEAD}\n\
-                 [transport]\nkind = \"http\"\nurl = {}\n{MANIFEST_TOOLS}",
-                toml_str(url)
+                 [transport]\nkind = \"http\"\nurl = {}\n[auth]\nexchange = {}\n{MANIFEST_TOOLS}",
+                toml_str(url),
+                toml_str(exchange)
             ),
         )?;
         write_mission(root, Downstream::Http)?;
@@ -1133,6 +1145,7 @@ async fn run(opts: &Options) -> Result<()> {
         ws,
         ledger_url.as_deref(),
         want_stdio.then_some(ledger_bin.as_path()),
+        &opts.exchange,
     )?;
     run_mandate(&mandate_bin, ws, &["pin"])?;
     for &downstream in &opts.downstreams {
