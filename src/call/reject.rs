@@ -5,7 +5,7 @@
 use crate::audit::EventKind;
 use crate::downstream::DownstreamError;
 use crate::mission::{Denied, Invalid};
-use crate::policy::{PolicyDenied, SCOPE_POLICY};
+use crate::policy::{PolicyDenied, SCOPE_POLICY, WALL_POLICY};
 
 use super::RpcError;
 
@@ -103,10 +103,19 @@ impl Reject {
         }
     }
 
-    /// The rule that decided, for denials.
-    pub fn policy(&self) -> Option<&'static str> {
+    /// The rule(s) that decided, for denials.
+    pub fn policy(&self) -> Option<String> {
         match self {
-            Reject::Scope(_) => Some(SCOPE_POLICY),
+            Reject::Scope(d) => Some(
+                match d {
+                    Denied::Tenant | Denied::Region | Denied::Residency => WALL_POLICY,
+                    Denied::Agent
+                    | Denied::MissionExpired
+                    | Denied::NotInMission
+                    | Denied::Quarantined => SCOPE_POLICY,
+                }
+                .into(),
+            ),
             Reject::Policy(p) => Some(p.policy()),
             Reject::TokenExpired
             | Reject::UnknownSession
@@ -139,9 +148,17 @@ impl Reject {
                     data: None,
                 },
             },
-            Reject::Scope(_) => error(INVALID_PARAMS, format!("tool not found: {tool}")),
+            Reject::Scope(_) | Reject::Policy(PolicyDenied::Tool { .. }) => {
+                error(INVALID_PARAMS, format!("tool not found: {tool}"))
+            }
+            // No policy details reach the caller (STYLE §9).
+            Reject::Policy(
+                PolicyDenied::WrongMission
+                | PolicyDenied::Call { .. }
+                | PolicyDenied::Error { .. },
+            ) => error(INVALID_PARAMS, "denied by policy".into()),
             Reject::InvalidReasoning(_)
-            | Reject::Policy(_)
+            | Reject::Policy(PolicyDenied::ReasoningRequired(_))
             | Reject::ArgumentsNotObject
             | Reject::TooLarge(_) => {
                 error(INVALID_PARAMS, self.to_string())

@@ -669,6 +669,7 @@ fn serve_lists_an_expired_mission_and_does_not_serve_it() {
     ws.ledger(&[]);
     ws.mission("finance/prod/live", r#""finance/ledger/get_invoice""#, "");
     ws.pin();
+    ws.permit_all("finance/prod/old");
     ws.write(
         "missions/finance/prod/old.toml",
         "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2020-01-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",

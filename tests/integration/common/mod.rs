@@ -110,8 +110,12 @@ timeout = "2s"
         )
     }
 
-    /// The mission `finance/prod/review` (tenant acme, agent bot) with the given tools.
+    /// The mission `finance/prod/review` (tenant acme, agent bot) with the given tools, and a
+    /// permit-all policy beside it unless the test wrote its own `.cedar` first.
     pub fn mission(&self, id: &str, tools: &str, extra: &str) -> &Self {
+        if !self.path().join(format!("missions/{id}.cedar")).exists() {
+            self.permit_all(id);
+        }
         self.write(
             &format!("missions/{id}.toml"),
             &format!(
@@ -425,4 +429,33 @@ pub fn certificate(ws: &Workspace) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(ws.path().join("cert.pem")).unwrap()
+}
+
+// --- policy (Cedar) ---
+
+/// The policy every test mission gets unless it brings its own.
+pub const PERMIT_ALL: &str = "permit (principal, action, resource);\n";
+
+impl Workspace {
+    /// Writes a permit-all `missions/<id>.cedar`.
+    pub fn permit_all(&self, id: &str) -> &Self {
+        self.write(&format!("missions/{id}.cedar"), PERMIT_ALL)
+    }
+
+    /// `mandate token` with extra `--attr key=value` claims.
+    pub fn token_with(&self, sub: &str, tenant: &str, mission: &str, attrs: &[&str]) -> String {
+        let mut args = vec![
+            "token", "--sub", sub, "--tenant", tenant, "--agent", "bot", "--mission", mission,
+        ];
+        for a in attrs {
+            args.extend(["--attr", a]);
+        }
+        let out = self.mandate(&args);
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
 }
