@@ -1287,9 +1287,7 @@ fn token_attributes(
 }
 
 /// Loads the configuration and every mission's runtime (policies validated), or prints why not.
-fn load_runtimes(
-    dir: &Path,
-) -> Result<(Config, BTreeMap<String, Arc<MissionRuntime>>), ExitCode> {
+fn load_runtimes(dir: &Path) -> Result<(Config, BTreeMap<String, Arc<MissionRuntime>>), ExitCode> {
     let config = load(dir, true)?;
     match MissionRuntime::build_all(&config) {
         Ok(m) => Ok((config, m)),

@@ -151,8 +151,11 @@ impl MissionRuntime {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let policy =
-            crate::policy::MissionPolicy::load(mission, &tools, &crate::policy::agent_missions(config))?;
+        let policy = crate::policy::MissionPolicy::load(
+            mission,
+            &tools,
+            &crate::policy::agent_missions(config),
+        )?;
         Ok(Self {
             resource_url: format!("{}{}", config.settings.public_url, mission.http_path()),
             mission: mission.clone(),

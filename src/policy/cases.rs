@@ -86,7 +86,10 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
     let caller = Caller {
         issuer: "mandate-test".into(),
         subject: case.user.clone(),
-        tenant: case.tenant.clone().unwrap_or_else(|| mission.tenant.clone()),
+        tenant: case
+            .tenant
+            .clone()
+            .unwrap_or_else(|| mission.tenant.clone()),
         agent: case
             .agent
             .clone()
@@ -105,7 +108,12 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
     };
     let (allow, policies, errors, approval) =
         match walls::admit(mission, &caller).and_then(|()| walls::residency(mission, exposed)) {
-            Err(denied) => (false, vec![WALL_POLICY.to_owned()], vec![denied.to_string()], None),
+            Err(denied) => (
+                false,
+                vec![WALL_POLICY.to_owned()],
+                vec![denied.to_string()],
+                None,
+            ),
             Ok(()) => {
                 let d = runtime.policy.decide(&Query {
                     caller: &caller,
@@ -124,16 +132,14 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
     let mut problems = Vec::new();
     let got = if allow { Expect::Allow } else { Expect::Deny };
     if got != case.expect {
-        problems.push(format!(
-            "expected {}, got {}",
-            word(case.expect),
-            word(got)
-        ));
+        problems.push(format!("expected {}, got {}", word(case.expect), word(got)));
     }
     if let Some(expected) = &case.policies {
         let matches = |e: &String, a: &String| a == e || a.ends_with(&format!(".cedar:{e}"));
         let same = expected.len() == policies.len()
-            && expected.iter().all(|e| policies.iter().any(|a| matches(e, a)));
+            && expected
+                .iter()
+                .all(|e| policies.iter().any(|a| matches(e, a)));
         if !same {
             problems.push(format!(
                 "expected determining policies [{}], got [{}]",

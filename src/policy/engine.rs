@@ -180,16 +180,18 @@ impl MissionPolicy {
         let typed: Vec<(Arc<ExposedTool>, ArgType)> = tools
             .values()
             .map(|t| {
-                let input = t.definition.get("inputSchema").unwrap_or(&serde_json::Value::Null);
+                let input = t
+                    .definition
+                    .get("inputSchema")
+                    .unwrap_or(&serde_json::Value::Null);
                 (t.clone(), ArgType::record(input))
             })
             .collect();
         let refs: Vec<(&ExposedTool, &ArgType)> =
             typed.iter().map(|(t, a)| (t.as_ref(), a)).collect();
         let schema_text = schema::text(&refs);
-        let (schema, _) = Schema::from_cedarschema_str(&schema_text).map_err(|e| {
-            internal(format!("the generated Cedar schema does not parse: {e}"))
-        })?;
+        let (schema, _) = Schema::from_cedarschema_str(&schema_text)
+            .map_err(|e| internal(format!("the generated Cedar schema does not parse: {e}")))?;
 
         // Static entities.
         let tenant_uid = uid(&types.tenant, &mission.tenant);
@@ -251,8 +253,11 @@ impl MissionPolicy {
                 },
             );
         }
-        let entities = Entities::from_entities(entities, Some(&schema))
-            .map_err(|e| internal(format!("the mission's entities do not match the schema: {e}")))?;
+        let entities = Entities::from_entities(entities, Some(&schema)).map_err(|e| {
+            internal(format!(
+                "the mission's entities do not match the schema: {e}"
+            ))
+        })?;
 
         let (policies, version, path) = match file {
             None => (PolicySet::new(), super::digest(""), None),
@@ -335,7 +340,11 @@ impl MissionPolicy {
             .unwrap_or_else(Vec::new);
         attrs.insert("groups".into(), strings(groups));
         for key in ["department", "region"] {
-            if let Some(v) = caller.attributes.get(key).and_then(serde_json::Value::as_str) {
+            if let Some(v) = caller
+                .attributes
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+            {
                 attrs.insert(key.into(), string(v));
             }
         }
@@ -365,7 +374,9 @@ impl MissionPolicy {
             (
                 "missions".to_owned(),
                 RestrictedExpression::new_set(
-                    missions.into_iter().map(RestrictedExpression::new_entity_uid),
+                    missions
+                        .into_iter()
+                        .map(RestrictedExpression::new_entity_uid),
                 ),
             ),
         ]);
@@ -383,9 +394,11 @@ impl MissionPolicy {
     fn per_call_entities(&self, q: &Query<'_>) -> Result<Entities, String> {
         let user = self.user(q.caller)?;
         let agent = self.agent(&q.caller.agent, q.agent.as_ref())?;
+        // Built by construction in the schema's shapes, so not validated again per call (the
+        // context is: `Request::new` checks it against the action's context type).
         self.entities
             .clone()
-            .add_entities([user, agent], Some(&self.schema))
+            .add_entities([user, agent], None)
             .map_err(|e| e.to_string())
     }
 
@@ -589,7 +602,9 @@ fn parse(
     ids.sort_by_key(|p| offset_in(text, &p.to_string()));
     for p in ids {
         let offset = offset_in(text, &p.to_string());
-        let local = p.annotation("id").map_or_else(|| p.id().to_string(), str::to_owned);
+        let local = p
+            .annotation("id")
+            .map_or_else(|| p.id().to_string(), str::to_owned);
         match p.annotation("approval") {
             None => {}
             Some("approver" | "user") if p.effect() == CedarEffect::Permit => {}
@@ -629,5 +644,15 @@ fn parse(
         Ok(set)
     } else {
         Err(problems)
+    }
+}
+
+impl std::fmt::Debug for MissionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MissionPolicy")
+            .field("mission", &self.mission_id)
+            .field("policies", &self.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }

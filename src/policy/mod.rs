@@ -27,8 +27,8 @@ pub use risk::RiskSignals;
 
 use crate::audit::Reasoning;
 use crate::authn::Caller;
-use crate::config::{Config, Mission};
 use crate::config::diag::Warning;
+use crate::config::{Config, Mission};
 use crate::downstream::Downstream;
 use crate::mission::{ExposedTool, MissionRuntime, Valid};
 

@@ -11,4 +11,5 @@ mod broker;
 mod config_files;
 mod interop;
 mod native;
+mod policy;
 mod security;

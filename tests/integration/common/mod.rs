@@ -445,7 +445,15 @@ impl Workspace {
     /// `mandate token` with extra `--attr key=value` claims.
     pub fn token_with(&self, sub: &str, tenant: &str, mission: &str, attrs: &[&str]) -> String {
         let mut args = vec![
-            "token", "--sub", sub, "--tenant", tenant, "--agent", "bot", "--mission", mission,
+            "token",
+            "--sub",
+            sub,
+            "--tenant",
+            tenant,
+            "--agent",
+            "bot",
+            "--mission",
+            mission,
         ];
         for a in attrs {
             args.extend(["--attr", a]);
