@@ -300,11 +300,7 @@ fn check_root(root: &Path) -> Result<(), Vec<Diagnostic>> {
 /// links to directories are reported and not followed: following them can loop forever (a link
 /// to `..`) or load files from outside the configuration directory. `dir` itself may be a link.
 /// Cedar policy files (`.cedar`) and decision cases (`.cases.toml`) are read with their mission.
-fn toml_files(
-    dir: &Path,
-    diags: &mut Vec<Diagnostic>,
-    warnings: &mut Vec<Warning>,
-) -> Vec<PathBuf> {
+fn toml_files(dir: &Path, diags: &mut Vec<Diagnostic>, warnings: &mut [Warning]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

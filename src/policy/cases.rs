@@ -172,10 +172,13 @@ fn word(e: Expect) -> &'static str {
     }
 }
 
+/// A mission with its cases, each with its request time (unix seconds).
+pub type MissionCases = (Arc<MissionRuntime>, Vec<(Case, u64)>);
+
 /// Reads every mission's cases file. Errors are `path:line:col: message`.
 pub fn load_all(
     missions: &BTreeMap<String, Arc<MissionRuntime>>,
-) -> Result<Vec<(Arc<MissionRuntime>, Vec<(Case, u64)>)>, Vec<String>> {
+) -> Result<Vec<MissionCases>, Vec<String>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for m in missions.values() {

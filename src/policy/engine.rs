@@ -332,12 +332,12 @@ impl MissionPolicy {
                 strings(caller.scopes.iter().map(String::as_str)),
             ),
         ]);
-        let groups = caller
+        let groups: Vec<&str> = caller
             .attributes
             .get("groups")
             .and_then(serde_json::Value::as_array)
             .map(|g| g.iter().filter_map(serde_json::Value::as_str).collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         attrs.insert("groups".into(), strings(groups));
         for key in ["department", "region"] {
             if let Some(v) = caller

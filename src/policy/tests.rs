@@ -58,12 +58,23 @@ fn decide(p: &MissionPolicy, c: &Caller, tool: &str, args: Value, now: u64) -> D
     })
 }
 
+/// (policy text, tool, arguments, caller attributes, time, allowed, determining ids)
+type Row = (
+    &'static str,
+    &'static str,
+    Value,
+    Value,
+    u64,
+    bool,
+    Vec<String>,
+);
+
 #[test]
 fn decisions() {
     let rt = runtime();
     let m = "finance/prod/invoice-review.cedar";
     // (policy text, tool, arguments, caller attributes, time, allowed, determining ids)
-    let table: Vec<(&str, &str, Value, Value, u64, bool, Vec<String>)> = vec![
+    let table: Vec<Row> = vec![
         // Deny by default.
         (
             "",
