@@ -975,9 +975,17 @@ async fn serve(
     if !config.warnings.is_empty()
         && let Some(detail) = &mut event.detail
     {
-        // The audit trail shows that the policy files were there and had no effect.
+        // The audit trail shows what loaded with a warning (e.g. a mission without policies).
         let files: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
         detail.push_str(&format!("; {}", files.join("; ")));
+    }
+    if let Some(detail) = &mut event.detail {
+        // Which policy set each mission decides with (decisions name policies of this version).
+        let versions: Vec<String> = missions
+            .iter()
+            .map(|(id, m)| format!("{id}={}", m.policy.version()))
+            .collect();
+        detail.push_str(&format!("; policy versions: {}", versions.join(", ")));
     }
     audit.record_durable(event).await?;
 
