@@ -87,7 +87,12 @@ pub struct MissionPolicy {
     types: Types,
     authorizer: Authorizer,
     rates: Rates,
+    /// The entity store of each recent token (its `User` and `Agent` never change for it).
+    stores: std::sync::Mutex<HashMap<String, Arc<Entities>>>,
 }
+
+/// Most tokens whose entity store is kept; the cache is emptied when it grows past this.
+const STORES: usize = 4096;
 
 /// The `.cedar` file beside a mission.
 pub fn policy_path(mission: &Mission) -> PathBuf {
@@ -312,6 +317,7 @@ impl MissionPolicy {
             types,
             authorizer: Authorizer::new(),
             rates: Rates::default(),
+            stores: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -413,6 +419,28 @@ impl MissionPolicy {
         Entity::new(uid(&self.types.agent, id), attrs, HashSet::new()).map_err(|e| e.to_string())
     }
 
+    /// The entity store of a call: cached per token (without registry facts, which change).
+    fn entities_for(&self, q: &Query<'_>) -> Result<Arc<Entities>, String> {
+        let c = q.caller;
+        if c.token_id.is_empty() || q.agent.is_some() {
+            return self.per_call_entities(q).map(Arc::new);
+        }
+        let key = format!("{}\u{1f}{}\u{1f}{}", c.issuer, c.token_id, c.subject);
+        if let Ok(stores) = self.stores.lock()
+            && let Some(e) = stores.get(&key)
+        {
+            return Ok(e.clone());
+        }
+        let built = Arc::new(self.per_call_entities(q)?);
+        if let Ok(mut stores) = self.stores.lock() {
+            if stores.len() >= STORES {
+                stores.clear();
+            }
+            stores.insert(key, built.clone());
+        }
+        Ok(built)
+    }
+
     fn per_call_entities(&self, q: &Query<'_>) -> Result<Entities, String> {
         let user = self.user(q.caller)?;
         let agent = self.agent(&q.caller.agent, q.agent.as_ref())?;
@@ -507,7 +535,7 @@ impl MissionPolicy {
                 Some(&self.schema),
             )
             .map_err(|e| e.to_string())?;
-            Ok((request, self.per_call_entities(q)?))
+            Ok((request, self.entities_for(q)?))
         });
         let (request, entities) = match built {
             Ok(x) => x,
@@ -556,7 +584,7 @@ impl MissionPolicy {
             agent: None,
             risk: None,
         };
-        let Ok(entities) = self.per_call_entities(&q) else {
+        let Ok(entities) = self.entities_for(&q) else {
             return false;
         };
         let request = RequestBuilder::default()
@@ -685,7 +713,7 @@ impl MissionPolicy {
     pub(crate) fn profile(&self, q: &Query<'_>) -> [u128; 4] {
         let entry = &self.tools[q.tool];
         let t = std::time::Instant::now();
-        let entities = self.per_call_entities(q).unwrap();
+        let entities = self.entities_for(q).unwrap();
         let a = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
         let context = self

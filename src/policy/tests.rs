@@ -35,7 +35,7 @@ fn caller(attrs: Value) -> Caller {
         tenant: "acme".into(),
         agent: "invoice-bot".into(),
         roles: vec!["clerk".into()],
-        token_id: String::new(),
+        token_id: format!("token-{attrs}"),
         audience: String::new(),
         expires_at: u64::MAX,
         scopes: vec![],
