@@ -429,6 +429,12 @@ fn toml_str(s: &str) -> String {
 }
 
 fn write_mission(root: &Path, downstream: Downstream) -> Result<()> {
+    // Cedar decides every call (a mission without policies denies everything).
+    write(
+        root,
+        &format!("missions/{}.cedar", downstream.mission()),
+        "@id(\"bench-permit\")\npermit (principal, action, resource);\n",
+    )?;
     write(
         root,
         &format!("missions/{}.toml", downstream.mission()),

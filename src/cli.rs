@@ -110,6 +110,22 @@ enum Command {
         /// Lifetime, e.g. 15m or 1h (at most 24h).
         #[arg(long, default_value = "15m")]
         ttl: String,
+        /// A policy attribute of the user, `key=value` (repeatable): `department`, `region`,
+        /// `clearance` (an integer) or `groups` (comma-separated).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+    },
+    /// Print or write a generated schema: the Cedar schema policies are validated against, or
+    /// JSON Schemas of the configuration files for editors.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Run every mission's policy decision cases (`<mission>.cases.toml`) and report each.
+    Test {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
     },
     /// Manage the embedded issuer's signing keys.
     Keys {
@@ -134,11 +150,6 @@ enum Command {
     Agents {
         #[command(subcommand)]
         command: AgentsCommand,
-    },
-    /// Write JSON Schemas of the configuration files for editors.
-    Schema {
-        #[command(subcommand)]
-        command: SchemaCommand,
     },
     /// Print the JSON snippet that registers a mission in an agent client.
     ClientConfig {
@@ -264,6 +275,15 @@ enum SchemaCommand {
         /// Where to write the schemas (default: `schemas/` in the configuration directory).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The Cedar schema policies are validated against (one per mission).
+    Cedar {
+        /// Configuration directory (holds mandate.toml, missions/, tool-manifests/).
+        #[arg(long, default_value = ".")]
+        config: PathBuf,
+        /// Only this mission, e.g. finance/prod/invoice-review.
+        #[arg(long)]
+        mission: Option<String>,
     },
 }
 
@@ -407,6 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mission,
             roles,
             ttl,
+            attrs,
         } => {
             let ttl = humantime::parse_duration(&ttl)
                 .map_err(|_| anyhow::anyhow!("invalid `--ttl` `{ttl}` (write e.g. 15m or 1h)"))?;
@@ -417,9 +438,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mission,
                 roles,
                 ttl_secs: ttl.as_secs(),
+                attributes: token_attributes(&attrs)?,
             };
             token(&config, request).await
         }
+        Command::Schema {
+            command: SchemaCommand::Cedar { config, mission },
+        } => Ok(schema_cedar(&config, mission.as_deref())),
+        Command::Test { config } => Ok(policy_test(&config)),
         Command::Keys {
             command: KeysCommand::Rotate { config },
         } => keys_rotate(&config).await,
@@ -665,6 +691,9 @@ pub struct AdminTokenRequest {
     #[serde(default)]
     pub roles: Vec<String>,
     pub ttl_secs: u64,
+    /// Policy attributes of the user (`department`, `region`, `clearance`, `groups`).
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The admin API's answer to a token request: the token, and the missions it opens.
@@ -732,6 +761,7 @@ impl AdminTokenRequest {
                 audience,
                 roles: self.roles.clone(),
                 ttl: Duration::from_secs(self.ttl_secs),
+                attributes: self.attributes.clone(),
             },
             missions,
         })
@@ -1258,9 +1288,17 @@ async fn serve(
     if !config.warnings.is_empty()
         && let Some(detail) = &mut event.detail
     {
-        // The audit trail shows that the policy files were there and had no effect.
+        // The audit trail shows what loaded with a warning (e.g. a mission without policies).
         let files: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
         detail.push_str(&format!("; {}", files.join("; ")));
+    }
+    if let Some(detail) = &mut event.detail {
+        // Which policy set each mission decides with (decisions name policies of this version).
+        let versions: Vec<String> = missions
+            .iter()
+            .map(|(id, m)| format!("{id}={}", m.policy.version()))
+            .collect();
+        detail.push_str(&format!("; policy versions: {}", versions.join(", ")));
     }
     audit.record_durable(event).await?;
     // Agents named by missions are registered ("declared by mission"; see `crate::agents`).
@@ -2108,4 +2146,92 @@ fn print_changed(record: &crate::agents::AgentRecord) {
         record.id,
         record.status.as_str()
     );
+}
+
+// --- policy (Cedar): `schema cedar`, `test`, `token --attr` ---
+
+/// `--attr key=value` as token attributes.
+fn token_attributes(
+    attrs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in attrs {
+        let Some((key, value)) = a.split_once('=') else {
+            bail!("invalid `--attr` `{a}` (write key=value, e.g. region=eu-west-1)");
+        };
+        let value = match key {
+            "groups" => serde_json::Value::from(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .collect::<Vec<_>>(),
+            ),
+            "clearance" => serde_json::Value::from(value.parse::<i64>().map_err(|_| {
+                anyhow::anyhow!("invalid `--attr clearance={value}` (write an integer, e.g. 2)")
+            })?),
+            "department" | "region" => serde_json::Value::from(value),
+            other => bail!(
+                "unknown attribute `{other}` in `--attr` (expected {})",
+                crate::authn::ATTRIBUTE_CLAIMS.join(", ")
+            ),
+        };
+        out.insert(key.to_owned(), value);
+    }
+    Ok(out)
+}
+
+/// Loads the configuration and every mission's runtime (policies validated), or prints why not.
+fn load_runtimes(dir: &Path) -> Result<(Config, BTreeMap<String, Arc<MissionRuntime>>), ExitCode> {
+    let config = load(dir, true)?;
+    match MissionRuntime::build_all(&config) {
+        Ok(m) => Ok((config, m)),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn schema_cedar(dir: &Path, only: Option<&str>) -> ExitCode {
+    let (config, missions) = match load_runtimes(dir) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if let Some(id) = only
+        && !missions.contains_key(id)
+    {
+        eprintln!(
+            "error: unknown mission `{id}`{}",
+            config::diag::suggestion(id, config.missions.keys().map(String::as_str))
+        );
+        return ExitCode::FAILURE;
+    }
+    for (id, m) in &missions {
+        if only.is_none_or(|o| o == id) {
+            println!("// ===== mission {id} =====");
+            println!("{}", m.policy.schema_text());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn policy_test(dir: &Path) -> ExitCode {
+    let (_, missions) = match load_runtimes(dir) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match crate::policy::cases::run_all(&missions) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) in the decision cases", errors.len());
+            ExitCode::FAILURE
+        }
+    }
 }

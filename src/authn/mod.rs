@@ -52,7 +52,13 @@ pub struct Claims {
     pub azp: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Attributes for policy (`groups`, `department`, `region`, `clearance`), as top-level claims.
+    #[serde(flatten, default)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// The claims of an embedded-issuer token that become [`Caller::attributes`].
+pub const ATTRIBUTE_CLAIMS: [&str; 4] = ["groups", "department", "region", "clearance"];
 
 /// A verified caller: the human (or service) `subject` and the `agent` acting for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,6 +378,7 @@ impl Issuer {
             tenant: request.tenant.clone(),
             azp: request.agent.clone(),
             roles: request.roles.clone(),
+            attributes: request.attributes.clone(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(TOKEN_TYPE.to_owned());
@@ -485,6 +492,9 @@ pub struct TokenRequest {
     pub roles: Vec<String>,
     #[serde(with = "humantime_serde_secs")]
     pub ttl: Duration,
+    /// Policy attributes to carry (see [`ATTRIBUTE_CLAIMS`]).
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 mod humantime_serde_secs {
@@ -559,6 +569,7 @@ mod tests {
             audience: aud.into(),
             roles: vec![],
             ttl: Duration::from_secs(60),
+            attributes: Default::default(),
         }
     }
 

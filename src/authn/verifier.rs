@@ -61,9 +61,14 @@ impl Verifier {
             audiences: Vec::new(),
             tenant: TenantFrom::Claim("tenant".into()),
             agent_claims: vec!["azp".into()],
-            groups_claim: None,
+            // `mandate token --attr`: the policy attributes as top-level claims.
+            groups_claim: Some("groups".into()),
             roles_claim: Some("roles".into()),
-            attributes: Default::default(),
+            attributes: super::ATTRIBUTE_CLAIMS
+                .iter()
+                .filter(|c| **c != "groups")
+                .map(|c| ((*c).to_owned(), (*c).to_owned()))
+                .collect(),
         };
         let externals = issuers
             .iter()

@@ -104,7 +104,7 @@ impl CallRecord {
         if let Some(e) = &mut self.event {
             e.argument_keys = authorized.arguments().keys().cloned().collect();
             e.decision = Some("allow".into());
-            e.policy = Some(authorized.policy().into());
+            e.policy = Some(authorized.policies().join(", "));
         }
     }
 
@@ -180,7 +180,7 @@ impl CallRecord {
                 event.detail = Some(reject.to_string());
                 if let Some(policy) = reject.policy() {
                     event.decision = Some("deny".into());
-                    event.policy = Some(policy.into());
+                    event.policy = Some(policy);
                 }
             }
         }

@@ -8,7 +8,7 @@ use crate::downstream::DownstreamError;
 use crate::exchange::ExchangeError;
 use crate::handoff::HandoffError;
 use crate::mission::{Denied, Invalid};
-use crate::policy::{PolicyDenied, SCOPE_POLICY};
+use crate::policy::{PolicyDenied, SCOPE_POLICY, WALL_POLICY};
 use crate::quota::{QUOTA_POLICY, QuotaExceeded};
 
 use super::RpcError;
@@ -136,12 +136,21 @@ impl Reject {
         }
     }
 
-    /// The rule that decided, for denials.
-    pub fn policy(&self) -> Option<&'static str> {
+    /// The rule(s) that decided, for denials.
+    pub fn policy(&self) -> Option<String> {
         match self {
-            Reject::Scope(_) => Some(SCOPE_POLICY),
+            Reject::Scope(d) => Some(
+                match d {
+                    Denied::Tenant | Denied::Region | Denied::Residency => WALL_POLICY,
+                    Denied::Agent
+                    | Denied::MissionExpired
+                    | Denied::NotInMission
+                    | Denied::Quarantined => SCOPE_POLICY,
+                }
+                .into(),
+            ),
             Reject::Policy(p) => Some(p.policy()),
-            Reject::Quota(_) => Some(QUOTA_POLICY),
+            Reject::Quota(_) => Some(QUOTA_POLICY.into()),
             Reject::TokenExpired
             | Reject::Approval(_)
             | Reject::UnknownSession
@@ -176,9 +185,17 @@ impl Reject {
                     data: None,
                 },
             },
-            Reject::Scope(_) => error(INVALID_PARAMS, format!("tool not found: {tool}")),
+            Reject::Scope(_) | Reject::Policy(PolicyDenied::Tool { .. }) => {
+                error(INVALID_PARAMS, format!("tool not found: {tool}"))
+            }
+            // No policy details reach the caller (STYLE §9).
+            Reject::Policy(
+                PolicyDenied::WrongMission
+                | PolicyDenied::Call { .. }
+                | PolicyDenied::Error { .. },
+            ) => error(INVALID_PARAMS, "denied by policy".into()),
             Reject::InvalidReasoning(_)
-            | Reject::Policy(_)
+            | Reject::Policy(PolicyDenied::ReasoningRequired(_))
             | Reject::ArgumentsNotObject
             | Reject::TooLarge(_) => {
                 error(INVALID_PARAMS, self.to_string())

@@ -412,12 +412,8 @@ fn check_root(root: &Path) -> Result<(), Vec<Diagnostic>> {
 /// The `.toml` files under `dir`, sorted. Symbolic links to files are read like files; symbolic
 /// links to directories are reported and not followed: following them can loop forever (a link
 /// to `..`) or load files from outside the configuration directory. `dir` itself may be a link.
-/// Cedar policy files (`.cedar`) are reported as warnings: nothing reads them yet.
-fn toml_files(
-    dir: &Path,
-    diags: &mut Vec<Diagnostic>,
-    warnings: &mut Vec<Warning>,
-) -> Vec<PathBuf> {
+/// Cedar policy files (`.cedar`) and decision cases (`.cases.toml`) are read with their mission.
+fn toml_files(dir: &Path, diags: &mut Vec<Diagnostic>, warnings: &mut [Warning]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -451,12 +447,9 @@ fn toml_files(
                 continue;
             }
             match path.extension().and_then(|e| e.to_str()) {
-                Some("toml") => out.push(path),
-                Some("cedar") => warnings.push(Warning {
-                    file: path,
-                    message: "Cedar policies are not enforced yet; this file has no effect"
-                        .to_owned(),
-                }),
+                // `<mission>.cases.toml` holds policy decision cases (`mandate test`).
+                Some("toml") if !crate::policy::is_cases_file(&path) => out.push(path),
+                // `.cedar` policies are read with their mission (crate::policy).
                 _ => {}
             }
         }
@@ -569,11 +562,14 @@ pub fn build(
     }
 
     let mut missions = BTreeMap::new();
-    let warnings = sources.warnings.clone();
+    let mut warnings = sources.warnings.clone();
     let missions_dir = root.join("missions");
     for (path, text) in &sources.missions {
         let src = Source { path, text };
         if let Some(m) = build_mission(&missions_dir, &src, &manifests, &broken, &mut diags) {
+            if let Some(w) = crate::policy::missing_policy_warning(&m) {
+                warnings.push(w);
+            }
             missions.insert(m.id.clone(), m);
         }
     }

@@ -408,6 +408,7 @@ mod tests {
                 agent: agent.into(),
                 audience: issuer.issuer().into(),
                 roles: Vec::new(),
+                attributes: Default::default(),
                 ttl: Duration::from_secs(600),
             })
             .unwrap();

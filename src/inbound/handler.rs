@@ -85,6 +85,18 @@ impl MissionState {
             .filter(|(t, _)| !self.mission.quarantined(t))
             .map(|(_, tool)| tool)
     }
+
+    /// The tools `caller` sees: the visible ones its policies could permit (decided without
+    /// the call's arguments and context; every call is decided again in full).
+    pub fn tools_for<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a Tool> + 'a {
+        self.tools
+            .iter()
+            .filter(|(t, _)| {
+                !self.mission.quarantined(t)
+                    && crate::policy::visible(&self.runtime, caller, &t.exposed)
+            })
+            .map(|(_, tool)| tool)
+    }
 }
 
 /// Per upstream session: its number (for routing) and the caller's log level.
@@ -515,7 +527,7 @@ impl ServerHandler for MissionHandler {
         let admitted = self.admit(&ctx, "tools/list")?;
         passthrough::listen(&admitted, self.session.id, &ctx.peer);
         Ok(ListToolsResult::with_all_items(
-            self.state.visible_tools().cloned().collect(),
+            self.state.tools_for(admitted.caller()).cloned().collect(),
         ))
     }
 

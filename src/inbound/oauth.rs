@@ -313,6 +313,7 @@ impl AuthServer {
             agent: agent.id.clone(),
             audience,
             roles: Vec::new(),
+            attributes: Default::default(),
             ttl: ACCESS_TOKEN_TTL,
         };
         let broker = &self.broker;

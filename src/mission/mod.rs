@@ -24,6 +24,8 @@ pub struct ExposedTool {
     /// The name on the downstream.
     pub tool: String,
     pub spec: ToolSpec,
+    /// The region its downstream keeps data in (the tool manifest's `region`).
+    pub region: String,
     /// The pinned definition with `name` replaced by the exposed name.
     pub definition: Value,
     input: jsonschema::Validator,
@@ -48,8 +50,8 @@ pub struct MissionRuntime {
     /// Canonical resource URL: `<public_url>/mcp/<domain>/<env>/<name>`.
     pub resource_url: String,
     pub tools: BTreeMap<String, Arc<ExposedTool>>,
-    /// See [`crate::policy::policy_version`].
-    pub policy_version: String,
+    /// The mission's Cedar engine (schema, validated policies, static entities).
+    pub policy: crate::policy::MissionPolicy,
 }
 
 impl MissionRuntime {
@@ -138,6 +140,7 @@ impl MissionRuntime {
                     manifest: t.manifest.clone(),
                     tool: t.tool.clone(),
                     timeout: spec.timeout.unwrap_or(manifest.timeout),
+                    region: manifest.region.clone(),
                     spec: spec.clone(),
                     definition,
                     input,
@@ -148,19 +151,22 @@ impl MissionRuntime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let policy = crate::policy::MissionPolicy::load(
+            mission,
+            &tools,
+            &crate::policy::agent_missions(config),
+        )?;
         Ok(Self {
             resource_url: format!("{}{}", config.settings.public_url, mission.http_path()),
-            policy_version: crate::policy::policy_version(mission),
             mission: mission.clone(),
             tools,
+            policy,
         })
     }
 
     /// Whether `caller` may use this mission at all: tenant, agent and expiry.
     pub fn admit(&self, caller: &Caller, now_unix: u64) -> Result<(), Denied> {
-        if caller.tenant != self.mission.tenant {
-            return Err(Denied::Tenant);
-        }
+        crate::policy::walls::admit(&self.mission, caller)?;
         if !self.mission.agents.contains(&caller.agent) {
             return Err(Denied::Agent);
         }
@@ -185,6 +191,10 @@ pub enum Denied {
     NotInMission,
     #[error("tool is quarantined: its downstream definition differs from the lock file")]
     Quarantined,
+    #[error("token region is not one of the mission's regions")]
+    Region,
+    #[error("the tool's downstream is outside the mission's regions")]
+    Residency,
 }
 
 /// A call whose tool is in the mission's toolset and not quarantined, bound to the mission it
@@ -228,6 +238,7 @@ pub fn scope(
     if downstream.is_quarantined(&tool.tool) {
         return Err(Denied::Quarantined);
     }
+    crate::policy::walls::residency(&mission.runtime.mission, tool)?;
     Ok(Scoped {
         caller,
         tool: tool.clone(),

@@ -9,6 +9,7 @@ use crate::common::*;
 fn two_missions() -> Workspace {
     let ws = Workspace::new();
     ws.mission("finance/prod/review", "", "");
+    ws.permit_all("hr/prod/other");
     ws.write(
         "missions/hr/prod/other.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",

@@ -17,6 +17,7 @@ fn two_tenants() -> Workspace {
     let ws = Workspace::new();
     ws.ledger(&[]);
     ws.mission("finance/prod/review", r#""finance/ledger/get_invoice""#, "");
+    ws.permit_all("finance/prod/globex");
     ws.write(
         "missions/finance/prod/globex.toml",
         r#"description = "globex's review"

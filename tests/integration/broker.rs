@@ -195,11 +195,13 @@ async fn invalid_arguments_never_reach_the_downstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_required_and_checked() {
     let ws = ledger_ws(&[], r#""finance/ledger/get_invoice""#, "");
+    ws.permit_all("hr/prod/other");
     ws.write(
         "missions/hr/prod/other.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",
     );
     // A mission for `rogue-bot`, so that a broker-wide token can be minted for it.
+    ws.permit_all("finance/prod/rogue");
     ws.write(
         "missions/finance/prod/rogue.toml",
         "description = \"x\"\ntenant = \"acme\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"rogue-bot\"]\ntools = []\n",
@@ -768,6 +770,7 @@ async fn downstreams_are_not_shared_across_tenants_or_environments() {
         r#""finance/ledger/get_invoice""#,
         "",
     );
+    ws.permit_all("finance/prod/globex");
     ws.write(
         "missions/finance/prod/globex.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",

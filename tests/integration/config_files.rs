@@ -396,49 +396,6 @@ fn symlinked_directories_are_not_followed() {
     assert!(stderr.contains("error: 4 problem(s)"), "{stderr}");
 }
 
-#[test]
-fn cedar_files_are_reported_as_not_enforced() {
-    let ws = base();
-    ws.write(
-        "missions/finance/prod/review.cedar",
-        "forbid (principal, action, resource);\n",
-    );
-    let out = check_within_20s(&ws);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains(
-            "missions/finance/prod/review.cedar: warning: Cedar policies are not enforced yet; this file has no effect"
-        ),
-        "{stderr}"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("ok: 1 mission(s)"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // `serve` says so at startup too.
-    let ws = Workspace::new();
-    ws.mission("finance/prod/review", "", "");
-    ws.write(
-        "missions/finance/prod/review.cedar",
-        "forbid (principal, action, resource);\n",
-    );
-    let server = ws.serve();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.log().contains(
-        "review.cedar: warning: Cedar policies are not enforced yet; this file has no effect",
-    ) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no warning in: {}",
-            server.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    server.stop();
-}
-
 /// Runs `mandate` with `args` outside any configuration directory, failing the test if it has
 /// not finished within 20 s.
 fn mandate_within_20s(args: &[&std::ffi::OsStr]) -> std::process::Output {
@@ -678,6 +635,7 @@ fn serve_lists_an_expired_mission_and_does_not_serve_it() {
     ws.ledger(&[]);
     ws.mission("finance/prod/live", r#""finance/ledger/get_invoice""#, "");
     ws.pin();
+    ws.permit_all("finance/prod/old");
     ws.write(
         "missions/finance/prod/old.toml",
         "description = \"x\"\ntenant = \"acme\"\nowner = \"a\"\nexpires = 2020-01-31\nagents = [\"bot\"]\ntools = [\"finance/ledger/get_invoice\"]\n",

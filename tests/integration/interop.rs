@@ -68,6 +68,7 @@ pub fn conformance_workspace(http: Option<&str>) -> Workspace {
         manifest.push_str(&format!("\n[[tools]]\nname = \"{t}\"\neffect = \"read\"\n"));
     }
     ws.write("tool-manifests/conformance/fixture.toml", &manifest);
+    ws.permit_all("conformance/dev/suite");
     ws.write(
         "missions/conformance/dev/suite.toml",
         r#"description = "every conformance fixture"

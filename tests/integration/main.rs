@@ -18,4 +18,5 @@ mod interop;
 mod isolation;
 mod native;
 mod ops;
+mod policy;
 mod security;

@@ -141,6 +141,7 @@ async fn rotated_key_signs_new_tokens_and_the_old_one_stays_published_until_its_
 fn two_missions() -> Workspace {
     let ws = Workspace::new();
     ws.mission("finance/prod/review", "", "");
+    ws.permit_all("hr/prod/other");
     ws.write(
         "missions/hr/prod/other.toml",
         "description = \"x\"\ntenant = \"globex\"\nowner = \"o\"\nexpires = 2099-01-01\nagents = [\"bot\"]\ntools = []\n",

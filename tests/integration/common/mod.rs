@@ -56,9 +56,18 @@ impl Workspace {
         self.dir.path()
     }
 
+    /// Writes a file. A mission written without a policy beside it gets the permit-all one (as
+    /// [`Workspace::mission`] does): Mandate denies every call of a mission without policies, and
+    /// tests that are not about policy should not each have to say so.
     pub fn write(&self, rel: &str, content: &str) -> &Self {
         let path = self.dir.path().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if rel.starts_with("missions/") && rel.ends_with(".toml") && !rel.ends_with(".cases.toml") {
+            let policy = path.with_extension("cedar");
+            if !policy.exists() {
+                std::fs::write(policy, PERMIT_ALL).unwrap();
+            }
+        }
         std::fs::write(path, content).unwrap();
         self
     }
@@ -110,8 +119,12 @@ timeout = "2s"
         )
     }
 
-    /// The mission `finance/prod/review` (tenant acme, agent bot) with the given tools.
+    /// The mission `finance/prod/review` (tenant acme, agent bot) with the given tools, and a
+    /// permit-all policy beside it unless the test wrote its own `.cedar` first.
     pub fn mission(&self, id: &str, tools: &str, extra: &str) -> &Self {
+        if !self.path().join(format!("missions/{id}.cedar")).exists() {
+            self.permit_all(id);
+        }
         self.write(
             &format!("missions/{id}.toml"),
             &format!(
@@ -632,5 +645,42 @@ impl Drop for HandoffAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// --- policy (Cedar) ---
+
+/// The policy every test mission gets unless it brings its own.
+pub const PERMIT_ALL: &str = "permit (principal, action, resource);\n";
+
+impl Workspace {
+    /// Writes a permit-all `missions/<id>.cedar`.
+    pub fn permit_all(&self, id: &str) -> &Self {
+        self.write(&format!("missions/{id}.cedar"), PERMIT_ALL)
+    }
+
+    /// `mandate token` with extra `--attr key=value` claims.
+    pub fn token_with(&self, sub: &str, tenant: &str, mission: &str, attrs: &[&str]) -> String {
+        let mut args = vec![
+            "token",
+            "--sub",
+            sub,
+            "--tenant",
+            tenant,
+            "--agent",
+            "bot",
+            "--mission",
+            mission,
+        ];
+        for a in attrs {
+            args.extend(["--attr", a]);
+        }
+        let out = self.mandate(&args);
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
