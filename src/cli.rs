@@ -1310,6 +1310,7 @@ async fn serve(
         handoffs: None,
         approvals: open_approvals(&config, &store, &audit, true)?,
         quotas: Arc::new(crate::quota::Quotas::in_process(&audit)),
+        agents: Some(agents.clone()),
     };
 
     let exchange = Arc::new(crate::exchange::Exchanger::new(&config, issuer.clone())?);

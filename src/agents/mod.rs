@@ -338,6 +338,17 @@ impl Registry {
         Ok(entry.record.clone())
     }
 
+    /// What Cedar may know of `agent` (its `Agent` entity): accountable owner and status, from
+    /// the in-memory view (no store read).
+    pub fn policy_facts(&self, agent: &str) -> Option<crate::policy::AgentFacts> {
+        let view = self.view.read().ok()?;
+        let entry = view.get(agent)?;
+        Some(crate::policy::AgentFacts {
+            owner: Some(entry.record.owner.clone()),
+            status: Some(entry.record.status.as_str().to_owned()),
+        })
+    }
+
     /// The record of `agent`, whatever its status.
     pub fn get(&self, agent: &str) -> Option<AgentRecord> {
         self.view

@@ -129,6 +129,8 @@ pub struct Core {
     pub approvals: Arc<crate::approval::Approvals>,
     /// `[limits]` token buckets.
     pub quotas: Arc<crate::quota::Quotas>,
+    /// The agent registry: what policy knows of the calling agent (`Agent` owner and status).
+    pub agents: Option<Arc<crate::agents::Registry>>,
 }
 
 /// A mission with its resolved downstream connections: what the pipeline runs against.
@@ -261,7 +263,11 @@ async fn stages(
     let valid = mission::validate(scoped, arguments)?;
 
     // 4. policy
-    let authorized = policy::authorize(&mission.runtime, valid, reasoning.as_ref())?;
+    let agent = core
+        .agents
+        .as_ref()
+        .and_then(|registry| registry.policy_facts(&valid.caller().agent));
+    let authorized = policy::authorize(&mission.runtime, valid, reasoning.as_ref(), agent)?;
     record.authorized(&authorized);
 
     // 4a. quota: the mission's `[limits]` token buckets.

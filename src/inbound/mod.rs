@@ -74,6 +74,7 @@ impl Broker {
             handoffs: Some(self.handoffs.clone()),
             approvals: self.approvals.clone(),
             quotas: self.quotas.clone(),
+            agents: Some(self.agents.clone()),
         }
     }
 }

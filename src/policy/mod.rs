@@ -179,6 +179,7 @@ pub fn authorize(
     mission: &MissionRuntime,
     valid: Valid,
     reasoning: Option<&Reasoning>,
+    agent: Option<AgentFacts>,
 ) -> Result<Authorized, PolicyDenied> {
     if valid.mission().mission.id != mission.mission.id {
         return Err(PolicyDenied::WrongMission);
@@ -198,8 +199,8 @@ pub fn authorize(
         tool: &valid.tool().exposed,
         arguments: valid.arguments(),
         now: crate::authn::unix_now(),
-        // The agent registry passes what it knows about the agent here.
-        agent: None,
+        // What the agent registry knows about the agent (owner, status).
+        agent,
         risk: None,
     });
     if !decision.errors.is_empty() {
