@@ -504,12 +504,15 @@ fn toml_to_json(v: toml::Value) -> Value {
     }
 }
 
+/// The manifests under `dir` (not the policy decision cases, `<mission>.cases.toml`, which
+/// `mandate test` reads and checks).
 fn toml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
+        let cases = path.to_string_lossy().ends_with(".cases.toml");
         if path.is_dir() {
             toml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "toml") {
+        } else if path.extension().is_some_and(|e| e == "toml") && !cases {
             out.push(path);
         }
     }
