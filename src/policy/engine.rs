@@ -21,7 +21,7 @@ use crate::config::diag::Source;
 use crate::mission::ExposedTool;
 
 /// What the agent registry knows about an agent (the registry fills these; absent until then).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentFacts {
     pub owner: Option<String>,
     pub status: Option<String>,
@@ -88,7 +88,8 @@ pub struct MissionPolicy {
     authorizer: Authorizer,
     rates: Rates,
     /// The entity store of each recent token (its `User` and `Agent` never change for it).
-    stores: std::sync::Mutex<HashMap<String, Arc<Entities>>>,
+    /// Entity stores by token, with the registry facts they were built with.
+    stores: std::sync::Mutex<HashMap<String, (Option<AgentFacts>, Arc<Entities>)>>,
 }
 
 /// Most tokens whose entity store is kept; the cache is emptied when it grows past this.
@@ -419,15 +420,17 @@ impl MissionPolicy {
         Entity::new(uid(&self.types.agent, id), attrs, HashSet::new()).map_err(|e| e.to_string())
     }
 
-    /// The entity store of a call: cached per token (without registry facts, which change).
+    /// The entity store of a call: cached per token, reused while the registry's facts about
+    /// the agent are the ones it was built with (a suspension rebuilds it at once).
     fn entities_for(&self, q: &Query<'_>) -> Result<Arc<Entities>, String> {
         let c = q.caller;
-        if c.token_id.is_empty() || q.agent.is_some() {
+        if c.token_id.is_empty() {
             return self.per_call_entities(q).map(Arc::new);
         }
         let key = format!("{}\u{1f}{}\u{1f}{}", c.issuer, c.token_id, c.subject);
         if let Ok(stores) = self.stores.lock()
-            && let Some(e) = stores.get(&key)
+            && let Some((facts, e)) = stores.get(&key)
+            && facts.as_ref() == q.agent.as_ref()
         {
             return Ok(e.clone());
         }
@@ -436,7 +439,7 @@ impl MissionPolicy {
             if stores.len() >= STORES {
                 stores.clear();
             }
-            stores.insert(key, built.clone());
+            stores.insert(key, (q.agent.clone(), built.clone()));
         }
         Ok(built)
     }
