@@ -27,6 +27,9 @@ pub struct AgentFacts {
     pub status: Option<String>,
 }
 
+/// A token's entity store and the registry facts about its agent it was built with.
+type StoreEntry = (Option<AgentFacts>, Arc<Entities>);
+
 /// One decision question: who calls which tool with what, when.
 pub struct Query<'a> {
     pub caller: &'a Caller,
@@ -89,7 +92,7 @@ pub struct MissionPolicy {
     rates: Rates,
     /// The entity store of each recent token (its `User` and `Agent` never change for it).
     /// Entity stores by token, with the registry facts they were built with.
-    stores: std::sync::Mutex<HashMap<String, (Option<AgentFacts>, Arc<Entities>)>>,
+    stores: std::sync::Mutex<HashMap<String, StoreEntry>>,
 }
 
 /// Most tokens whose entity store is kept; the cache is emptied when it grows past this.
