@@ -380,12 +380,8 @@ impl Issuer {
             roles: request.roles.clone(),
             attributes: request.attributes.clone(),
         };
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some(TOKEN_TYPE.to_owned());
-        let keys = self.keys();
-        header.kid = Some(keys.kid.clone());
         let token = match scope {
-            None => jsonwebtoken::encode(&header, &claims, &keys.encoding)?,
+            None => self.sign(TOKEN_TYPE, &claims)?,
             Some(scope) => {
                 #[derive(Serialize)]
                 struct WithScope<'a> {
@@ -393,11 +389,13 @@ impl Issuer {
                     claims: &'a Claims,
                     scope: &'a str,
                 }
-                let body = WithScope {
-                    claims: &claims,
-                    scope,
-                };
-                jsonwebtoken::encode(&header, &body, &keys.encoding)?
+                self.sign(
+                    TOKEN_TYPE,
+                    &WithScope {
+                        claims: &claims,
+                        scope,
+                    },
+                )?
             }
         };
         Ok(MintedToken { token, claims })

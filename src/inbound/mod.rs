@@ -953,6 +953,17 @@ async fn admin_token(
     }
 }
 
+/// The audit record of a token the embedded issuer minted (its id, never the token).
+pub(crate) fn token_issued(minted: &crate::authn::MintedToken, detail: String) -> Event {
+    let mut event = Event::new(EventKind::TokenIssued);
+    event.tenant = Some(minted.claims.tenant.clone());
+    event.subject = Some(minted.claims.sub.clone());
+    event.agent = Some(minted.claims.azp.clone());
+    event.token_id = Some(minted.claims.jti.clone());
+    event.detail = Some(detail);
+    event
+}
+
 /// Mints a token and audits it.
 pub async fn mint(
     issuer: &Issuer,
@@ -960,15 +971,13 @@ pub async fn mint(
     request: &TokenRequest,
 ) -> anyhow::Result<crate::authn::MintedToken> {
     let minted = issuer.mint(request)?;
-    let mut event = Event::new(EventKind::TokenIssued);
-    event.tenant = Some(minted.claims.tenant.clone());
-    event.subject = Some(minted.claims.sub.clone());
-    event.agent = Some(minted.claims.azp.clone());
-    event.token_id = Some(minted.claims.jti.clone());
-    event.detail = Some(format!(
-        "audience {} expires {}",
-        minted.claims.aud, minted.claims.exp
-    ));
+    let event = token_issued(
+        &minted,
+        format!(
+            "audience {} expires {}",
+            minted.claims.aud, minted.claims.exp
+        ),
+    );
     audit.record_durable(event).await?;
     Ok(minted)
 }

@@ -321,17 +321,15 @@ impl AuthServer {
             Ok(m) => m,
             Err(e) => return Err(OAuthError::new(Code::InvalidRequest, e.to_string())),
         };
-        let mut event = Event::new(EventKind::TokenIssued);
-        event.tenant = Some(minted.claims.tenant.clone());
-        event.subject = Some(minted.claims.sub.clone());
-        event.agent = Some(minted.claims.azp.clone());
-        event.token_id = Some(minted.claims.jti.clone());
-        event.detail = Some(format!(
-            "client_credentials ({}): audience {} scope `{scope}` expires {}",
-            agent.credential.method(),
-            minted.claims.aud,
-            minted.claims.exp
-        ));
+        let event = super::token_issued(
+            &minted,
+            format!(
+                "client_credentials ({}): audience {} scope `{scope}` expires {}",
+                agent.credential.method(),
+                minted.claims.aud,
+                minted.claims.exp
+            ),
+        );
         if let Err(e) = broker.audit.record_durable(event).await {
             return Err(OAuthError::new(
                 Code::TemporarilyUnavailable,
