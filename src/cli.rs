@@ -380,17 +380,29 @@ enum ClientKind {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its configuration before the runtime starts: the runtime's size is one of
+    // its settings (`[server] worker_threads`). Other commands keep tokio's default.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let loaded = match &cli.command {
+        Command::Serve { config, .. } => match load(config, true) {
+            Ok(c) => {
+                if let Some(n) = c.settings.worker_threads {
+                    builder.worker_threads(n);
+                }
+                Some(c)
+            }
+            Err(code) => return code,
+        },
+        _ => None,
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, loaded)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -409,14 +421,23 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve {
             config,
             listen,
             stdio,
             mission,
-        } => serve(&config, listen, stdio, mission).await,
+        } => {
+            let config = match loaded {
+                Some(c) => c,
+                None => match load(&config, true) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                },
+            };
+            serve(config, listen, stdio, mission).await
+        }
         Command::Check { config } => Ok(check(&config)),
         Command::Pin { config, manifest } => pin(&config, manifest.as_deref()).await,
         Command::Token {
@@ -1199,15 +1220,11 @@ fn client_config(
 }
 
 async fn serve(
-    dir: &Path,
+    mut config: Config,
     listen: Option<String>,
     stdio: bool,
     mission: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = match load(dir, true) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
     // Printed (for whoever started the server) and logged (for whoever reads its logs): a
     // control that looks enforced but is not must not go unnoticed.
     for w in &config.warnings {

@@ -42,6 +42,7 @@ pub const SETTINGS: &[Field] = &[
             ("allowed_hosts", V),
             ("allowed_origins", V),
             ("tls", Shape::Table(&[("cert", V), ("key", V)])),
+            ("worker_threads", V),
         ]),
     ),
     ("store", Shape::Table(&[("path", V)])),

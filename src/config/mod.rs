@@ -52,6 +52,8 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// Serve HTTPS with these PEM files (certificate chain, private key).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `[server] worker_threads`: threads of the serving runtime; `None` = one per CPU.
+    pub worker_threads: Option<usize>,
     /// External issuers (`[[identity.issuers]]`), besides the embedded one.
     pub issuers: Vec<issuers::IssuerSettings>,
     /// Token exchange profiles (always including `embedded`).
@@ -664,6 +666,7 @@ fn build_settings(
         None if raw.server.tls.is_some() => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
+    let worker_threads = worker_threads(&src, raw.server.worker_threads.as_ref(), diags);
     let issuers = issuers::build(&src, &raw.identity.issuers, &public_url, diags);
     let exchange = exchange::build_profiles(root, &src, &raw.exchange, diags);
     let approvals = build_approvals(&src, &raw.approvals, diags);
@@ -679,10 +682,41 @@ fn build_settings(
             .server
             .tls
             .map(|t| (root.join(t.cert), root.join(t.key))),
+        worker_threads,
         issuers,
         exchange,
         agents: build_agent_settings(&src, &raw.agents, diags),
         handoff: handoff_settings(&src, &raw.handoff, diags),
+    }
+}
+
+/// `[server] worker_threads`: 1 by default, `"auto"` = one per CPU (`None`), else a count
+/// from 1 to 1024.
+fn worker_threads(
+    src: &Source,
+    raw: Option<&Spanned<raw::RawWorkerThreads>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<usize> {
+    let Some(value) = raw else {
+        return Some(1);
+    };
+    match value.get_ref() {
+        raw::RawWorkerThreads::Count(n) if (1..=1024).contains(n) => usize::try_from(*n).ok(),
+        raw::RawWorkerThreads::Word(w) if w == "auto" => None,
+        raw::RawWorkerThreads::Count(n) => {
+            diags.push(src.at(
+                value.span().start,
+                format!("`worker_threads` must be from 1 to 1024 or \"auto\", not {n}"),
+            ));
+            Some(1)
+        }
+        raw::RawWorkerThreads::Word(w) => {
+            diags.push(src.at(
+                value.span().start,
+                format!("`worker_threads` must be a count or \"auto\", not `{w}`"),
+            ));
+            Some(1)
+        }
     }
 }
 

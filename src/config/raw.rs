@@ -121,6 +121,23 @@ pub struct RawServer {
     /// configuration directory). Required to listen on anything but loopback, unless an
     /// `https://` `public_url` says a TLS-terminating proxy is in front.
     pub tls: Option<RawTls>,
+    /// Threads of the async runtime that serves requests: a count, or `"auto"` for one per CPU
+    /// (default 1). Each call costs Mandate tens of microseconds and otherwise waits on the
+    /// network, so one event-loop thread serves thousands of calls a second and avoids the
+    /// wake-ups between threads that dominate the added latency; raise it when Mandate's CPU
+    /// use nears one core.
+    #[schemars(with = "Option<RawWorkerThreads>")]
+    pub worker_threads: Option<Spanned<RawWorkerThreads>>,
+}
+
+/// `[server] worker_threads`: a count or `"auto"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawWorkerThreads {
+    /// This many threads (at least 1).
+    Count(i64),
+    /// `"auto"`: one per CPU.
+    Word(String),
 }
 
 /// `[server] tls = { cert = "…", key = "…" }`.

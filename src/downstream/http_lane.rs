@@ -8,14 +8,18 @@
 //! session's sink before the result, because they are read from the same stream before it.
 //!
 //! [`Capture`] wraps the `reqwest` client rmcp uses so the lane learns the session id.
+//! Plain-HTTP downstreams get the lane's POSTs on its own pooled hyper connections
+//! ([`super::h1`]); `https://` ones through `reqwest`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
@@ -28,6 +32,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::DownstreamError;
+use super::h1::{H1, Rest};
 use crate::call::{CallSink, RpcError};
 
 const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -51,6 +56,8 @@ pub struct HttpLane {
     name: String,
     url: reqwest::Url,
     client: reqwest::Client,
+    /// The lane's own connections (plain-HTTP downstreams).
+    native: Option<H1>,
     session: Arc<RwLock<Option<HeaderValue>>>,
     protocol: RwLock<Option<HeaderValue>>,
     next: AtomicU64,
@@ -60,6 +67,7 @@ impl HttpLane {
     pub fn new(name: String, url: reqwest::Url, client: reqwest::Client) -> Self {
         Self {
             name,
+            native: H1::for_url(&url),
             url,
             client,
             session: Arc::new(RwLock::new(None)),
@@ -107,14 +115,34 @@ impl HttpLane {
         DownstreamError::Transport(self.name.clone(), e.to_string())
     }
 
-    fn post(&self, session: &LaneSession, body: String) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url.clone())
+    fn post(&self, session: &LaneSession, body: String) -> Outbound {
+        let outbound = match &self.native {
+            Some(h1) => Outbound::Native(h1.request(body)),
+            None => Outbound::Pooled(self.client.post(self.url.clone()).body(body)),
+        };
+        outbound
             .header(http::header::CONTENT_TYPE, JSON)
             .header(http::header::ACCEPT, ACCEPT)
             .header(SESSION_ID, session.id.clone())
             .header(PROTOCOL_VERSION, session.protocol.clone())
-            .body(body)
+    }
+
+    /// Sends a request whose answer nobody reads (answers to the downstream's requests,
+    /// cancellations); on the native lane the connection is kept when the answer was short.
+    async fn send_only(&self, outbound: Outbound) -> Result<(), String> {
+        match outbound {
+            Outbound::Native(request) => {
+                let Some(h1) = &self.native else {
+                    return Err("no connection".into());
+                };
+                let (response, lease) = h1.send(request).await?;
+                if response.into_body().collect().await.is_ok() {
+                    h1.give_back(lease, None);
+                }
+                Ok(())
+            }
+            Outbound::Pooled(b) => b.send().await.map(|_| ()).map_err(|e| e.to_string()),
+        }
     }
 
     /// One `tools/call`; see the module docs.
@@ -152,15 +180,21 @@ impl HttpLane {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":"{id}","method":"tools/call","params":{{"name":{name},"arguments":{raw_arguments}{meta}}}}}"#
         );
+        let tool_name = HeaderValue::from_str(tool).map_err(|e| self.transport(e))?;
         let mut request = self
             .post(&session, body)
             .header(METHOD, TOOLS_CALL)
-            .header(NAME, tool);
-        if let Some(tp) = traceparent {
+            .header(NAME, tool_name);
+        if let Some(tp) = traceparent.and_then(|tp| HeaderValue::from_str(tp).ok()) {
             request = request.header(TRACEPARENT, tp);
         }
         if let Some(auth) = authorization {
-            request = request.header(http::header::AUTHORIZATION, auth.expose_secret());
+            let mut value =
+                HeaderValue::from_str(auth.expose_secret()).map_err(|_| {
+                    self.transport("the downstream credential is not a valid header value")
+                })?;
+            value.set_sensitive(true);
+            request = request.header(http::header::AUTHORIZATION, value);
         }
         let exchange = self.exchange(&session, request, &id, sink);
         tokio::select! {
@@ -179,21 +213,59 @@ impl HttpLane {
     async fn exchange(
         &self,
         session: &LaneSession,
-        request: reqwest::RequestBuilder,
+        request: Outbound,
         id: &str,
         sink: &dyn CallSink,
     ) -> Result<Box<RawValue>, DownstreamError> {
-        let response = request.send().await.map_err(|e| self.transport(e))?;
+        match request {
+            Outbound::Native(request) => {
+                let Some(h1) = &self.native else {
+                    return Err(self.transport("no connection"));
+                };
+                let (response, lease) = h1.send(request).await.map_err(|e| self.transport(e))?;
+                let (outcome, rest) = self.read(session, response, id, sink).await;
+                // Only a connection whose answer was read (or whose event stream is past the
+                // result) is reused; anything else closes with it.
+                if let Some(rest) = rest {
+                    h1.give_back(lease, rest);
+                }
+                outcome
+            }
+            Outbound::Pooled(request) => {
+                let response = request.send().await.map_err(|e| self.transport(e))?;
+                self.read(session, http::Response::from(response), id, sink)
+                    .await
+                    .0
+            }
+        }
+    }
+
+    /// Reads the answer to a `tools/call`: the outcome, and whether the connection can be
+    /// reused (`Some`, with the unread end of an event stream if any).
+    async fn read<B>(
+        &self,
+        session: &LaneSession,
+        response: http::Response<B>,
+        id: &str,
+        sink: &dyn CallSink,
+    ) -> (Result<Box<RawValue>, DownstreamError>, Option<Option<Rest>>)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if status == http::StatusCode::NOT_FOUND {
             // The downstream forgot the session: rmcp re-initializes on its next request.
             if let Ok(mut s) = self.session.write() {
                 *s = None;
             }
-            return Err(DownstreamError::Unavailable(
-                self.name.clone(),
-                "the downstream session expired; retry".into(),
-            ));
+            return (
+                Err(DownstreamError::Unavailable(
+                    self.name.clone(),
+                    "the downstream session expired; retry".into(),
+                )),
+                None,
+            );
         }
         let is_sse = response
             .headers()
@@ -201,20 +273,29 @@ impl HttpLane {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if !is_sse {
-            let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
-            return match parse(&bytes) {
+            let bytes = match response.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return (Err(self.transport(e)), None),
+            };
+            let outcome = match parse(&bytes) {
                 Some(Message::Response { id: rid, outcome }) if rid == id => outcome,
                 _ if !status.is_success() => Err(self.transport(format!("HTTP {status}"))),
                 _ => Err(self.transport("unexpected answer to tools/call")),
             };
+            return (outcome, Some(None));
         }
-        #[allow(deprecated)]
-        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let mut events = Box::pin(sse_stream::SseStream::new(response.into_body()));
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.transport(e))?;
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => return (Err(self.transport(e)), None),
+            };
             let Some(data) = event.data else { continue };
             match parse(data.as_bytes()) {
-                Some(Message::Response { id: rid, outcome }) if rid == id => return outcome,
+                Some(Message::Response { id: rid, outcome }) if rid == id => {
+                    let rest: Rest = Box::pin(events.map(|_| ()));
+                    return (outcome, Some(Some(rest)));
+                }
                 Some(Message::Notification { method, params }) => match method.as_str() {
                     "notifications/progress" => {
                         if let Some(mut p) = params
@@ -239,7 +320,10 @@ impl HttpLane {
                 _ => {}
             }
         }
-        Err(self.transport("the response stream ended before the result"))
+        (
+            Err(self.transport("the response stream ended before the result")),
+            None,
+        )
     }
 
     /// Sends the caller's answer to a server→client request back to the downstream.
@@ -249,7 +333,7 @@ impl HttpLane {
             Err(e) => serde_json::json!({"jsonrpc": "2.0", "id": id,
                 "error": {"code": e.code, "message": e.message, "data": e.data}}),
         };
-        if let Err(e) = self.post(session, body.to_string()).send().await {
+        if let Err(e) = self.send_only(self.post(session, body.to_string())).await {
             tracing::warn!(downstream = %self.name, error = %e, "cannot answer the downstream's request");
         }
     }
@@ -257,8 +341,26 @@ impl HttpLane {
     async fn cancel(&self, session: &LaneSession, id: &str, reason: &str) {
         let body = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
             "params": {"requestId": id, "reason": reason}});
-        let send = self.post(session, body.to_string()).send();
+        let send = self.send_only(self.post(session, body.to_string()));
         let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+    }
+}
+
+/// A POST being built: on the lane's own connections, or through `reqwest`.
+enum Outbound {
+    Native(http::Request<Full<Bytes>>),
+    Pooled(reqwest::RequestBuilder),
+}
+
+impl Outbound {
+    fn header(self, name: HeaderName, value: HeaderValue) -> Self {
+        match self {
+            Self::Native(mut r) => {
+                r.headers_mut().insert(name, value);
+                Self::Native(r)
+            }
+            Self::Pooled(b) => Self::Pooled(b.header(name, value)),
+        }
     }
 }
 

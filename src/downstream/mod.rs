@@ -30,6 +30,7 @@
 
 pub mod authed;
 mod fence;
+mod h1;
 mod http_lane;
 pub mod passthrough;
 mod relay;

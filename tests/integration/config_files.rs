@@ -160,6 +160,34 @@ fn misspelt_transport_and_settings_fields_are_located() {
     );
 }
 
+/// `[server] worker_threads`: 1 by default, a count, or `"auto"` (one per CPU); anything else
+/// is located and says what is allowed.
+#[test]
+fn worker_threads_default_to_one_and_bad_values_are_located() {
+    let ws = base();
+    let threads = |ws: &Workspace| {
+        mandate::config::load(ws.path(), true)
+            .unwrap()
+            .settings
+            .worker_threads
+    };
+    assert_eq!(threads(&ws), Some(1));
+    ws.write("mandate.toml", "[server]\nworker_threads = 4\n");
+    assert_eq!(threads(&ws), Some(4));
+    ws.write("mandate.toml", "[server]\nworker_threads = \"auto\"\n");
+    assert_eq!(threads(&ws), None);
+    ws.write("mandate.toml", "[server]\nworker_threads = 0\n");
+    assert_eq!(
+        diagnostics(&ws),
+        vec!["mandate.toml:2:18: `worker_threads` must be from 1 to 1024 or \"auto\", not 0"]
+    );
+    ws.write("mandate.toml", "[server]\n\nworker_threads = \"many\"\n");
+    assert_eq!(
+        diagnostics(&ws),
+        vec!["mandate.toml:3:18: `worker_threads` must be a count or \"auto\", not `many`"]
+    );
+}
+
 #[test]
 fn misspelt_lock_file_field_is_reported() {
     let ws = base();
