@@ -116,7 +116,9 @@ const USAGE: &str = "usage: bench [options]
   --fresh-connections   new HTTP connection per request (rmcp's default client)
   --json FILE           also write the report as pretty JSON to FILE
   --exchange PROFILE    the HTTP downstream's `[auth] exchange` (none; `embedded` measures
-                        per-call On-Behalf-Of tokens, served from the cache after the first)";
+                        per-call On-Behalf-Of tokens, served from the cache after the first)
+  --worker-threads W    Mandate's `[server] worker_threads` (its default, 1, when not given;
+                        a count or auto)";
 
 /// The invoice every call asks for, and what its result must contain.
 const INVOICE_ID: &str = "INV-1001";
@@ -164,6 +166,8 @@ struct Options {
     json: Option<PathBuf>,
     /// `[auth] exchange` of the HTTP downstream.
     exchange: String,
+    /// Mandate's `[server] worker_threads`, when given.
+    worker_threads: Option<String>,
 }
 
 fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -191,6 +195,7 @@ fn parse_args() -> Result<Options> {
         client_threads: 1,
         json: None,
         exchange: "none".into(),
+        worker_threads: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -234,6 +239,7 @@ fn parse_args() -> Result<Options> {
             }
             "--json" => opts.json = Some(PathBuf::from(value("--json")?)),
             "--exchange" => opts.exchange = value("--exchange")?,
+            "--worker-threads" => opts.worker_threads = Some(value("--worker-threads")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -469,7 +475,19 @@ fn write_workspace(
     ledger_url: Option<&str>,
     ledger_bin: Option<&Path>,
     exchange: &str,
+    worker_threads: Option<&str>,
 ) -> Result<()> {
+    if let Some(w) = worker_threads {
+        let value = match w.parse::<u32>() {
+            Ok(n) => n.to_string(),
+            Err(_) => toml_str(w),
+        };
+        write(
+            root,
+            "mandate.toml",
+            &format!("[server]\nworker_threads = {value}\n"),
+        )?;
+    }
     if let Some(url) = ledger_url {
         write(
             root,
@@ -1152,6 +1170,7 @@ async fn run(opts: &Options) -> Result<()> {
         ledger_url.as_deref(),
         want_stdio.then_some(ledger_bin.as_path()),
         &opts.exchange,
+        opts.worker_threads.as_deref(),
     )?;
     run_mandate(&mandate_bin, ws, &["pin"])?;
     for &downstream in &opts.downstreams {

@@ -545,16 +545,32 @@ fn check(dir: &Path) -> ExitCode {
     for w in &config.warnings {
         eprintln!("{w}");
     }
-    if let Err(errors) = MissionRuntime::build_all(&config) {
-        for e in &errors {
-            eprintln!("error: {e}");
+    let missions = match MissionRuntime::build_all(&config) {
+        Ok(m) => m,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::FAILURE;
         }
-        return ExitCode::FAILURE;
-    }
+    };
+    // The decision cases are read too (not run: `mandate test` runs them), so a misspelt field
+    // or an unknown tool in a `.cases.toml` is caught with the rest of the configuration.
+    let cases = match crate::policy::cases::load_all(&missions) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) in the decision cases", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
-        "ok: {} mission(s), {} tool manifest(s)",
+        "ok: {} mission(s), {} tool manifest(s), {} decision case(s)",
         config.missions.len(),
-        config.manifests.len()
+        config.manifests.len(),
+        cases.iter().map(|(_, c)| c.len()).sum::<usize>()
     );
     ExitCode::SUCCESS
 }

@@ -145,10 +145,9 @@ impl H1 {
                 continue;
             }
             if let Some(mut rest) = rest {
-                let drained = tokio::time::timeout(DRAIN, async {
-                    while rest.next().await.is_some() {}
-                })
-                .await;
+                let drained =
+                    tokio::time::timeout(DRAIN, async { while rest.next().await.is_some() {} })
+                        .await;
                 if drained.is_err() {
                     continue;
                 }

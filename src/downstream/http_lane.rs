@@ -189,10 +189,9 @@ impl HttpLane {
             request = request.header(TRACEPARENT, tp);
         }
         if let Some(auth) = authorization {
-            let mut value =
-                HeaderValue::from_str(auth.expose_secret()).map_err(|_| {
-                    self.transport("the downstream credential is not a valid header value")
-                })?;
+            let mut value = HeaderValue::from_str(auth.expose_secret()).map_err(|_| {
+                self.transport("the downstream credential is not a valid header value")
+            })?;
             value.set_sensitive(true);
             request = request.header(http::header::AUTHORIZATION, value);
         }

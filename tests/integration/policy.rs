@@ -305,6 +305,25 @@ expect = "allow"
         stderr.contains("review.cases.toml:3:8: unknown tool `get_invoce`"),
         "{stderr}"
     );
+    // `mandate check` reads the cases files too, so the same mistake fails the check.
+    let out = ws.mandate(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("review.cases.toml:3:8: unknown tool `get_invoce`"),
+        "{stderr}"
+    );
+    ws.write(
+        "missions/finance/prod/review.cases.toml",
+        "[[case]]\nname = \"x\"\ntool = \"get_invoice\"\nexpekt = \"allow\"\n",
+    );
+    let out = ws.mandate(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("review.cases.toml:4:1:") && stderr.contains("expekt"),
+        "{stderr}"
+    );
 }
 
 #[test]
