@@ -1364,6 +1364,11 @@ async fn serve(
     let shutdown = CancellationToken::new();
     // The zombie sweep: now, then every `[agents] sweep_interval`.
     let sweeper = agents.spawn_sweeper(config.settings.agents.clone(), shutdown.clone());
+    let housekeeping = spawn_housekeeping(
+        core.approvals.clone(),
+        crate::handoff::Handoffs::new(issuer.clone(), Arc::new(store.handoffs()?), &config),
+        shutdown.clone(),
+    );
     // Suspension and offboarding act at once: the agent's cached downstream tokens go too.
     let cache = exchange.clone();
     agents.on_revoke(Arc::new(move |agent: &str| cache.forget_agent(agent)));
@@ -1478,6 +1483,7 @@ async fn serve(
     };
     shutdown.cancel();
     let _ = sweeper.await;
+    let _ = housekeeping.await;
     // When each agent was last seen is kept in memory; a last sweep writes it down.
     if let Err(e) = agents.sweep(&config.settings.agents).await {
         tracing::warn!(error = %e, "agents' last-seen times could not be saved");
@@ -1620,6 +1626,48 @@ fn admin_url(local: std::net::SocketAddr) -> String {
         ip => ip,
     };
     format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
+}
+
+/// How often approvals and the handoff ledger are tidied while serving.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// Every [`HOUSEKEEPING`] period until shutdown: approval requests that expired unseen are
+/// marked and audited (not only when next looked at), finished ones past `[approvals] retain`
+/// and handoff ledger records a day past their expiry are forgotten, so neither grows without
+/// bound.
+fn spawn_housekeeping(
+    approvals: Arc<crate::approval::Approvals>,
+    handoffs: crate::handoff::Handoffs,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HOUSEKEEPING);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            match approvals.sweep().await {
+                Ok((0, 0)) => {}
+                Ok((expired, forgotten)) => tracing::info!(
+                    expired,
+                    forgotten,
+                    "approval requests: expired ones marked, finished ones past retention forgotten"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "approval housekeeping failed; retrying in a minute")
+                }
+            }
+            match handoffs.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forgotten = n, "handoff ledger: expired records forgotten"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "handoff ledger housekeeping failed; retrying in a minute")
+                }
+            }
+        }
+    })
 }
 
 async fn serve_stdio(

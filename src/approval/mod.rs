@@ -316,19 +316,45 @@ impl Approvals {
 
     /// Every request, oldest first. Requests found expired are marked (and audited) now.
     pub async fn list(&self) -> Result<Vec<Request>, StorageError> {
+        Ok(self.list_marking().await?.0)
+    }
+
+    /// [`Approvals::list`], and how many requests it found expired.
+    async fn list_marking(&self) -> Result<(Vec<Request>, usize), StorageError> {
         let now = unix_now();
         let entries = self.blocking(|s| s.list()).await?;
         let mut out = Vec::with_capacity(entries.len());
+        let mut expired = 0;
         for (_, bytes) in entries {
             let mut r: Request = serde_json::from_slice(&bytes).map_err(StorageError::new)?;
             if r.state != r.state_at(now) {
                 self.expire(bytes, r.clone()).await;
                 r.state = State::Expired;
+                expired += 1;
             }
             out.push(r);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(out)
+        Ok((out, expired))
+    }
+
+    /// Housekeeping, run every minute while serving: marks (and audits) requests that expired
+    /// since they were last looked at, and forgets finished ones (used, denied, expired) more
+    /// than `[approvals] retain` past their expiry. Returns (expired, forgotten).
+    pub async fn sweep(&self) -> Result<(usize, usize), StorageError> {
+        let (requests, expired) = self.list_marking().await?;
+        let now = unix_now();
+        let retain = self.settings.retain.as_secs();
+        let mut forgotten = 0;
+        for r in requests {
+            let finished = matches!(r.state, State::Used | State::Denied | State::Expired);
+            if finished && now >= r.expires_at.saturating_add(retain) {
+                let (id, call) = (r.id, r.call);
+                self.blocking(move |s| s.remove(&id, &call)).await?;
+                forgotten += 1;
+            }
+        }
+        Ok((expired, forgotten))
     }
 
     /// The approval stage: lets the call through when it needs no approval or its approval is

@@ -115,3 +115,69 @@ fn a_signature_verifies_only_for_its_body_secret_and_time() {
         format!("t=1000,v1={}", hex::encode(mac.finalize().into_bytes()))
     );
 }
+
+/// Housekeeping: a pending request past its expiry is marked expired (and audited) without
+/// anyone looking at it; a finished one past `[approvals] retain` is forgotten with its call
+/// index; a live one and a recently finished one stay.
+#[tokio::test]
+async fn the_sweep_expires_unseen_requests_and_forgets_old_finished_ones() {
+    use super::{Approvals, Request, State};
+    use crate::store::{ApprovalStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (audit, _writer) = crate::audit::Auditor::start(&store).unwrap();
+    let requests = std::sync::Arc::new(store.approvals().unwrap());
+    let settings = crate::config::ApprovalSettings {
+        retain: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let approvals = Approvals::new(requests.clone(), settings, audit, None);
+    let now = crate::authn::unix_now();
+    let put = |id: &str, state: State, expires_at: u64| {
+        let r = Request {
+            id: id.into(),
+            state,
+            call: format!("call-{id}"),
+            tenant: "acme".into(),
+            issuer: "https://issuer".into(),
+            subject: "alice".into(),
+            agent: "bot".into(),
+            mission: "finance/prod/review".into(),
+            tool: "pay_invoice".into(),
+            downstream_tool: "finance/ledger/pay_invoice".into(),
+            arguments: "{}".into(),
+            policy_version: "v1".into(),
+            created_at: expires_at.saturating_sub(60),
+            expires_at,
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+            used_at: None,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap();
+        assert!(requests.compare_and_swap(id, None, &bytes).unwrap());
+        assert!(requests.claim_latest(&r.call, None, id).unwrap());
+    };
+    put("unseen", State::Pending, now - 10);
+    put("live", State::Pending, now + 600);
+    put("used-long-ago", State::Used, now - 2 * 3600);
+    put("denied-recently", State::Denied, now - 60);
+    assert_eq!(approvals.sweep().await.unwrap(), (1, 1));
+    let state = |id: &str| {
+        requests
+            .get(id)
+            .unwrap()
+            .map(|b| serde_json::from_slice::<Request>(&b).unwrap().state)
+    };
+    assert_eq!(state("unseen"), Some(State::Expired));
+    assert_eq!(state("live"), Some(State::Pending));
+    assert_eq!(state("used-long-ago"), None);
+    assert_eq!(requests.latest_for("call-used-long-ago").unwrap(), None);
+    assert_eq!(state("denied-recently"), Some(State::Denied));
+    assert_eq!(
+        requests.latest_for("call-live").unwrap().as_deref(),
+        Some("live")
+    );
+    // Nothing more to do on a second pass.
+    assert_eq!(approvals.sweep().await.unwrap(), (0, 0));
+}

@@ -106,6 +106,7 @@ pub const SETTINGS: &[Field] = &[
             ("webhook_url", V),
             ("webhook_secret_env", V),
             ("replay_window", V),
+            ("retain", V),
         ]),
     ),
 ];

@@ -75,6 +75,7 @@ pub struct ApprovalSettings {
     pub webhook_url: Option<String>,
     pub webhook_secret_env: String,
     pub replay_window: Duration,
+    pub retain: Duration,
 }
 
 impl Default for ApprovalSettings {
@@ -85,6 +86,7 @@ impl Default for ApprovalSettings {
             approver_role: "approver".into(),
             webhook_url: None,
             webhook_secret_env: "MANDATE_APPROVALS_WEBHOOK_SECRET".into(),
+            retain: Duration::from_secs(30 * 24 * 3600),
             replay_window: Duration::from_secs(300),
         }
     }
@@ -1559,6 +1561,14 @@ fn build_approvals(
         Some(e) => e.get_ref().clone(),
         None => defaults.webhook_secret_env,
     };
+    let retain = duration(
+        &raw.retain,
+        "retain",
+        Duration::from_secs(60),
+        Duration::from_secs(10 * 365 * 24 * 3600),
+        defaults.retain,
+        diags,
+    );
     ApprovalSettings {
         ttl,
         wait,
@@ -1566,6 +1576,7 @@ fn build_approvals(
         webhook_url,
         webhook_secret_env,
         replay_window,
+        retain,
     }
 }
 

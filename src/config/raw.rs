@@ -79,6 +79,11 @@ pub struct RawApprovals {
     /// How old a signed webhook decision may be, by its signature's timestamp (default `5m`).
     #[schemars(with = "Option<String>")]
     pub replay_window: Option<Spanned<String>>,
+    /// How long a finished request (used, denied or expired) stays in the store after its
+    /// expiry, for `mandate approvals list` (default `30d`). Every step of it stays in the
+    /// audit log regardless.
+    #[schemars(with = "Option<String>")]
+    pub retain: Option<Spanned<String>>,
 }
 
 /// `[agents]`: the agent registry and its zombie sweep.

@@ -209,6 +209,23 @@ impl Handoffs {
         self
     }
 
+    /// Forgets ledger records a day past their token's expiry: a later hop's token, minted
+    /// while this one was alive, has expired by then too, so no chain can still name it (a
+    /// replayed token is refused by its expiry first). Returns how many were forgotten.
+    pub async fn prune(&self) -> Result<u64, HandoffError> {
+        const MARGIN: u64 = 24 * 3600;
+        let ledger = self.ledger.clone();
+        let now = crate::authn::unix_now();
+        blocking(move || {
+            ledger.prune(&mut |bytes| {
+                // An unreadable record is kept: pruning never destroys what it cannot judge.
+                serde_json::from_slice::<Record>(bytes)
+                    .map_or(true, |r| now < r.expires.saturating_add(MARGIN))
+            })
+        })
+        .await
+    }
+
     /// Whether `agent` is registered, active and onboarded for `mission`, where it acted.
     fn actor_active(&self, agent: &str, mission: &str) -> bool {
         match &self.agents {

@@ -237,4 +237,45 @@ mod ledger {
         let r = f.handoffs.admit(&b, "acme/prod/b", true).await;
         assert_eq!(r.err(), Some(HandoffError::WrongRecipient));
     }
+
+    /// Records a day past their expiry are forgotten; live ones, recently expired ones (a later
+    /// hop may still name them) and unreadable ones stay.
+    #[tokio::test]
+    async fn pruning_forgets_only_records_a_day_past_expiry() {
+        use crate::store::HandoffStore;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let store = Store::open(dir.path()).unwrap_or_else(|e| unreachable!("{e}"));
+        let issuer =
+            Arc::new(Issuer::load_or_create(&store, URL).unwrap_or_else(|e| unreachable!("{e}")));
+        let ledger = Arc::new(store.handoffs().unwrap_or_else(|e| unreachable!("{e}")));
+        let handoffs = Handoffs::new(issuer, ledger.clone(), &config());
+        let now = crate::authn::unix_now();
+        let record = |expires: u64| {
+            serde_json::to_vec(&Record {
+                user: "alice@acme.example".into(),
+                user_issuer: URL.into(),
+                tenant: "acme".into(),
+                from: "acme/prod/a".into(),
+                to: "acme/prod/b".into(),
+                agent: "b-bot".into(),
+                actors: vec![actor("a-bot", "acme/prod/a", None)],
+                issued: expires.saturating_sub(300),
+                expires,
+                used: None,
+            })
+            .unwrap_or_default()
+        };
+        let put = |jti: &str, bytes: &[u8]| {
+            assert!(ledger.insert(jti, bytes).unwrap_or(false), "{jti}");
+        };
+        put("old", &record(now - 2 * 24 * 3600));
+        put("recent", &record(now - 3600));
+        put("live", &record(now + 300));
+        put("unreadable", b"not json");
+        assert_eq!(handoffs.prune().await, Ok(1));
+        let present = |jti: &str| ledger.get(jti).ok().flatten().is_some();
+        assert!(!present("old"));
+        assert!(present("recent") && present("live") && present("unreadable"));
+        assert_eq!(handoffs.prune().await, Ok(0), "nothing more to forget");
+    }
 }

@@ -516,6 +516,27 @@ impl HandoffStore for SledHandoffStore {
         self.tree.flush().map_err(StorageError::new)?;
         Ok(swapped)
     }
+
+    fn prune(&self, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        for item in self.tree.iter() {
+            let (jti, record) = item.map_err(StorageError::new)?;
+            // Removed only if unchanged since read: a concurrent use is never lost.
+            if !keep(&record)
+                && self
+                    .tree
+                    .compare_and_swap(&jti, Some(&record), None::<&[u8]>)
+                    .map_err(StorageError::new)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.tree.flush().map_err(StorageError::new)?;
+        }
+        Ok(removed)
+    }
 }
 
 /// [`ApprovalStore`] on sled. Every write is flushed: an approval survives a crash.
@@ -588,6 +609,21 @@ impl ApprovalStore for SledApprovalStore {
                 Ok((String::from_utf8_lossy(&id).into_owned(), value.to_vec()))
             })
             .collect()
+    }
+
+    fn remove(&self, id: &str, call: &str) -> Result<(), StorageError> {
+        // The index first: a call looking up its latest request then finds none (and asks
+        // anew) rather than an id whose record is gone.
+        let _ = self
+            .by_call
+            .compare_and_swap(call.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)
+            .map_err(StorageError::new)?;
+        self.requests
+            .remove(id.as_bytes())
+            .map_err(StorageError::new)?;
+        self.by_call.flush().map_err(StorageError::new)?;
+        self.requests.flush().map_err(StorageError::new)?;
+        Ok(())
     }
 }
 

@@ -135,6 +135,9 @@ pub trait ApprovalStore: Send + Sync {
     ) -> Result<bool, StorageError>;
     /// Every request, in id order.
     fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError>;
+    /// Forgets request `id` (a finished one, past its retention) and, when it is still the
+    /// latest for its call's digest `call`, that index entry too.
+    fn remove(&self, id: &str, call: &str) -> Result<(), StorageError>;
 }
 
 /// The handoff ledger: one record per handoff token Mandate minted, by its `jti` (see
@@ -150,6 +153,8 @@ pub trait HandoffStore: Send + Sync {
         expected: &[u8],
         new: &[u8],
     ) -> Result<bool, StorageError>;
+    /// Forgets every record for which `keep` is false; returns how many.
+    fn prune(&self, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StorageError>;
 }
 
 /// Usage counters per key and window (declared; implemented with quotas).
