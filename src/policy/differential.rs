@@ -349,10 +349,12 @@ const RICH_POLICIES: &str = r#"
   when { context.args has lines && context.args.lines.containsAny([{sku: "A", qty: 100}]) };
 "#;
 
-/// Not validated (strict validation would reject it): reads `note` without `has`, so it fails
-/// at evaluation whenever `note` is absent.
-const MISSING_ATTRIBUTE: &str =
-    r#"@id("note") permit (principal, action, resource) when { context.args.note == "x" };"#;
+/// Not validated (strict validation would reject them): one reads `note` without `has`, so it
+/// fails at evaluation whenever `note` is absent; one is for an action the schema lacks.
+const MISSING_ATTRIBUTE: &str = r#"
+@id("note") permit (principal, action == Action::"a", resource) when { context.args.note == "x" };
+@id("other-action") forbid (principal, action in [Action::"b"], resource);
+"#;
 
 #[test]
 fn arguments_of_every_type_decide_as_cedar_does() {
@@ -379,11 +381,11 @@ fn arguments_of_every_type_decide_as_cedar_does() {
     for p in named(MISSING_ATTRIBUTE).policies() {
         set.add(p.clone()).unwrap();
     }
-    let slice = fast::Slice::new(&set);
     let entities = Entities::empty();
     let uid = |text: &str| -> ast::EntityUID {
         cedar_policy::EntityUid::from_str(text).unwrap().as_ref().clone()
     };
+    let slice = fast::Slice::new(&set, &uid(r#"Action::"a""#), entities.as_ref());
     let core_schema: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
     let mut rng = Rng(0xdead_beef_cafe_f00d);
     let mut tally = Tally::default();

@@ -321,7 +321,11 @@ impl MissionPolicy {
                         .map_err(|e| internal(e.to_string()))?;
                 }
             }
-            entry.fast = fast::Slice::new(&entry.slice);
+            entry.fast = fast::Slice::new(
+                &entry.slice,
+                AsRef::<ast::EntityUID>::as_ref(&entry.action),
+                core(&entities),
+            );
         }
         let constants = Constants {
             user: AsRef::<ast::EntityType>::as_ref(&types.user).clone(),

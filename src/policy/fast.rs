@@ -53,12 +53,38 @@ pub(super) struct Slice {
 }
 
 impl Slice {
-    /// Compiles the policies of a tool's slice (built once, at load).
-    pub(super) fn new(slice: &PolicySet) -> Self {
+    /// Compiles the policies of the slice of the tool whose call action is `action` (built
+    /// once, at load). `entities` is the mission's static store: it holds the action entities
+    /// (from the schema), the only entities an action scope depends on.
+    pub(super) fn new(slice: &PolicySet, action: &ast::EntityUID, entities: &Entities) -> Self {
         let core: &ast::PolicySet = slice.as_ref();
+        // The action scope depends only on the action and the action hierarchy, both fixed for
+        // this tool: decide it once. Where it holds, the condition leaves it out (it cannot
+        // fail, so the result and the errors are the same); where it does not, no call to this
+        // tool can satisfy the policy, which then is not evaluated at all (Cedar: not
+        // satisfied, no error); otherwise the condition stays whole.
+        let known = || ast::EntityUIDEntry::known(action.clone(), None);
+        let scope = Evaluator::new(
+            ast::Request::new_unchecked(known(), known(), known(), None),
+            entities,
+            Extensions::all_available(),
+        );
         let policies = core
             .policies()
-            .map(|p| {
+            .filter_map(|p| {
+                let condition = match scope.interpret(&p.action_constraint().as_expr(), p.env()) {
+                    Ok(v) if is_true_value(&v) => Expr::and(
+                        p.principal_constraint().as_expr(),
+                        Expr::and(
+                            p.resource_constraint().as_expr(),
+                            p.non_scope_constraints()
+                                .cloned()
+                                .unwrap_or_else(|| Expr::val(true)),
+                        ),
+                    ),
+                    Ok(v) if is_false_value(&v) => return None,
+                    Ok(_) | Err(_) => p.condition(),
+                };
                 let public = PolicyId::new(p.id().as_ref());
                 let principal = match p.principal_constraint().as_inner() {
                     PrincipalOrResourceConstraint::Eq(ast::EntityReference::EUID(uid)) => {
@@ -70,14 +96,14 @@ impl Slice {
                     | PrincipalOrResourceConstraint::Is(_)
                     | PrincipalOrResourceConstraint::IsIn(_, _) => None,
                 };
-                Compiled {
+                Some(Compiled {
                     id: p.id().to_string(),
                     effect: p.effect(),
                     approval: slice.annotation(&public, "approval").map(str::to_owned),
-                    condition: prepared(&p.condition()),
+                    condition: prepared(&condition),
                     policy: p.clone(),
                     principal,
-                }
+                })
             })
             .collect();
         Slice { policies }
@@ -168,6 +194,14 @@ fn prepared(condition: &Expr) -> Expr {
         }),
         _ => unlocated(condition),
     }
+}
+
+fn is_true_value(v: &ast::Value) -> bool {
+    matches!(v.value_kind(), ValueKind::Lit(Literal::Bool(true)))
+}
+
+fn is_false_value(v: &ast::Value) -> bool {
+    matches!(v.value_kind(), ValueKind::Lit(Literal::Bool(false)))
 }
 
 fn is_true(e: &Expr) -> bool {
