@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use cedar_policy::{
-    Authorizer, Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-};
+use cedar_policy::{Authorizer, Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use cedar_policy_core::ast;
 use cedar_policy_core::extensions::Extensions;
 use serde_json::{Value, json};
@@ -269,7 +267,11 @@ fn generated_requests_decide_as_cedar_does() {
             attrs.insert("department".into(), json!(rng.pick(&["finance", "sales"])));
         }
         if rng.chance() {
-            let region = if rng.one_in(5) { "us-east-1" } else { "eu-west-1" };
+            let region = if rng.one_in(5) {
+                "us-east-1"
+            } else {
+                "eu-west-1"
+            };
             attrs.insert("region".into(), json!(region));
         }
         if rng.one_in(4) {
@@ -286,7 +288,10 @@ fn generated_requests_decide_as_cedar_does() {
             }
             "list_invoices" => {
                 if rng.chance() {
-                    args.insert("status".into(), json!(rng.pick(&["open", "approved", "paid"])));
+                    args.insert(
+                        "status".into(),
+                        json!(rng.pick(&["open", "approved", "paid"])),
+                    );
                 }
                 if rng.chance() {
                     args.insert("supplier".into(), json!(rng.pick(&["SUP-001", "SUP-901"])));
@@ -305,7 +310,11 @@ fn generated_requests_decide_as_cedar_does() {
         };
         let risk = RiskSignals {
             calls_last_minute: *rng.pick(&[1, 10, 49, 50, 60]),
-            baseline_percent: if rng.one_in(5) { 501 } else { *rng.pick(&[50, 100, 500]) },
+            baseline_percent: if rng.one_in(5) {
+                501
+            } else {
+                *rng.pick(&[50, 100, 500])
+            },
         };
         let q = query(&c, tool, &args, now, risk);
         let what = format!(
@@ -383,7 +392,10 @@ fn arguments_of_every_type_decide_as_cedar_does() {
     }
     let entities = Entities::empty();
     let uid = |text: &str| -> ast::EntityUID {
-        cedar_policy::EntityUid::from_str(text).unwrap().as_ref().clone()
+        cedar_policy::EntityUid::from_str(text)
+            .unwrap()
+            .as_ref()
+            .clone()
     };
     let slice = fast::Slice::new(&set, &uid(r#"Action::"a""#), entities.as_ref());
     let core_schema: &cedar_policy_core::validator::ValidatorSchema = schema.as_ref();
@@ -424,7 +436,8 @@ fn arguments_of_every_type_decide_as_cedar_does() {
                 "1e3",
                 "99999999999999999.5",
             ];
-            let price: Value = serde_json::from_str(*rng.pick(&prices)).unwrap();
+            let price: &&str = rng.pick(&prices);
+            let price: Value = serde_json::from_str(price).unwrap();
             args.insert("price".into(), price);
         }
         if rng.chance() {
@@ -446,11 +459,8 @@ fn arguments_of_every_type_decide_as_cedar_does() {
         )
         .unwrap_or_else(|e| panic!("request {i} {args:?}: {e}"));
         let fast = slice.decide(request.clone(), entities.as_ref());
-        let response = Authorizer::new().is_authorized(
-            &cedar_policy::Request::from(request),
-            &set,
-            &entities,
-        );
+        let response =
+            Authorizer::new().is_authorized(&cedar_policy::Request::from(request), &set, &entities);
         let cedar = super::engine::cedar_decision(&response, &set);
         tally.same(&fast, &cedar, &format!("request {i}: {args:?}"));
     }
@@ -465,9 +475,12 @@ fn an_argument_cedar_cannot_hold_names_its_path() {
     let ArgType::Record(fields) = rich_args() else {
         panic!("an object schema types as a record");
     };
-    let typed = |v: Value| schema::record(&fields, v.as_object().unwrap()).map_err(|e| e.to_string());
+    let typed =
+        |v: Value| schema::record(&fields, v.as_object().unwrap()).map_err(|e| e.to_string());
     assert_eq!(
-        typed(json!({"tags": [], "ship": {"country": "DE"}, "lines": [{"sku": "A", "qty": 1}, {"qty": 1}]})),
+        typed(
+            json!({"tags": [], "ship": {"country": "DE"}, "lines": [{"sku": "A", "qty": 1}, {"qty": 1}]})
+        ),
         Err("argument `lines[1].sku` is missing".into())
     );
     assert_eq!(
@@ -475,7 +488,9 @@ fn an_argument_cedar_cannot_hold_names_its_path() {
         Err("argument `tags[1]` does not have its schema's type".into())
     );
     assert_eq!(
-        typed(json!({"tags": [], "ship": {"country": "DE"}, "lines": [{"qty": 18446744073709551615_u64, "sku": "A"}]})),
+        typed(
+            json!({"tags": [], "ship": {"country": "DE"}, "lines": [{"qty": 18446744073709551615_u64, "sku": "A"}]})
+        ),
         Err("argument `lines[0].qty` is outside Cedar's 64-bit integer range".into())
     );
     assert_eq!(

@@ -543,7 +543,10 @@ impl MissionPolicy {
             "risk".into(),
             ast::Value::record(
                 [
-                    ("calls_last_minute", ast::Value::from(risk.calls_last_minute)),
+                    (
+                        "calls_last_minute",
+                        ast::Value::from(risk.calls_last_minute),
+                    ),
                     ("baseline_percent", ast::Value::from(risk.baseline_percent)),
                 ],
                 None,
@@ -613,9 +616,7 @@ impl MissionPolicy {
         let risk = q
             .risk
             .unwrap_or_else(|| self.rates.record(&q.caller.agent, q.now));
-        let context = self
-            .context(q, entry, risk)
-            .map_err(|e| e.to_string())?;
+        let context = self.context(q, entry, risk).map_err(|e| e.to_string())?;
         let request = self.request(q, entry, context)?;
         Ok((entry, request, self.entities_for(q)?))
     }

@@ -387,3 +387,27 @@ fn timed_decisions(shape: &str, tool_of: impl Fn(usize) -> &'static str) {
         }
     );
 }
+
+#[test]
+fn an_entity_store_is_reused_only_for_its_own_token_and_caller() {
+    let rt = runtime();
+    let p = engine(
+        &rt,
+        "permit (principal, action, resource) when { principal has department && principal.department == \"finance\" };",
+    )
+    .unwrap();
+    let args = json!({"invoice_id": "INV-1001"});
+    let mut finance = caller(json!({"department": "finance"}));
+    finance.token_id = "same-id".into();
+    assert!(decide(&p, &finance, "get_invoice", args.clone(), MONDAY).allow);
+    // Another subject, or another issuer, with the same token id gets its own store.
+    let mut sales = caller(json!({"department": "sales"}));
+    sales.token_id = "same-id".into();
+    sales.subject = "bob@acme.example".into();
+    assert!(!decide(&p, &sales, "get_invoice", args.clone(), MONDAY).allow);
+    sales.subject = finance.subject.clone();
+    sales.issuer = "other-issuer".into();
+    assert!(!decide(&p, &sales, "get_invoice", args.clone(), MONDAY).allow);
+    // The same token again: its own store, still.
+    assert!(decide(&p, &finance, "get_invoice", args, MONDAY).allow);
+}
