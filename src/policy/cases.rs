@@ -80,10 +80,9 @@ pub fn cases_path(mission: &crate::config::Mission) -> PathBuf {
     mission.path.with_extension("cases.toml")
 }
 
-/// The outcome of one case: `Ok(())` or what differed.
-pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), String> {
-    let mission = &runtime.mission;
-    let caller = Caller {
+/// The caller a case describes (no token: its entity store is built per decision).
+pub fn caller(mission: &crate::config::Mission, case: &Case) -> Caller {
+    Caller {
         issuer: "mandate-test".into(),
         subject: case.user.clone(),
         tenant: case
@@ -104,7 +103,28 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
         act: None,
         actors: Vec::new(),
         token: Default::default(),
-    };
+    }
+}
+
+/// The decision question of a case for `caller` at `now`.
+pub fn query<'a>(case: &'a Case, caller: &'a Caller, now: u64) -> Query<'a> {
+    Query {
+        caller,
+        tool: case.tool.get_ref(),
+        arguments: &case.arguments,
+        now,
+        agent: None,
+        risk: Some(case.risk.unwrap_or(RiskSignals {
+            calls_last_minute: 1,
+            baseline_percent: 100,
+        })),
+    }
+}
+
+/// The outcome of one case: `Ok(())` or what differed.
+pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), String> {
+    let mission = &runtime.mission;
+    let caller = self::caller(mission, case);
     let tool = case.tool.get_ref();
     let Some(exposed) = runtime.tools.get(tool) else {
         return Err(format!("unknown tool `{tool}`"));
@@ -118,17 +138,7 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
                 None,
             ),
             Ok(()) => {
-                let d = runtime.policy.decide(&Query {
-                    caller: &caller,
-                    tool,
-                    arguments: &case.arguments,
-                    now,
-                    agent: None,
-                    risk: Some(case.risk.unwrap_or(RiskSignals {
-                        calls_last_minute: 1,
-                        baseline_percent: 100,
-                    })),
-                });
+                let d = runtime.policy.decide(&query(case, &caller, now));
                 (d.allow, d.policies, d.errors, d.approval)
             }
         };

@@ -8,11 +8,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect as CedarEffect,
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
-    RequestBuilder, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Decision as CedarDecision, Effect as CedarEffect, Entities,
+    Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, RequestBuilder,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
+use cedar_policy_core::ast;
+use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::validator::ValidatorSchema;
 
+use super::fast;
 use super::risk::{Rates, RiskSignals};
 use super::schema::{self, ArgType, Field};
 use crate::authn::Caller;
@@ -27,8 +31,14 @@ pub struct AgentFacts {
     pub status: Option<String>,
 }
 
-/// A token's entity store and the registry facts about its agent it was built with.
-type StoreEntry = (Option<AgentFacts>, Arc<Entities>);
+/// A token's entity store, the caller it is for and the registry facts about its agent it was
+/// built with (kept by token id; the issuer and subject are checked on every use).
+struct StoreEntry {
+    issuer: String,
+    subject: String,
+    facts: Option<AgentFacts>,
+    entities: Arc<Entities>,
+}
 
 /// One decision question: who calls which tool with what, when.
 pub struct Query<'a> {
@@ -61,8 +71,21 @@ struct ToolEntry {
     action: EntityUid,
     args: Vec<Field>,
     /// The policies whose action scope can match this tool's action (sliced once at load:
-    /// a policy whose scope cannot match never affects the decision).
+    /// a policy whose scope cannot match never affects the decision). `tools/list` decides
+    /// on it with Cedar's partial evaluation.
     slice: PolicySet,
+    /// The same policies with their conditions built, for every call ([`fast`]).
+    fast: fast::Slice,
+}
+
+/// The parts of every request that are the same for every call, as Cedar's core values.
+struct Constants {
+    user: ast::EntityType,
+    agent: ast::EntityType,
+    /// `context.mission`.
+    mission: ast::Value,
+    /// `context.chain` (no actor chain yet).
+    chain: ast::Value,
 }
 
 struct Types {
@@ -88,10 +111,11 @@ pub struct MissionPolicy {
     /// The missions naming each agent (for `Agent.missions`).
     agent_missions: HashMap<String, Vec<EntityUid>>,
     types: Types,
+    constants: Constants,
     authorizer: Authorizer,
     rates: Rates,
-    /// The entity store of each recent token (its `User` and `Agent` never change for it).
-    /// Entity stores by token, with the registry facts they were built with.
+    /// The entity store of each recent token (its `User` and `Agent` never change for it),
+    /// by token id.
     stores: std::sync::Mutex<HashMap<String, StoreEntry>>,
 }
 
@@ -263,6 +287,7 @@ impl MissionPolicy {
                     action: uid(&action_type, &schema::call_action(&tool.exposed)),
                     args: fields.clone(),
                     slice: PolicySet::new(),
+                    fast: fast::Slice::default(),
                 },
             );
         }
@@ -296,7 +321,18 @@ impl MissionPolicy {
                         .map_err(|e| internal(e.to_string()))?;
                 }
             }
+            entry.fast = fast::Slice::new(
+                &entry.slice,
+                AsRef::<ast::EntityUID>::as_ref(&entry.action),
+                core(&entities),
+            );
         }
+        let constants = Constants {
+            user: AsRef::<ast::EntityType>::as_ref(&types.user).clone(),
+            agent: AsRef::<ast::EntityType>::as_ref(&types.agent).clone(),
+            mission: ast::Value::from(AsRef::<ast::EntityUID>::as_ref(&mission_uid).clone()),
+            chain: ast::Value::empty_set(None),
+        };
         let agent_missions = agent_missions
             .iter()
             .map(|(agent, ids)| {
@@ -319,6 +355,7 @@ impl MissionPolicy {
             tools: entries,
             agent_missions,
             types,
+            constants,
             authorizer: Authorizer::new(),
             rates: Rates::default(),
             stores: std::sync::Mutex::new(HashMap::new()),
@@ -430,19 +467,30 @@ impl MissionPolicy {
         if c.token_id.is_empty() {
             return self.per_call_entities(q).map(Arc::new);
         }
-        let key = format!("{}\u{1f}{}\u{1f}{}", c.issuer, c.token_id, c.subject);
+        // Looked up by the token id as it is (no key built per call); a token id reused by
+        // another issuer or subject does not match and is rebuilt.
         if let Ok(stores) = self.stores.lock()
-            && let Some((facts, e)) = stores.get(&key)
-            && facts.as_ref() == q.agent.as_ref()
+            && let Some(e) = stores.get(c.token_id.as_str())
+            && e.issuer == c.issuer
+            && e.subject == c.subject
+            && e.facts.as_ref() == q.agent.as_ref()
         {
-            return Ok(e.clone());
+            return Ok(e.entities.clone());
         }
         let built = Arc::new(self.per_call_entities(q)?);
         if let Ok(mut stores) = self.stores.lock() {
             if stores.len() >= STORES {
                 stores.clear();
             }
-            stores.insert(key, (q.agent.clone(), built.clone()));
+            stores.insert(
+                c.token_id.clone(),
+                StoreEntry {
+                    issuer: c.issuer.clone(),
+                    subject: c.subject.clone(),
+                    facts: q.agent.clone(),
+                    entities: built.clone(),
+                },
+            );
         }
         Ok(built)
     }
@@ -450,127 +498,139 @@ impl MissionPolicy {
     fn per_call_entities(&self, q: &Query<'_>) -> Result<Entities, String> {
         let user = self.user(q.caller)?;
         let agent = self.agent(&q.caller.agent, q.agent.as_ref())?;
-        // Built by construction in the schema's shapes, so not validated again per call (the
-        // context is: `Request::new` checks it against the action's context type).
+        // Built by construction in the schema's shapes, so not validated again per call (debug
+        // builds validate every request: see `request`).
         self.entities
             .clone()
             .add_entities([user, agent], None)
             .map_err(|e| e.to_string())
     }
 
+    /// The call's context, built directly as Cedar values: the constant parts were built at
+    /// load; the arguments are typed from the tool's pinned input schema ([`schema::record`]).
     fn context(
         &self,
         q: &Query<'_>,
         entry: &ToolEntry,
         risk: RiskSignals,
-    ) -> Result<Context, String> {
+    ) -> Result<ast::Context, schema::ArgError> {
         let time = super::clock::time(q.now);
-        let mut pairs = vec![
-            (
-                "agent".to_owned(),
-                RestrictedExpression::new_entity_uid(uid(&self.types.agent, &q.caller.agent)),
+        let k = &self.constants;
+        let mut pairs = BTreeMap::new();
+        pairs.insert(
+            "agent".into(),
+            ast::Value::from(ast::EntityUID::from_components(
+                k.agent.clone(),
+                ast::Eid::new(q.caller.agent.as_str()),
+                None,
+            )),
+        );
+        pairs.insert("mission".into(), k.mission.clone());
+        pairs.insert(
+            "time".into(),
+            ast::Value::record(
+                [
+                    ("hour", ast::Value::from(time.hour)),
+                    ("minute", ast::Value::from(time.minute)),
+                    ("weekday", ast::Value::from(time.weekday)),
+                    ("date", ast::Value::from(time.date)),
+                ],
+                None,
             ),
-            (
-                "mission".to_owned(),
-                RestrictedExpression::new_entity_uid(self.mission_uid.clone()),
-            ),
-            (
-                "time".to_owned(),
-                RestrictedExpression::new_record([
-                    ("hour".to_owned(), RestrictedExpression::new_long(time.hour)),
+        );
+        pairs.insert("chain".into(), k.chain.clone());
+        pairs.insert(
+            "risk".into(),
+            ast::Value::record(
+                [
                     (
-                        "minute".to_owned(),
-                        RestrictedExpression::new_long(time.minute),
+                        "calls_last_minute",
+                        ast::Value::from(risk.calls_last_minute),
                     ),
-                    ("weekday".to_owned(), string(time.weekday)),
-                    ("date".to_owned(), string(&time.date)),
-                ])
-                .map_err(|e| e.to_string())?,
+                    ("baseline_percent", ast::Value::from(risk.baseline_percent)),
+                ],
+                None,
             ),
-            ("chain".to_owned(), RestrictedExpression::new_set([])),
-            (
-                "risk".to_owned(),
-                RestrictedExpression::new_record([
-                    (
-                        "calls_last_minute".to_owned(),
-                        RestrictedExpression::new_long(risk.calls_last_minute),
-                    ),
-                    (
-                        "baseline_percent".to_owned(),
-                        RestrictedExpression::new_long(risk.baseline_percent),
-                    ),
-                ])
-                .map_err(|e| e.to_string())?,
-            ),
-            (
-                "args".to_owned(),
-                schema::record(&entry.args, "", q.arguments)?,
-            ),
-        ];
+        );
+        pairs.insert("args".into(), schema::record(&entry.args, q.arguments)?);
         if let Some(region) = q
             .caller
             .attributes
             .get("region")
             .and_then(serde_json::Value::as_str)
         {
-            pairs.push(("region".to_owned(), string(region)));
+            pairs.insert("region".into(), ast::Value::from(region));
         }
-        Context::from_pairs(pairs).map_err(|e| e.to_string())
+        Ok(ast::Context::Value(Arc::new(pairs)))
     }
 
-    /// Decides one call. Fails closed: no permit → deny; any error → deny.
-    pub fn decide(&self, q: &Query<'_>) -> Decision {
-        let deny = |error: String| Decision {
-            allow: false,
-            policies: Vec::new(),
-            errors: vec![error],
-            approval: None,
-        };
+    /// The request of a call.
+    ///
+    /// Release builds do not validate it against the schema per call (that validation parsed
+    /// ids with Cedar's parser on every call, a quarter of a decision). It cannot add safety:
+    /// the policies were strictly validated against this same generated schema at load, the
+    /// context is built from that schema's own types from arguments that already passed the
+    /// tool's JSON Schema, the principal, action and resource are of the schema's types by
+    /// construction, and a value of an unexpected shape at evaluation is an evaluation error,
+    /// which denies (fail closed). Debug builds validate every request, so every test of the
+    /// suite checks that the contexts we build conform to the schema.
+    fn request(
+        &self,
+        q: &Query<'_>,
+        entry: &ToolEntry,
+        context: ast::Context,
+    ) -> Result<ast::Request, String> {
+        let principal = ast::EntityUID::from_components(
+            self.constants.user.clone(),
+            ast::Eid::new(q.caller.subject.as_str()),
+            None,
+        );
+        let action = AsRef::<ast::EntityUID>::as_ref(&entry.action).clone();
+        let resource = AsRef::<ast::EntityUID>::as_ref(&entry.uid).clone();
+        if cfg!(debug_assertions) {
+            let schema: &ValidatorSchema = self.schema.as_ref();
+            ast::Request::new(
+                (principal, None),
+                (action, None),
+                (resource, None),
+                context,
+                Some(schema),
+                Extensions::all_available(),
+            )
+            .map_err(|e| e.to_string())
+        } else {
+            Ok(ast::Request::new_unchecked(
+                ast::EntityUIDEntry::known(principal, None),
+                ast::EntityUIDEntry::known(action, None),
+                ast::EntityUIDEntry::known(resource, None),
+                Some(context),
+            ))
+        }
+    }
+
+    /// Everything a decision needs: the tool's slice, the request and the entity store.
+    fn prepare(&self, q: &Query<'_>) -> Result<(&ToolEntry, ast::Request, Arc<Entities>), String> {
         let Some(entry) = self.tools.get(q.tool) else {
-            return deny(format!("tool `{}` has no Cedar action", q.tool));
+            return Err(format!("tool `{}` has no Cedar action", q.tool));
         };
         let risk = q
             .risk
             .unwrap_or_else(|| self.rates.record(&q.caller.agent, q.now));
-        let built = self.context(q, entry, risk).and_then(|context| {
-            let request = Request::new(
-                uid(&self.types.user, &q.caller.subject),
-                entry.action.clone(),
-                entry.uid.clone(),
-                context,
-                Some(&self.schema),
-            )
-            .map_err(|e| e.to_string())?;
-            Ok((request, self.entities_for(q)?))
-        });
-        let (request, entities) = match built {
-            Ok(x) => x,
-            Err(e) => return deny(e),
-        };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &entry.slice, &entities);
-        let policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|id| id.to_string())
-            .collect();
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
-        let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
-        let approval = if allow {
-            approval_of(&entry.slice, response.diagnostics().reason())
-        } else {
-            None
-        };
-        Decision {
-            allow,
-            policies,
-            errors,
-            approval,
+        let context = self.context(q, entry, risk).map_err(|e| e.to_string())?;
+        let request = self.request(q, entry, context)?;
+        Ok((entry, request, self.entities_for(q)?))
+    }
+
+    /// Decides one call. Fails closed: no permit → deny; any error → deny.
+    pub fn decide(&self, q: &Query<'_>) -> Decision {
+        match self.prepare(q) {
+            Ok((entry, request, entities)) => entry.fast.decide(request, core(&entities)),
+            Err(error) => Decision {
+                allow: false,
+                policies: Vec::new(),
+                errors: vec![error],
+                approval: None,
+            },
         }
     }
 
@@ -610,20 +670,9 @@ impl MissionPolicy {
     }
 }
 
-/// The strictest `@approval` among the determining permits (`approver` over `user`).
-fn approval_of<'a>(
-    policies: &PolicySet,
-    reason: impl Iterator<Item = &'a PolicyId>,
-) -> Option<String> {
-    let mut out: Option<String> = None;
-    for id in reason {
-        match policies.annotation(id, "approval") {
-            Some("approver") => return Some("approver".into()),
-            Some(a) => out = Some(a.to_owned()),
-            None => {}
-        }
-    }
-    out
+/// Cedar's core view of an entity store.
+fn core(entities: &Entities) -> &cedar_policy_core::entities::Entities {
+    entities.as_ref()
 }
 
 /// Parses, re-identifies (`<mission>.cedar:<@id or policyN>`) and strictly validates a policy
@@ -715,40 +764,72 @@ impl std::fmt::Debug for MissionPolicy {
 
 #[cfg(test)]
 impl MissionPolicy {
-    /// Nanoseconds of each per-call step: entities, context, request, evaluation.
+    /// Nanoseconds of each per-call step of [`MissionPolicy::decide`]: entities, context,
+    /// request, evaluation.
     pub(crate) fn profile(&self, q: &Query<'_>) -> [u128; 4] {
         let entry = &self.tools[q.tool];
         let t = std::time::Instant::now();
         let entities = self.entities_for(q).unwrap();
         let a = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
-        let context = self
-            .context(
-                q,
-                entry,
-                RiskSignals {
-                    calls_last_minute: 1,
-                    baseline_percent: 100,
-                },
-            )
-            .unwrap();
+        let risk = RiskSignals {
+            calls_last_minute: 1,
+            baseline_percent: 100,
+        };
+        let context = self.context(q, entry, risk).unwrap();
         let b = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
-        let request = Request::new(
-            uid(&self.types.user, &q.caller.subject),
-            entry.action.clone(),
-            entry.uid.clone(),
-            context,
-            Some(&self.schema),
-        )
-        .unwrap();
+        let request = self.request(q, entry, context).unwrap();
         let c = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
-        let r = self
+        let d = entry.fast.decide(request, core(&entities));
+        let e = t.elapsed().as_nanos();
+        assert!(d.allow, "{d:?}");
+        [a, b, c, e]
+    }
+
+    /// The decision Cedar's public `Authorizer::is_authorized` gives on the very request and
+    /// entities [`MissionPolicy::decide`] evaluates (the reference for the differential test),
+    /// with the engine's rules on top (any error denies; the strictest `@approval`).
+    pub(crate) fn reference(&self, q: &Query<'_>) -> Decision {
+        let (entry, request, entities) = match self.prepare(q) {
+            Ok(x) => x,
+            Err(error) => {
+                return Decision {
+                    allow: false,
+                    policies: Vec::new(),
+                    errors: vec![error],
+                    approval: None,
+                };
+            }
+        };
+        let request = cedar_policy::Request::from(request);
+        let response = self
             .authorizer
             .is_authorized(&request, &entry.slice, &entities);
-        let d = t.elapsed().as_nanos();
-        assert_eq!(r.decision(), CedarDecision::Allow);
-        [a, b, c, d]
+        cedar_decision(&response, &entry.slice)
+    }
+}
+
+/// Cedar's response as the engine's decision (any error denies; the strictest `@approval`
+/// among the determining permits).
+#[cfg(test)]
+pub(crate) fn cedar_decision(response: &cedar_policy::Response, slice: &PolicySet) -> Decision {
+    let reason = || response.diagnostics().reason();
+    let errors: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(|e| e.to_string())
+        .collect();
+    let allow = response.decision() == CedarDecision::Allow && errors.is_empty();
+    Decision {
+        allow,
+        policies: reason().map(|id| id.to_string()).collect(),
+        errors,
+        approval: if allow {
+            fast::strictest_approval(reason().map(|id| slice.annotation(id, "approval")))
+        } else {
+            None
+        },
     }
 }

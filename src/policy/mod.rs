@@ -11,10 +11,13 @@
 pub mod cases;
 pub mod clock;
 pub mod engine;
+mod fast;
 pub mod risk;
 pub mod schema;
 pub mod walls;
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;
 

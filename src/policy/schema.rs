@@ -13,8 +13,10 @@
 //! is left out of the schema and of the context.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
-use cedar_policy::RestrictedExpression;
+use cedar_policy_core::ast::{self, ExtensionFunction};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::mission::ExposedTool;
@@ -103,37 +105,36 @@ impl ArgType {
 
     /// The Cedar value of an argument that already passed the pinned input schema. `Ok(None)`:
     /// left out (a decimal Cedar cannot hold); `Err`: a required value Cedar cannot hold (an
-    /// integer outside the 64-bit range), which denies the call.
-    pub fn value(&self, path: &str, v: &Value) -> Result<Option<RestrictedExpression>, String> {
-        let mismatch = || Err(format!("argument `{path}` does not have its schema's type"));
+    /// integer outside the 64-bit range), which denies the call. Built straight as Cedar's core
+    /// values (no expression to interpret per call).
+    pub fn value(&self, v: &Value) -> Result<Option<ast::Value>, ArgError> {
         Ok(Some(match (self, v) {
-            (ArgType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
-            (ArgType::Bool, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+            (ArgType::String, Value::String(s)) => ast::Value::from(s.as_str()),
+            (ArgType::Bool, Value::Bool(b)) => ast::Value::from(*b),
             (ArgType::Long, Value::Number(n)) => match n.as_i64() {
-                Some(i) => RestrictedExpression::new_long(i),
-                None => {
-                    return Err(format!(
-                        "argument `{path}` is outside Cedar's 64-bit integer range"
-                    ));
-                }
+                Some(i) => ast::Value::from(i),
+                None => return Err(ArgError::Range(ArgPath::default())),
             },
             (ArgType::Decimal, Value::Number(n)) => match decimal(&n.to_string()) {
-                Some(d) => RestrictedExpression::new_decimal(d),
+                Some(d) => match decimal_value(&d) {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
                 None => return Ok(None),
             },
             (ArgType::Set(t), Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(x) = t.value(&format!("{path}[{i}]"), item)? {
+                    if let Some(x) = t.value(item).map_err(|e| e.at(Segment::Index(i)))? {
                         out.push(x);
                     }
                 }
-                RestrictedExpression::new_set(out)
+                ast::Value::set(out, None)
             }
             (ArgType::Record(fields), Value::Object(map)) => {
-                return self::record(fields, path, map).map(Some);
+                return self::record(fields, map).map(Some);
             }
-            _ => return mismatch(),
+            _ => return Err(ArgError::Mismatch(ArgPath::default())),
         }))
     }
 }
@@ -141,27 +142,82 @@ impl ArgType {
 /// The Cedar record of an object's typed fields (untyped and absent ones are left out).
 pub fn record(
     fields: &[Field],
-    path: &str,
     map: &serde_json::Map<String, Value>,
-) -> Result<RestrictedExpression, String> {
+) -> Result<ast::Value, ArgError> {
     let mut out = Vec::with_capacity(fields.len());
     for f in fields {
-        let sub = if path.is_empty() {
-            f.name.clone()
-        } else {
-            format!("{path}.{}", f.name)
-        };
+        let at = |e: ArgError| e.at(Segment::Field(f.name.clone()));
         let Some(v) = map.get(&f.name) else {
             if f.required {
-                return Err(format!("argument `{sub}` is missing"));
+                return Err(at(ArgError::Missing(ArgPath::default())));
             }
             continue;
         };
-        if let Some(x) = f.ty.value(&sub, v)? {
-            out.push((f.name.clone(), x));
+        if let Some(x) = f.ty.value(v).map_err(at)? {
+            out.push((f.name.as_str(), x));
         }
     }
-    RestrictedExpression::new_record(out).map_err(|e| e.to_string())
+    Ok(ast::Value::record(out, None))
+}
+
+/// One step of the path to an argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Field(String),
+    Index(usize),
+}
+
+/// The path to an argument (`invoice.lines[2].amount`), built only when typing fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgPath(Vec<Segment>);
+
+impl std::fmt::Display for ArgPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Innermost first: the segments are pushed while the error travels outwards.
+        for (i, s) in self.0.iter().rev().enumerate() {
+            match s {
+                Segment::Field(name) if i == 0 => f.write_str(name)?,
+                Segment::Field(name) => write!(f, ".{name}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An argument Cedar cannot hold (the call is denied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("argument `{0}` is missing")]
+    Missing(ArgPath),
+    #[error("argument `{0}` does not have its schema's type")]
+    Mismatch(ArgPath),
+    #[error("argument `{0}` is outside Cedar's 64-bit integer range")]
+    Range(ArgPath),
+}
+
+impl ArgError {
+    /// The same error one level further out.
+    fn at(mut self, segment: Segment) -> Self {
+        match &mut self {
+            ArgError::Missing(p) | ArgError::Mismatch(p) | ArgError::Range(p) => p.0.push(segment),
+        }
+        self
+    }
+}
+
+/// Cedar's `decimal(...)` constructor, looked up once.
+static DECIMAL: LazyLock<Option<&'static ExtensionFunction>> = LazyLock::new(|| {
+    let name = ast::Name::parse_unqualified_name("decimal").ok()?;
+    Extensions::all_available().func(&name).ok()
+});
+
+/// The Cedar `decimal` value of a literal [`decimal`] accepted.
+fn decimal_value(literal: &str) -> Option<ast::Value> {
+    match DECIMAL.as_ref()?.call(&[ast::Value::from(literal)]) {
+        Ok(ast::PartialValue::Value(v)) => Some(v),
+        Ok(ast::PartialValue::Residual(_)) | Err(_) => None,
+    }
 }
 
 /// A JSON number as a Cedar `decimal` literal (at most 4 decimal places, in range), or `None`.

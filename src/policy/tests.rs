@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::mission::MissionRuntime;
 
-fn runtime() -> Arc<MissionRuntime> {
+pub(super) fn runtime() -> Arc<MissionRuntime> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = crate::config::load(&root, true).unwrap();
     MissionRuntime::build_all(&config)
@@ -19,7 +19,7 @@ fn runtime() -> Arc<MissionRuntime> {
         .unwrap()
 }
 
-fn engine(rt: &MissionRuntime, text: &str) -> Result<MissionPolicy, Vec<String>> {
+pub(super) fn engine(rt: &MissionRuntime, text: &str) -> Result<MissionPolicy, Vec<String>> {
     MissionPolicy::from_text(
         &rt.mission,
         &rt.tools,
@@ -28,7 +28,7 @@ fn engine(rt: &MissionRuntime, text: &str) -> Result<MissionPolicy, Vec<String>>
     )
 }
 
-fn caller(attrs: Value) -> Caller {
+pub(super) fn caller(attrs: Value) -> Caller {
     Caller {
         issuer: "test".into(),
         subject: "alice@acme.example".into(),
@@ -47,7 +47,7 @@ fn caller(attrs: Value) -> Caller {
 }
 
 /// Monday 2026-01-05 10:00 UTC.
-const MONDAY: u64 = 1_767_607_200;
+pub(super) const MONDAY: u64 = 1_767_607_200;
 
 fn decide(p: &MissionPolicy, c: &Caller, tool: &str, args: Value, now: u64) -> Decision {
     let args = args.as_object().cloned().unwrap();
@@ -307,8 +307,9 @@ fn decision_time_with_100_policies() {
     timed_decisions("spread over the mission's 4 tools", |i| tools[i % 4]);
 }
 
-fn timed_decisions(shape: &str, tool_of: impl Fn(usize) -> &'static str) {
-    let rt = runtime();
+/// The benchmark's 100 policies: 97 permits on `tool_of(i)` (argument and principal
+/// conditions), a permit for reads, a business-hours forbid and an amount-limit forbid.
+pub(super) fn hundred_policies(tool_of: &dyn Fn(usize) -> &'static str) -> String {
     let mut text = String::new();
     for i in 0..97 {
         let tool = tool_of(i);
@@ -324,6 +325,12 @@ fn timed_decisions(shape: &str, tool_of: impl Fn(usize) -> &'static str) {
     text.push_str("@id(\"read\") permit (principal, action in Action::\"call\", resource) when { resource.effect == \"read\" };\n");
     text.push_str("@id(\"hours\") forbid (principal, action in Action::\"call\", resource) unless { context.time.hour >= 7 && context.time.hour < 19 };\n");
     text.push_str("@id(\"limit\") forbid (principal, action == Action::\"call:pay_invoice\", resource) when { context.args.amount_cents > 100000 };\n");
+    text
+}
+
+fn timed_decisions(shape: &str, tool_of: impl Fn(usize) -> &'static str) {
+    let rt = runtime();
+    let text = hundred_policies(&tool_of);
     let p = engine(&rt, &text).unwrap();
     assert_eq!(p.len(), 100);
     let c = caller(json!({"department": "d40", "groups": ["ap"], "region": "eu-west-1"}));
@@ -379,4 +386,28 @@ fn timed_decisions(shape: &str, tool_of: impl Fn(usize) -> &'static str) {
             "release"
         }
     );
+}
+
+#[test]
+fn an_entity_store_is_reused_only_for_its_own_token_and_caller() {
+    let rt = runtime();
+    let p = engine(
+        &rt,
+        "permit (principal, action, resource) when { principal has department && principal.department == \"finance\" };",
+    )
+    .unwrap();
+    let args = json!({"invoice_id": "INV-1001"});
+    let mut finance = caller(json!({"department": "finance"}));
+    finance.token_id = "same-id".into();
+    assert!(decide(&p, &finance, "get_invoice", args.clone(), MONDAY).allow);
+    // Another subject, or another issuer, with the same token id gets its own store.
+    let mut sales = caller(json!({"department": "sales"}));
+    sales.token_id = "same-id".into();
+    sales.subject = "bob@acme.example".into();
+    assert!(!decide(&p, &sales, "get_invoice", args.clone(), MONDAY).allow);
+    sales.subject = finance.subject.clone();
+    sales.issuer = "other-issuer".into();
+    assert!(!decide(&p, &sales, "get_invoice", args.clone(), MONDAY).allow);
+    // The same token again: its own store, still.
+    assert!(decide(&p, &finance, "get_invoice", args, MONDAY).allow);
 }
