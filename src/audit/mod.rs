@@ -252,7 +252,7 @@ impl Auditor {
         let key =
             AuditKey::load_or_create(&store.keys().map_err(store_error)?).map_err(store_error)?;
         let writer = Writer::open(Box::new(log), key, policy)?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(writer::QUEUE);
         let (done, finished) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("mandate-audit".into())
@@ -297,15 +297,18 @@ impl Auditor {
         {
             tracing::error!("audit writer has stopped; event lost");
         }
+        self.wake_if_filling();
     }
 
     /// Appends an event without waiting (for drop guards and sync contexts).
     pub fn record_now(&self, event: Event) {
-        if let Err(e) = self.tx.try_send(Job::Append {
+        let sent = self.tx.try_send(Job::Append {
             event: Box::new(event),
             durable: false,
             ack: None,
-        }) {
+        });
+        self.wake_if_filling();
+        if let Err(e) = sent {
             // The queue is full or closed: fall back to a task so nothing is lost while the
             // writer lives.
             let tx = self.tx.clone();
@@ -356,6 +359,14 @@ impl Auditor {
         rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
+    /// Wakes the writer when the queue is more than half full, so a burst never waits out the
+    /// batch window (`writer::BATCH_WINDOW`) with senders blocked on a full queue.
+    fn wake_if_filling(&self) {
+        if self.tx.capacity() < writer::QUEUE_HIGH {
+            self.thread.unpark();
+        }
+    }
+
     /// Sends a job someone waits for, and wakes the writer at once (see `writer::BATCH_WINDOW`).
     async fn send(&self, job: Job) -> Result<(), AuditError> {
         let sent = self.tx.send(job).await.map_err(|_| AuditError::Stopped);
@@ -366,7 +377,21 @@ impl Auditor {
 
 /// Current time as RFC 3339 with microseconds, UTC.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+    let mut time = String::new();
+    write_now_rfc3339(&mut time);
+    time
+}
+
+/// [`now_rfc3339`] into a buffer the caller reuses (the audit writer, once per record).
+pub fn write_now_rfc3339(out: &mut String) {
+    use std::fmt::Write as _;
+    out.clear();
+    // Writing to a `String` cannot fail.
+    let _ = write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_micros(SystemTime::now())
+    );
 }
 
 /// Filter for `mandate audit export`.
