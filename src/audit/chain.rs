@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{EventKind, digest_bytes};
+use super::{EventKind, digest_bytes, write_digest};
 
 /// Hash carried by the first record of a chain as its `prev`.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -141,7 +141,7 @@ impl Sealer {
         payload: &[u8],
     ) -> Result<(), serde_json::Error> {
         let mut payload_digest = [0u8; 64];
-        let payload_digest = hex_digest(payload, &mut payload_digest);
+        let payload_digest = write_digest(payload, &mut payload_digest);
         self.header.clear();
         serde_json::to_writer(
             &mut self.header,
@@ -156,7 +156,7 @@ impl Sealer {
                 payload_digest,
             },
         )?;
-        hex_digest(&self.header, &mut self.hash);
+        write_digest(&self.header, &mut self.hash);
         self.line.clear();
         self.line.extend_from_slice(br#"{"h":"#);
         self.line.extend_from_slice(&self.header);
@@ -178,16 +178,6 @@ impl Sealer {
         // Hex digits are ASCII.
         std::str::from_utf8(&self.hash).unwrap_or_default()
     }
-}
-
-/// SHA-256 hex of `bytes`, written into `out` (no allocation); the same text as
-/// [`digest_bytes`](super::digest_bytes).
-fn hex_digest<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    // 32 bytes always fit 64 hex digits, and hex digits are ASCII: neither can fail.
-    let _ = hex::encode_to_slice(digest, out);
-    std::str::from_utf8(out).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -505,6 +495,18 @@ mod tests {
             format!(r#"{{"h":{header},"p":{payload},"hash":"{hash}"}}"#),
             hash,
         )
+    }
+
+    #[test]
+    fn digests_are_lowercase_sha256_hex() {
+        assert_eq!(
+            digest_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            digest_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -486,15 +486,24 @@ pub fn verify_file(input: impl BufRead, pinned: Option<&PublicKey>) -> Result<Re
 
 /// SHA-256 hex of bytes.
 pub fn digest_bytes(bytes: &[u8]) -> String {
+    let mut hex = [0u8; 64];
+    write_digest(bytes, &mut hex).to_owned()
+}
+
+/// SHA-256 hex of `bytes`, written into `out` (no allocation; a few times per call, so not
+/// through `hex::encode`, which builds its string a character at a time).
+pub(crate) fn write_digest<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
+    let digest = sha2::Sha256::digest(bytes);
+    // 32 bytes always fill exactly 64 hex digits, and hex digits are ASCII: neither can fail.
+    let _ = hex::encode_to_slice(digest, out);
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// SHA-256 hex of the canonical (RFC 8785) JSON of a value.
 pub fn digest_json(value: &impl Serialize) -> String {
-    use sha2::Digest;
     let bytes = serde_jcs::to_vec(value).unwrap_or_default();
-    hex::encode(sha2::Sha256::digest(bytes))
+    digest_bytes(&bytes)
 }
 
 #[cfg(test)]
