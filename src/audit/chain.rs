@@ -100,12 +100,32 @@ pub fn seal(
     payload: &[u8],
 ) -> Result<Sealed, serde_json::Error> {
     let mut sealer = Sealer::default();
-    sealer.seal(chain, seq, time, tenant, kind, prev, payload)?;
+    let meta = RecordMeta {
+        chain,
+        seq,
+        time,
+        tenant,
+        kind,
+        prev,
+    };
+    sealer.seal(&meta, payload)?;
     let hash = sealer.hash().to_owned();
     Ok(Sealed {
         line: sealer.line,
         hash,
     })
+}
+
+/// What a record's header says besides its payload's digest.
+pub struct RecordMeta<'a> {
+    pub chain: &'a str,
+    pub seq: u64,
+    /// RFC 3339 (see [`super::now_rfc3339`]).
+    pub time: &'a str,
+    pub tenant: Option<&'a str>,
+    pub kind: EventKind,
+    /// The previous record's hash ([`GENESIS`] for seq 1).
+    pub prev: &'a str,
 }
 
 /// Builds records into buffers it keeps, so sealing a record allocates nothing once they have
@@ -129,17 +149,7 @@ impl Default for Sealer {
 impl Sealer {
     /// Seals record `seq` of `chain`; its line and hash are then [`Sealer::line`] and
     /// [`Sealer::hash`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn seal(
-        &mut self,
-        chain: &str,
-        seq: u64,
-        time: &str,
-        tenant: Option<&str>,
-        kind: EventKind,
-        prev: &str,
-        payload: &[u8],
-    ) -> Result<(), serde_json::Error> {
+    pub fn seal(&mut self, meta: &RecordMeta<'_>, payload: &[u8]) -> Result<(), serde_json::Error> {
         let mut payload_digest = [0u8; 64];
         let payload_digest = write_digest(payload, &mut payload_digest);
         self.header.clear();
@@ -147,12 +157,12 @@ impl Sealer {
             &mut self.header,
             &HeaderOut {
                 v: VERSION,
-                chain,
-                seq,
-                time,
-                tenant,
-                kind,
-                prev,
+                chain: meta.chain,
+                seq: meta.seq,
+                time: meta.time,
+                tenant: meta.tenant,
+                kind: meta.kind,
+                prev: meta.prev,
                 payload_digest,
             },
         )?;
@@ -519,17 +529,15 @@ mod tests {
             ("tenant:a", Some("a"), 12345678901, &"ab".repeat(32), "{}"),
         ];
         for (chain, tenant, seq, prev, payload) in cases {
-            sealer
-                .seal(
-                    chain,
-                    seq,
-                    "2026-01-01T00:00:00.000000Z",
-                    tenant,
-                    EventKind::Call,
-                    prev,
-                    payload.as_bytes(),
-                )
-                .unwrap();
+            let meta = RecordMeta {
+                chain,
+                seq,
+                time: "2026-01-01T00:00:00.000000Z",
+                tenant,
+                kind: EventKind::Call,
+                prev,
+            };
+            sealer.seal(&meta, payload.as_bytes()).unwrap();
             let (line, hash) = expected_line(chain, seq, tenant, prev, payload);
             assert_eq!(std::str::from_utf8(sealer.line()).unwrap(), line);
             assert_eq!(sealer.hash(), hash);

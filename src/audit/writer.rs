@@ -274,16 +274,16 @@ impl Writer {
             Some(head) => (head.seq + 1, head.hash.as_str()),
             None => (1, chain::GENESIS),
         };
+        let meta = chain::RecordMeta {
+            chain: &self.chain,
+            seq,
+            time: &self.time,
+            tenant: event.tenant.as_deref(),
+            kind: event.kind,
+            prev,
+        };
         self.sealer
-            .seal(
-                &self.chain,
-                seq,
-                &self.time,
-                event.tenant.as_deref(),
-                event.kind,
-                prev,
-                &self.payload,
-            )
+            .seal(&meta, &self.payload)
             .map_err(store_error)?;
         self.log
             .append(&self.chain, seq, self.sealer.line())
