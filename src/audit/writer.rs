@@ -190,7 +190,8 @@ impl Writer {
             if !urgent {
                 // Let ordinary records accumulate for a moment instead of waking this thread
                 // once per record (a futex wake and a context switch each, on every tool call).
-                // Senders that wait for the writer (durable, sync, checkpoint, stop) unpark it.
+                // Senders that wait for the writer (durable, sync, checkpoint, stop) unpark it,
+                // and so does a sender that finds the queue more than half full.
                 std::thread::park_timeout(BATCH_WINDOW);
             }
         }
