@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{EventKind, digest_bytes};
+use super::{EventKind, digest_bytes, write_digest};
 
 /// Hash carried by the first record of a chain as its `prev`.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -37,9 +37,20 @@ pub const LEGACY_CHAIN: &str = "legacy-v1";
 
 /// The chain an event with this tenant belongs to.
 pub fn chain_id(tenant: Option<&str>) -> String {
+    let mut id = String::new();
+    write_chain_id(tenant, &mut id);
+    id
+}
+
+/// [`chain_id`] into a buffer the caller reuses (the writer, once per record).
+pub fn write_chain_id(tenant: Option<&str>, out: &mut String) {
+    out.clear();
     match tenant {
-        None => BROKER_CHAIN.to_owned(),
-        Some(t) => format!("tenant:{t}"),
+        None => out.push_str(BROKER_CHAIN),
+        Some(t) => {
+            out.push_str("tenant:");
+            out.push_str(t);
+        }
     }
 }
 
@@ -88,27 +99,95 @@ pub fn seal(
     prev: &str,
     payload: &[u8],
 ) -> Result<Sealed, serde_json::Error> {
-    let payload_digest = digest_bytes(payload);
-    let header = serde_json::to_vec(&HeaderOut {
-        v: VERSION,
+    let mut sealer = Sealer::default();
+    let meta = RecordMeta {
         chain,
         seq,
         time,
         tenant,
         kind,
         prev,
-        payload_digest: &payload_digest,
-    })?;
-    let hash = digest_bytes(&header);
-    let mut line = Vec::with_capacity(header.len() + payload.len() + 90);
-    line.extend_from_slice(br#"{"h":"#);
-    line.extend_from_slice(&header);
-    line.extend_from_slice(br#","p":"#);
-    line.extend_from_slice(payload);
-    line.extend_from_slice(br#","hash":""#);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(br#""}"#);
-    Ok(Sealed { line, hash })
+    };
+    sealer.seal(&meta, payload)?;
+    let hash = sealer.hash().to_owned();
+    Ok(Sealed {
+        line: sealer.line,
+        hash,
+    })
+}
+
+/// What a record's header says besides its payload's digest.
+pub struct RecordMeta<'a> {
+    pub chain: &'a str,
+    pub seq: u64,
+    /// RFC 3339 (see [`super::now_rfc3339`]).
+    pub time: &'a str,
+    pub tenant: Option<&'a str>,
+    pub kind: EventKind,
+    /// The previous record's hash ([`GENESIS`] for seq 1).
+    pub prev: &'a str,
+}
+
+/// Builds records into buffers it keeps, so sealing a record allocates nothing once they have
+/// grown to the size of a record (the writer keeps one). Produces exactly [`seal`]'s bytes.
+pub struct Sealer {
+    header: Vec<u8>,
+    line: Vec<u8>,
+    hash: [u8; 64],
+}
+
+impl Default for Sealer {
+    fn default() -> Self {
+        Self {
+            header: Vec::with_capacity(384),
+            line: Vec::with_capacity(2048),
+            hash: [b'0'; 64],
+        }
+    }
+}
+
+impl Sealer {
+    /// Seals record `seq` of `chain`; its line and hash are then [`Sealer::line`] and
+    /// [`Sealer::hash`].
+    pub fn seal(&mut self, meta: &RecordMeta<'_>, payload: &[u8]) -> Result<(), serde_json::Error> {
+        let mut payload_digest = [0u8; 64];
+        let payload_digest = write_digest(payload, &mut payload_digest);
+        self.header.clear();
+        serde_json::to_writer(
+            &mut self.header,
+            &HeaderOut {
+                v: VERSION,
+                chain: meta.chain,
+                seq: meta.seq,
+                time: meta.time,
+                tenant: meta.tenant,
+                kind: meta.kind,
+                prev: meta.prev,
+                payload_digest,
+            },
+        )?;
+        write_digest(&self.header, &mut self.hash);
+        self.line.clear();
+        self.line.extend_from_slice(br#"{"h":"#);
+        self.line.extend_from_slice(&self.header);
+        self.line.extend_from_slice(br#","p":"#);
+        self.line.extend_from_slice(payload);
+        self.line.extend_from_slice(br#","hash":""#);
+        self.line.extend_from_slice(&self.hash);
+        self.line.extend_from_slice(br#""}"#);
+        Ok(())
+    }
+
+    /// The line of the record sealed last.
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// The hash of the record sealed last (hex).
+    pub fn hash(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.hash).unwrap_or_default()
+    }
 }
 
 #[derive(Deserialize)]
@@ -403,6 +482,67 @@ mod tests {
             payload.as_bytes(),
         )
         .unwrap()
+    }
+
+    /// The record format, spelled out independently of the sealer: what every earlier release
+    /// wrote, so old records and new ones verify alike.
+    fn expected_line(
+        chain: &str,
+        seq: u64,
+        tenant: Option<&str>,
+        prev: &str,
+        payload: &str,
+    ) -> (String, String) {
+        let tenant = tenant
+            .map(|t| format!(r#","tenant":"{t}""#))
+            .unwrap_or_default();
+        let header = format!(
+            r#"{{"v":2,"chain":"{chain}","seq":{seq},"time":"2026-01-01T00:00:00.000000Z"{tenant},"kind":"call","prev":"{prev}","payload_digest":"{}"}}"#,
+            digest_bytes(payload.as_bytes())
+        );
+        let hash = digest_bytes(header.as_bytes());
+        (
+            format!(r#"{{"h":{header},"p":{payload},"hash":"{hash}"}}"#),
+            hash,
+        )
+    }
+
+    #[test]
+    fn digests_are_lowercase_sha256_hex() {
+        assert_eq!(
+            digest_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            digest_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_reused_sealer_writes_exactly_the_record_format_whatever_came_before() {
+        let mut sealer = Sealer::default();
+        let long = format!(r#"{{"kind":"call","tool":"{}"}}"#, "x".repeat(3000));
+        let cases = [
+            ("tenant:acme", Some("acme"), 7, GENESIS, long.as_str()),
+            ("broker", None, 1, GENESIS, r#"{"kind":"call"}"#),
+            ("tenant:a", Some("a"), 12345678901, &"ab".repeat(32), "{}"),
+        ];
+        for (chain, tenant, seq, prev, payload) in cases {
+            let meta = RecordMeta {
+                chain,
+                seq,
+                time: "2026-01-01T00:00:00.000000Z",
+                tenant,
+                kind: EventKind::Call,
+                prev,
+            };
+            sealer.seal(&meta, payload.as_bytes()).unwrap();
+            let (line, hash) = expected_line(chain, seq, tenant, prev, payload);
+            assert_eq!(std::str::from_utf8(sealer.line()).unwrap(), line);
+            assert_eq!(sealer.hash(), hash);
+            assert_eq!(check_line(sealer.line()).unwrap().hash, hash);
+        }
     }
 
     #[test]

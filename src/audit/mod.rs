@@ -252,7 +252,7 @@ impl Auditor {
         let key =
             AuditKey::load_or_create(&store.keys().map_err(store_error)?).map_err(store_error)?;
         let writer = Writer::open(Box::new(log), key, policy)?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(writer::QUEUE);
         let (done, finished) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("mandate-audit".into())
@@ -297,15 +297,18 @@ impl Auditor {
         {
             tracing::error!("audit writer has stopped; event lost");
         }
+        self.wake_if_filling();
     }
 
     /// Appends an event without waiting (for drop guards and sync contexts).
     pub fn record_now(&self, event: Event) {
-        if let Err(e) = self.tx.try_send(Job::Append {
+        let sent = self.tx.try_send(Job::Append {
             event: Box::new(event),
             durable: false,
             ack: None,
-        }) {
+        });
+        self.wake_if_filling();
+        if let Err(e) = sent {
             // The queue is full or closed: fall back to a task so nothing is lost while the
             // writer lives.
             let tx = self.tx.clone();
@@ -356,6 +359,14 @@ impl Auditor {
         rx.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
+    /// Wakes the writer when the queue is more than half full, so a burst never waits out the
+    /// batch window (`writer::BATCH_WINDOW`) with senders blocked on a full queue.
+    fn wake_if_filling(&self) {
+        if self.tx.capacity() < writer::QUEUE_HIGH {
+            self.thread.unpark();
+        }
+    }
+
     /// Sends a job someone waits for, and wakes the writer at once (see `writer::BATCH_WINDOW`).
     async fn send(&self, job: Job) -> Result<(), AuditError> {
         let sent = self.tx.send(job).await.map_err(|_| AuditError::Stopped);
@@ -366,7 +377,21 @@ impl Auditor {
 
 /// Current time as RFC 3339 with microseconds, UTC.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+    let mut time = String::new();
+    write_now_rfc3339(&mut time);
+    time
+}
+
+/// [`now_rfc3339`] into a buffer the caller reuses (the audit writer, once per record).
+pub fn write_now_rfc3339(out: &mut String) {
+    use std::fmt::Write as _;
+    out.clear();
+    // Writing to a `String` cannot fail.
+    let _ = write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_micros(SystemTime::now())
+    );
 }
 
 /// Filter for `mandate audit export`.
@@ -461,15 +486,24 @@ pub fn verify_file(input: impl BufRead, pinned: Option<&PublicKey>) -> Result<Re
 
 /// SHA-256 hex of bytes.
 pub fn digest_bytes(bytes: &[u8]) -> String {
+    let mut hex = [0u8; 64];
+    write_digest(bytes, &mut hex).to_owned()
+}
+
+/// SHA-256 hex of `bytes`, written into `out` (no allocation; a few times per call, so not
+/// through `hex::encode`, which builds its string a character at a time).
+pub(crate) fn write_digest<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
+    let digest = sha2::Sha256::digest(bytes);
+    // 32 bytes always fill exactly 64 hex digits, and hex digits are ASCII: neither can fail.
+    let _ = hex::encode_to_slice(digest, out);
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// SHA-256 hex of the canonical (RFC 8785) JSON of a value.
 pub fn digest_json(value: &impl Serialize) -> String {
-    use sha2::Digest;
     let bytes = serde_jcs::to_vec(value).unwrap_or_default();
-    hex::encode(sha2::Sha256::digest(bytes))
+    digest_bytes(&bytes)
 }
 
 #[cfg(test)]

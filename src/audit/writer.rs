@@ -1,11 +1,15 @@
 //! The writer: the single owner of every chain head, on its own thread.
 //!
-//! Everything else sends it [`Job`]s over a bounded channel. It drains up to 256 jobs at a time,
-//! appends each event to its chain (serialise once, hash, store), flushes when a job in the batch
-//! needs durability, and then answers. It signs a checkpoint of a chain when the chain has grown
-//! by [`Checkpoints::every`] records (checked after each batch, so at most one batch later), on every tick ([`Checkpoints::interval`]) for chains with
-//! records since their last checkpoint, on request ([`super::Auditor::checkpoint`], used before an
-//! export) and when it stops. Records are flushed before the checkpoint that covers them is
+//! Everything else sends it [`Job`]s over a bounded channel. When it wakes it drains everything
+//! queued, up to 256 jobs at a time: appends each event to its chain (serialise once into a
+//! reused buffer, hash, store), flushes when a job in the batch needs durability, and then
+//! answers. Then, unless someone was waiting, it lets ordinary records accumulate for
+//! [`BATCH_WINDOW`] instead of waking once per record.
+//!
+//! It signs a checkpoint of a chain when the chain has grown by [`Checkpoints::every`] records
+//! (checked after each batch, so at most one batch later), on every tick
+//! ([`Checkpoints::interval`]) for chains with records since their last checkpoint, on request
+//! ([`super::Auditor::checkpoint`], used before an export) and when it stops. Records are flushed before the checkpoint that covers them is
 //! written, so a crash never leaves a checkpoint pointing past the durable records.
 //!
 //! Why a thread and not a task: storage calls block (see [`crate::store`]), and a long-running
@@ -18,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, LEGACY_CHAIN};
 use super::checkpoint::AuditKey;
-use super::{AuditError, Event, now_rfc3339, v1};
+use super::{AuditError, Event, now_rfc3339, v1, write_now_rfc3339};
 use crate::store::{AuditLog, StorageError};
 
 /// When the writer signs checkpoints.
@@ -58,8 +62,17 @@ pub(super) enum Job {
     Stop(Ack),
 }
 
-/// How long the writer lets ordinary records accumulate after a batch.
-pub(super) const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long the writer lets ordinary records accumulate after a batch. Ordinary records are
+/// not durable before the store's next periodic flush anyway (every 200 ms), so waiting this
+/// long loses nothing a crash would not; senders that wait, and a queue filling up
+/// ([`QUEUE_HIGH`]), wake the writer at once.
+pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// Jobs the writer handles between two looks at its queue.
+const MAX_BATCH: usize = 256;
+/// The queue's capacity.
+pub(super) const QUEUE: usize = 4096;
+/// A sender that leaves fewer free slots than this in the queue wakes the writer.
+pub(super) const QUEUE_HIGH: usize = QUEUE / 2;
 
 impl Job {
     /// Whether someone waits for this job (it must not sit in the batch window).
@@ -74,6 +87,7 @@ impl Job {
 
 struct Head {
     seq: u64,
+    /// The chain's last hash (hex; overwritten in place).
     hash: String,
     /// Sequence number of the chain's latest checkpoint (0: none).
     sealed: u64,
@@ -84,6 +98,12 @@ pub(super) struct Writer {
     key: AuditKey,
     heads: HashMap<String, Head>,
     policy: Checkpoints,
+    /// Buffers reused by every append (chain id, time, payload, sealed record), so a record
+    /// costs no allocation once they have grown.
+    chain: String,
+    time: String,
+    payload: Vec<u8>,
+    sealer: chain::Sealer,
 }
 
 fn store_error(e: impl std::fmt::Display) -> AuditError {
@@ -136,28 +156,42 @@ impl Writer {
             key,
             heads,
             policy,
+            chain: String::new(),
+            time: String::new(),
+            payload: Vec::with_capacity(1024),
+            sealer: chain::Sealer::default(),
         })
     }
 
     /// Runs until `Stop` or until every sender is gone; signs and flushes before returning.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(job) = rx.blocking_recv() {
             batch.push(job);
-            while batch.len() < 256 {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+            // Drain everything queued, a batch at a time, before waiting again: a full batch
+            // means more is waiting, and parking then would only let the queue fill up.
+            let mut urgent = false;
+            loop {
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
                 }
-            }
-            let urgent = batch.iter().any(Job::is_urgent);
-            if self.process(&mut batch) {
-                return;
+                let full = batch.len() == MAX_BATCH;
+                urgent |= batch.iter().any(Job::is_urgent);
+                if self.process(&mut batch) {
+                    return;
+                }
+                if !full {
+                    break;
+                }
             }
             if !urgent {
                 // Let ordinary records accumulate for a moment instead of waking this thread
                 // once per record (a futex wake and a context switch each, on every tool call).
-                // Senders that wait for the writer (durable, sync, checkpoint, stop) unpark it.
+                // Senders that wait for the writer (durable, sync, checkpoint, stop) unpark it,
+                // and so does a sender that finds the queue more than half full.
                 std::thread::park_timeout(BATCH_WINDOW);
             }
         }
@@ -182,7 +216,10 @@ impl Writer {
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "audit append failed");
                     }
-                    acks.push((ack, result));
+                    // Nobody waits for an ordinary record: no bookkeeping (and no allocation).
+                    if ack.is_some() {
+                        acks.push((ack, result));
+                    }
                 }
                 Job::Sync(ack) => {
                     flush = true;
@@ -229,37 +266,42 @@ impl Writer {
 
     /// Appends one event to its chain: serialise once, hash those bytes, store those bytes.
     fn append(&mut self, event: &Event) -> Result<u64, AuditError> {
-        let chain = chain::chain_id(event.tenant.as_deref());
-        let payload = serde_json::to_vec(event).map_err(store_error)?;
-        let time = now_rfc3339();
-        let (seq, prev) = match self.heads.get(&chain) {
+        chain::write_chain_id(event.tenant.as_deref(), &mut self.chain);
+        self.payload.clear();
+        serde_json::to_writer(&mut self.payload, event).map_err(store_error)?;
+        write_now_rfc3339(&mut self.time);
+        let head = self.heads.get(self.chain.as_str());
+        let (seq, prev) = match head {
             Some(head) => (head.seq + 1, head.hash.as_str()),
             None => (1, chain::GENESIS),
         };
-        let sealed = chain::seal(
-            &chain,
+        let meta = chain::RecordMeta {
+            chain: &self.chain,
             seq,
-            &time,
-            event.tenant.as_deref(),
-            event.kind,
+            time: &self.time,
+            tenant: event.tenant.as_deref(),
+            kind: event.kind,
             prev,
-            &payload,
-        )
-        .map_err(store_error)?;
-        self.log
-            .append(&chain, seq, &sealed.line)
+        };
+        self.sealer
+            .seal(&meta, &self.payload)
             .map_err(store_error)?;
-        match self.heads.get_mut(&chain) {
+        self.log
+            .append(&self.chain, seq, self.sealer.line())
+            .map_err(store_error)?;
+        let hash = self.sealer.hash();
+        match self.heads.get_mut(self.chain.as_str()) {
             Some(head) => {
                 head.seq = seq;
-                head.hash = sealed.hash;
+                head.hash.clear();
+                head.hash.push_str(hash);
             }
             None => {
                 self.heads.insert(
-                    chain,
+                    self.chain.clone(),
                     Head {
                         seq,
-                        hash: sealed.hash,
+                        hash: hash.to_owned(),
                         sealed: 0,
                     },
                 );

@@ -31,12 +31,14 @@ pub struct ExposedTool {
     input: jsonschema::Validator,
     output: Option<jsonschema::Validator>,
     pub timeout: Duration,
+    /// `<manifest id>/<downstream tool name>`, formatted once (every call's record names it).
+    qualified: String,
 }
 
 impl ExposedTool {
     /// `<manifest id>/<downstream tool name>`.
     pub fn qualified(&self) -> String {
-        format!("{}/{}", self.manifest, self.tool)
+        self.qualified.clone()
     }
 
     pub fn effect(&self) -> Effect {
@@ -145,6 +147,7 @@ impl MissionRuntime {
                     definition,
                     input,
                     output,
+                    qualified: format!("{}/{}", t.manifest, t.tool),
                 }),
             );
         }
@@ -287,13 +290,24 @@ pub struct Invalid {
     pub message: String,
 }
 
+/// The first schema violation of `instance`, if any. The boolean `is_valid` runs first: it
+/// builds no error values or iterators, so a valid call (the common case) pays only for the
+/// check itself; the errors are collected only for an invalid one.
 fn first_error(
     validator: &jsonschema::Validator,
     instance: &Value,
     what: &'static str,
 ) -> Result<(), Invalid> {
+    if validator.is_valid(instance) {
+        return Ok(());
+    }
     match validator.iter_errors(instance).next() {
-        None => Ok(()),
+        // `is_valid` said no: fail closed even if no error is reported.
+        None => Err(Invalid {
+            what,
+            path: "/".into(),
+            message: "does not match the pinned schema".into(),
+        }),
         Some(e) => {
             let path = e.instance_path.to_string();
             // A missing property is named as the field itself, not as its parent object.
@@ -353,50 +367,84 @@ pub fn validate(scoped: Scoped, raw: Option<Box<RawValue>>) -> Result<Valid, Rej
     })
 }
 
-/// The parts of a `CallToolResult` the output stage looks at.
+/// The parts of a `CallToolResult` the output stage looks at. `S` is what `structuredContent`
+/// becomes: a [`Value`] when there is an output schema to check it against, else
+/// [`serde::de::IgnoredAny`], so a tool without one builds no value it would drop unread.
 #[derive(serde::Deserialize)]
-struct ResultView {
-    #[serde(default, rename = "structuredContent")]
-    structured: Option<Value>,
-    #[serde(default, rename = "isError")]
+struct ResultView<'a, S> {
+    #[serde(rename = "structuredContent")]
+    structured: Option<S>,
+    #[serde(rename = "isError")]
     is_error: Option<bool>,
-    #[serde(default, rename = "resultType")]
-    result_type: Option<String>,
+    #[serde(borrow, rename = "resultType")]
+    result_type: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Stage 8: check the downstream's raw result. `structuredContent` must match the pinned output
-/// schema; a tool with an output schema must return structured content unless the result is an
-/// error. A 2026-07-28 `input_required` result passes through for the caller to answer.
-pub fn check_output(tool: &ExposedTool, raw: Box<RawValue>) -> Result<Completed, Reject> {
-    let view: ResultView = serde_json::from_str(raw.get()).map_err(|e| {
+impl<S> ResultView<'_, S> {
+    fn input_required(&self) -> bool {
+        self.result_type.as_deref() == Some("input_required")
+    }
+}
+
+/// Reads the parts of a result the output stage looks at, in one pass over its bytes.
+fn result_view<'a, S: serde::Deserialize<'a>>(
+    raw: &'a RawValue,
+) -> Result<ResultView<'a, S>, Reject> {
+    serde_json::from_str(raw.get()).map_err(|e| {
         Reject::InvalidOutput(Invalid {
             what: "output",
             path: "/".into(),
             message: format!("the result is not a JSON object: {e}"),
         })
-    })?;
-    if view.result_type.as_deref() == Some("input_required") {
+    })
+}
+
+/// Stage 8: check the downstream's raw result. `structuredContent` must match the pinned output
+/// schema; a tool with an output schema must return structured content unless the result is an
+/// error. A 2026-07-28 `input_required` result passes through for the caller to answer.
+///
+/// The downstream lane hands over the result as raw bytes (it only finds where the result is
+/// in the response), so this is the one place its content is parsed.
+pub fn check_output(tool: &ExposedTool, raw: Box<RawValue>) -> Result<Completed, Reject> {
+    let (input_required, is_error) = match &tool.output {
+        None => {
+            let view = result_view::<serde::de::IgnoredAny>(&raw)?;
+            (view.input_required(), view.is_error.unwrap_or(false))
+        }
+        Some(schema) => {
+            let view = result_view::<Value>(&raw)?;
+            let is_error = view.is_error.unwrap_or(false);
+            if !view.input_required() {
+                check_structured(schema, view.structured.as_ref(), is_error)?;
+            }
+            (view.input_required(), is_error)
+        }
+    };
+    if input_required {
         return Ok(Completed::InputRequired(raw));
     }
-    let is_error = view.is_error.unwrap_or(false);
-    if let Some(schema) = &tool.output {
-        match &view.structured {
-            Some(v) if !is_error => {
-                first_error(schema, v, "output field").map_err(Reject::InvalidOutput)?
-            }
-            Some(_) => {}
-            None if is_error => {}
-            None => {
-                return Err(Reject::InvalidOutput(Invalid {
-                    what: "output field",
-                    path: "/".into(),
-                    message: "the tool declares an output schema but returned no structuredContent"
-                        .into(),
-                }));
-            }
-        }
-    }
     Ok(Completed::Result { raw, is_error })
+}
+
+/// A tool with an output schema: its `structuredContent` matches it, and only an error result
+/// may leave it out.
+fn check_structured(
+    schema: &jsonschema::Validator,
+    structured: Option<&Value>,
+    is_error: bool,
+) -> Result<(), Reject> {
+    match structured {
+        Some(v) if !is_error => {
+            first_error(schema, v, "output field").map_err(Reject::InvalidOutput)
+        }
+        Some(_) => Ok(()),
+        None if is_error => Ok(()),
+        None => Err(Reject::InvalidOutput(Invalid {
+            what: "output field",
+            path: "/".into(),
+            message: "the tool declares an output schema but returned no structuredContent".into(),
+        })),
+    }
 }
 
 /// A caller admitted to a mission for pass-through requests (resources, prompts, completion),

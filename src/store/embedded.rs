@@ -240,6 +240,22 @@ fn entry_key(chain: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
     Ok(key)
 }
 
+/// Room for the key of an entry whose chain name has at most 54 bytes.
+const INLINE_KEY: usize = 64;
+
+/// [`entry_key`] into `buf`, when it fits.
+fn inline_entry_key<'a>(chain: &str, seq: u64, buf: &'a mut [u8; INLINE_KEY]) -> Option<&'a [u8]> {
+    let len = 2 + chain.len() + 8;
+    let name_len = u16::try_from(chain.len()).ok()?;
+    let key = buf.get_mut(..len)?;
+    let (prefix, rest) = key.split_at_mut(2);
+    let (name, tail) = rest.split_at_mut(chain.len());
+    prefix.copy_from_slice(&name_len.to_be_bytes());
+    name.copy_from_slice(chain.as_bytes());
+    tail.copy_from_slice(&seq.to_be_bytes());
+    Some(key)
+}
+
 /// The sequence number at the end of a key.
 fn seq_of(key: &[u8]) -> Result<u64, StorageError> {
     key.len()
@@ -303,9 +319,18 @@ impl AuditLog for SledAuditLog {
                 .insert(chain.as_bytes(), &[])
                 .map_err(StorageError::new)?;
         }
-        self.entries
-            .insert(entry_key(chain, seq)?, entry)
-            .map_err(StorageError::new)?;
+        // The key is built on the stack when the chain name is short (any usual tenant id):
+        // this runs once per audit record.
+        let mut inline = [0u8; INLINE_KEY];
+        let owned;
+        let key = match inline_entry_key(chain, seq, &mut inline) {
+            Some(key) => key,
+            None => {
+                owned = entry_key(chain, seq)?;
+                owned.as_slice()
+            }
+        };
+        self.entries.insert(key, entry).map_err(StorageError::new)?;
         Ok(())
     }
 
@@ -653,6 +678,24 @@ mod tests {
             Some((3, b"cp".to_vec()))
         );
         assert_eq!(log.latest_checkpoint("tenant:ab").unwrap(), None);
+    }
+
+    #[test]
+    fn entry_keys_built_on_the_stack_match_the_key_layout_and_long_names_still_work() {
+        let mut buf = [0u8; INLINE_KEY];
+        for (chain, seq) in [("broker", 1), ("tenant:acme", u64::MAX), ("", 7)] {
+            let inline = inline_entry_key(chain, seq, &mut buf).map(<[u8]>::to_vec);
+            assert_eq!(inline, Some(entry_key(chain, seq).unwrap()));
+        }
+        let long = format!("tenant:{}", "x".repeat(60));
+        assert_eq!(inline_entry_key(&long, 1, &mut buf), None);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = store.audit_log().unwrap();
+        log.append(&long, 1, b"l1").unwrap();
+        log.append(&long, 2, b"l2").unwrap();
+        assert_eq!(log.head(&long).unwrap(), Some((2, b"l2".to_vec())));
+        assert_eq!(log.chains().unwrap(), vec![long]);
     }
 
     #[test]
