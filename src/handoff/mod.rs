@@ -88,6 +88,11 @@ struct Claims<'a> {
     /// The user's roles, as the caller's token had them.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     roles: &'a [String],
+    /// The user's policy attributes (`groups`, `department`, `region`, `clearance`) as the
+    /// caller's token mapped them, as top-level claims: the receiving mission's policies see
+    /// the same user as the handing mission's did.
+    #[serde(flatten)]
+    attributes: BTreeMap<&'a str, &'a Value>,
     act: Value,
 }
 
@@ -303,6 +308,10 @@ impl Handoffs {
             tenant: &caller.tenant,
             azp: &target.agent,
             roles: &caller.roles,
+            attributes: crate::authn::ATTRIBUTE_CLAIMS
+                .iter()
+                .filter_map(|name| caller.attributes.get(*name).map(|v| (*name, v)))
+                .collect(),
             act: act_claim(&record.actors).unwrap_or(Value::Null),
         };
         let token = self

@@ -147,11 +147,27 @@ mod ledger {
     async fn a_handoff_is_used_once_re_verified_hop_by_hop_and_bounded_in_depth() {
         let f = fixture();
         let a = user_of_a();
+        let mut a = a;
+        a.attributes = [
+            ("department", serde_json::json!("finance")),
+            ("region", serde_json::json!("eu-west-1")),
+            ("clearance", serde_json::json!(3)),
+            ("groups", serde_json::json!(["ap"])),
+            ("unmapped", serde_json::json!("never carried")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
         let to_b = f.handoffs.mint(&a, "acme/prod/a", &target("b")).await;
         let to_b = to_b.unwrap_or_else(|e| unreachable!("{e}"));
         let b = presented(&f, &to_b).await;
         assert_eq!(b.agent, "b-bot");
         assert_eq!(b.subject, "alice@acme.example");
+        // The receiving mission's policies see the user's policy attributes, and only those.
+        for name in ["department", "region", "clearance", "groups"] {
+            assert_eq!(b.attributes.get(name), a.attributes.get(name), "{name}");
+        }
+        assert_eq!(b.attributes.get("unmapped"), None);
         assert!(b.actors.is_empty(), "the verifier grants no chain");
 
         // For another mission, or without the ledger's blessing, it opens nothing.
