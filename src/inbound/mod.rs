@@ -139,10 +139,7 @@ pub fn router(broker: Arc<Broker>, aggregate: crate::audit::aggregate::Aggregato
             state: state.clone(),
             core: broker.core(),
             sessions: sessions.clone(),
-            allowed: rebinding::Allowed {
-                hosts: hosts.clone(),
-                origins: origins.clone(),
-            },
+            allowed: rebinding::Allowed::new(&hosts, &origins),
             verifier: broker.verifier.clone(),
             agents: broker.agents.clone(),
             public_url: settings.public_url.clone(),

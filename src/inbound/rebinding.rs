@@ -7,11 +7,12 @@
 
 use axum::http::{HeaderMap, header};
 
-/// The allow-lists of one mission endpoint.
+/// The allow-lists of one mission endpoint (the host entries parsed once, not per request).
 #[derive(Debug, Clone, Default)]
 pub struct Allowed {
-    pub hosts: Vec<String>,
-    pub origins: Vec<String>,
+    /// `host` (lowercase, no brackets) and the port when the entry names one.
+    hosts: Vec<(String, Option<u16>)>,
+    origins: Vec<String>,
 }
 
 /// `host[:port]` → (lowercase host without brackets, port).
@@ -32,6 +33,14 @@ fn split_authority(value: &str) -> Option<(String, Option<u16>)> {
 }
 
 impl Allowed {
+    /// Allow-lists from the configured entries; a host entry that does not parse allows nothing.
+    pub fn new(hosts: &[String], origins: &[String]) -> Self {
+        Self {
+            hosts: hosts.iter().filter_map(|h| split_authority(h)).collect(),
+            origins: origins.to_vec(),
+        }
+    }
+
     /// `Err` with the refusal text when the request must be refused (403).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         if !self.hosts.is_empty() {
@@ -42,11 +51,9 @@ impl Allowed {
             let Some((host, port)) = host else {
                 return Err("Forbidden: Host header is not allowed");
             };
-            let allowed = self.hosts.iter().filter_map(|a| split_authority(a)).any(
-                |(allowed, allowed_port)| {
-                    allowed == host && allowed_port.is_none_or(|p| Some(p) == port)
-                },
-            );
+            let allowed = self.hosts.iter().any(|(allowed, allowed_port)| {
+                *allowed == host && allowed_port.is_none_or(|p| Some(p) == port)
+            });
             if !allowed {
                 return Err("Forbidden: Host header is not allowed");
             }
@@ -110,10 +117,8 @@ mod tests {
 
     #[test]
     fn hosts_and_origins_are_checked_like_the_transport_does() {
-        let allowed = Allowed {
-            hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            origins: vec![],
-        };
+        let hosts = ["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let allowed = Allowed::new(&hosts, &[]);
         assert!(allowed.check(&headers("127.0.0.1:8080", None)).is_ok());
         assert!(allowed.check(&headers("[::1]:8080", None)).is_ok());
         assert!(allowed.check(&headers("evil.example:8080", None)).is_err());
@@ -123,10 +128,10 @@ mod tests {
                 .check(&headers("localhost", Some("http://evil.example")))
                 .is_ok()
         );
-        let strict = Allowed {
-            origins: vec!["http://localhost:*".into(), "https://app.example".into()],
-            ..allowed
-        };
+        let strict = Allowed::new(
+            &hosts,
+            &["http://localhost:*".into(), "https://app.example".into()],
+        );
         assert!(
             strict
                 .check(&headers("localhost", Some("http://localhost:3000")))
