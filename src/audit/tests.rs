@@ -401,7 +401,7 @@ async fn durable_records_survive_reopen_and_a_stopped_writer_fails_closed() {
             .is_err()
     );
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::reopen(dir.path());
     assert_eq!(verify_store(&store).unwrap().records(), 2);
     // A new writer continues the chain; dropping every handle also signs and stops it.
     let (audit, writer) = Auditor::start(&store).unwrap();

@@ -23,7 +23,8 @@ use hyper_util::rt::TokioIo;
 /// Idle connections kept per downstream: beyond this, a returned connection is closed.
 const MAX_IDLE: usize = 64;
 /// How long a connection given back with the end of its event stream still unread may take
-/// to finish it when it is next taken; past this it is closed instead.
+/// to finish it (and then to be ready for a request) when it is next taken; past this it is
+/// closed instead.
 const DRAIN: Duration = Duration::from_millis(50);
 
 /// The unread end of a response's event stream (its result was read; what follows is the
@@ -152,7 +153,8 @@ impl H1 {
                     continue;
                 }
             }
-            if sender.ready().await.is_ok() {
+            // Bounded too: a connection that does not become ready at once is not waited for.
+            if let Ok(Ok(())) = tokio::time::timeout(DRAIN, sender.ready()).await {
                 return Some(sender);
             }
         }

@@ -121,6 +121,22 @@ impl Store {
         &self.path
     }
 
+    /// Tests that reopen a store they just dropped: sled releases its file lock only when its
+    /// I/O threads let go of the log, a moment after the last handle is dropped, so the reopen
+    /// waits (up to 10 s) for that instead of failing with `Locked`.
+    #[cfg(test)]
+    pub(crate) fn reopen(path: &Path) -> Self {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open(path) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap_or_else(|e| unreachable!("{e}")),
+            }
+        }
+    }
+
     /// Raw access to a tree (for the embedded issuer's key until it moves to [`KeyStore`]).
     pub fn tree(&self, name: &str) -> sled::Result<sled::Tree> {
         self.db.open_tree(name)
@@ -722,7 +738,7 @@ mod tests {
             assert!(!a.claim_latest("call", None, "apr-2").unwrap());
             assert!(a.claim_latest("call", Some("apr-1"), "apr-2").unwrap());
         }
-        let a = Store::open(dir.path()).unwrap().approvals().unwrap();
+        let a = Store::reopen(dir.path()).approvals().unwrap();
         assert_eq!(a.get("apr-1").unwrap(), Some(b"used".to_vec()));
         assert_eq!(a.latest_for("call").unwrap().as_deref(), Some("apr-2"));
         assert_eq!(a.list().unwrap(), [("apr-1".to_owned(), b"used".to_vec())]);
