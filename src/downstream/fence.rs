@@ -281,6 +281,281 @@ impl StdioLane {
     }
 }
 
+/// Just enough of a downstream line to tell whether it is the lane's, borrowing from it.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<rmcp::ErrorData>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+impl StdioLane {
+    fn has_pending(&self) -> bool {
+        self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false)
+    }
+
+    /// [`StdioLane::intercept`] on a raw line, before rmcp parses it: takes the lane's replies,
+    /// its progress and (while a native call is in flight) log messages, with the same rules;
+    /// `false` leaves the line to rmcp. A line that only looks like the lane's but does not
+    /// parse is left to rmcp too, which answers or drops it as it does any other.
+    fn take_raw(&self, line: &[u8], routes: &Routes) -> bool {
+        let ours = memchr::memmem::find(line, PREFIX.as_bytes()).is_some();
+        let a_log_for_a_call =
+            || self.has_pending() && memchr::memmem::find(line, b"notifications/message").is_some();
+        if !ours && !a_log_for_a_call() {
+            return false;
+        }
+        let line = line
+            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+            .unwrap_or(line);
+        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(line) else {
+            return false;
+        };
+        match (peek.id, peek.method.as_deref()) {
+            (Some(id), None) => {
+                let Some(n) = serde_json::from_str::<&str>(id.get())
+                    .ok()
+                    .and_then(|s| s.strip_prefix(PREFIX)?.parse::<u64>().ok())
+                else {
+                    return false;
+                };
+                let done = match (peek.result, peek.error) {
+                    (Some(result), _) => self.tool_result(result),
+                    (None, Some(e)) => Err(DownstreamError::Mcp(rpc_error(e))),
+                    (None, None) => return false,
+                };
+                self.deliver(n, LaneEvent::Done(done));
+                true
+            }
+            (None, Some("notifications/progress")) => {
+                let Some(mut params) = peek.params.and_then(|p| {
+                    serde_json::from_str::<serde_json::Map<String, Value>>(p.get()).ok()
+                }) else {
+                    return false;
+                };
+                let Some(n) = params
+                    .get("progressToken")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.strip_prefix(PREFIX)?.parse::<u64>().ok())
+                else {
+                    return false;
+                };
+                params.remove("progressToken");
+                self.deliver(n, LaneEvent::Progress(params));
+                true
+            }
+            (None, Some("notifications/message")) => {
+                if !self.has_pending() {
+                    return false;
+                }
+                // Native calls are registered in `routes` too; see `Routes::log_route`. An
+                // unattributable message is dropped (and counted) there.
+                if routes
+                    .log_route(&rmcp::model::Extensions::default())
+                    .is_none()
+                {
+                    return true;
+                }
+                let params = peek
+                    .params
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or_default();
+                let oldest = self
+                    .pending
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.keys().next().copied());
+                if let Some(call) = oldest {
+                    self.deliver(call, LaneEvent::Log(params));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A `tools/call` result as received, if it is one (a tool result, or a request for input).
+    fn tool_result(&self, result: &RawValue) -> Result<Box<RawValue>, DownstreamError> {
+        let json = result.get();
+        let is_tool_result = serde_json::from_str::<rmcp::model::CallToolResult>(json).is_ok()
+            || serde_json::from_str::<rmcp::model::InputRequiredResult>(json).is_ok();
+        if is_tool_result {
+            Ok(result.to_owned())
+        } else {
+            Err(DownstreamError::Transport(
+                self.name.clone(),
+                "the downstream answered tools/call with another kind of result".into(),
+            ))
+        }
+    }
+}
+
+/// How long a partial line may grow in [`LaneTap`] before it is handed to rmcp as it comes
+/// (rmcp applies its own line limit); the lane's messages are far smaller.
+const TAP_LINE: usize = 1 << 20;
+
+/// The child's stdout as rmcp reads it, with the stdio lane's messages taken out first, as raw
+/// lines: rmcp parses every line into its typed messages (an untagged enum that buffers each
+/// value and tries every variant), which cost ~15% of a stdio call. Lines keep their order;
+/// every line not the lane's reaches rmcp unchanged.
+pub struct LaneTap<R> {
+    inner: R,
+    lane: Option<(Arc<StdioLane>, Arc<Routes>)>,
+    /// Bytes of a line not yet complete.
+    partial: Vec<u8>,
+    /// A line longer than [`TAP_LINE`] is being passed through until its newline.
+    long_line: bool,
+    /// Lines for rmcp, and how far it has read them.
+    out: Vec<u8>,
+    read: usize,
+    eof: bool,
+}
+
+impl<R> LaneTap<R> {
+    pub fn new(inner: R, lane: Option<Arc<StdioLane>>, routes: Arc<Routes>) -> Self {
+        Self {
+            inner,
+            lane: lane.map(|l| (l, routes)),
+            partial: Vec::new(),
+            long_line: false,
+            out: Vec::new(),
+            read: 0,
+            eof: false,
+        }
+    }
+
+    /// Sorts the bytes just read into lines: the lane's are taken, the rest queued for rmcp.
+    fn sort(&mut self, mut bytes: &[u8]) {
+        let Some((lane, routes)) = &self.lane else {
+            self.out.extend_from_slice(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let newline = memchr::memchr(b'\n', bytes);
+            let (chunk, rest) = match newline {
+                Some(i) => bytes.split_at(i + 1),
+                None => (bytes, &[][..]),
+            };
+            bytes = rest;
+            if self.long_line {
+                self.out.extend_from_slice(chunk);
+                self.long_line = newline.is_none();
+                continue;
+            }
+            if newline.is_none() {
+                self.partial.extend_from_slice(chunk);
+                if self.partial.len() > TAP_LINE {
+                    self.out.append(&mut self.partial);
+                    self.long_line = true;
+                }
+                continue;
+            }
+            let line: &[u8] = if self.partial.is_empty() {
+                chunk
+            } else {
+                self.partial.extend_from_slice(chunk);
+                &self.partial
+            };
+            let content = line.strip_suffix(b"\n").unwrap_or(line);
+            let content = content.strip_suffix(b"\r").unwrap_or(content);
+            if !lane.take_raw(content, routes) {
+                self.out.extend_from_slice(line);
+            }
+            self.partial.clear();
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LaneTap<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.read < this.out.len() {
+                let n = (this.out.len() - this.read).min(buf.remaining());
+                buf.put_slice(&this.out[this.read..this.read + n]);
+                this.read += n;
+                if this.read == this.out.len() {
+                    this.out.clear();
+                    this.read = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // What is left is a last line without a newline: rmcp decides about it.
+                if this.partial.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.out.append(&mut this.partial);
+                continue;
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => this.eof = true,
+                Poll::Ready(Ok(())) => this.sort(read.filled()),
+            }
+        }
+    }
+}
+
+/// A stdio downstream's process and its MCP connection (rmcp's line transport over the
+/// child's stdin and the [`LaneTap`] on its stdout). Closing closes stdin and waits up to
+/// three seconds for the child to exit, then kills it; dropping it kills the child.
+pub struct ChildTransport<R: tokio::io::AsyncRead> {
+    child: Option<tokio::process::Child>,
+    io: rmcp::transport::async_rw::AsyncRwTransport<RoleClient, R, tokio::process::ChildStdin>,
+}
+
+impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> ChildTransport<R> {
+    pub fn new(child: tokio::process::Child, stdout: R, stdin: tokio::process::ChildStdin) -> Self {
+        Self {
+            child: Some(child),
+            io: rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin),
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleClient> for ChildTransport<R> {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.io.send(item)
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
+        self.io.receive()
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.io.close().await?;
+        if let Some(mut child) = self.child.take()
+            && tokio::time::timeout(Duration::from_secs(3), child.wait())
+                .await
+                .is_err()
+        {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
 fn object<T: serde::Serialize>(params: &T) -> serde_json::Map<String, Value> {
     match serde_json::to_value(params) {
         Ok(Value::Object(map)) => map,
@@ -395,5 +670,90 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Fenced<T> {
             *o = None;
         }
         self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A reader that hands out its bytes a few at a time, so lines cross reads.
+    struct Trickle(Vec<u8>, usize);
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let Trickle(bytes, at) = &mut *self;
+            let n = (bytes.len() - *at).min(buf.remaining()).min(7);
+            buf.put_slice(&bytes[*at..*at + n]);
+            *at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The tap takes exactly what `intercept` would (the lane's progress, replies and, while a
+    /// call is in flight, log messages), in wire order, and hands every other byte to rmcp
+    /// unchanged — lines split across reads, a line longer than its buffer, a last line
+    /// without a newline.
+    #[tokio::test]
+    async fn the_tap_takes_the_lanes_lines_in_order_and_passes_the_rest_unchanged() {
+        let lane = Arc::new(StdioLane::new("t".into()));
+        let (one, mut first) = mpsc::unbounded_channel();
+        let (two, mut second) = mpsc::unbounded_channel();
+        if let Ok(mut p) = lane.pending.lock() {
+            p.insert(1, one);
+            p.insert(2, two);
+        }
+        let theirs = r#"{"jsonrpc":"2.0","id":7,"result":{}}
+"#;
+        let changed = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\r\n";
+        let long = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(TAP_LINE + 10));
+        let tail = r#"{"tail":1}"#;
+        let wire = [
+            theirs,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"mandate-1","progress":1}}
+"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}
+"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":\"mandate-1\",\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"ok\"}]}}\r\n",
+            changed,
+            r#"{"jsonrpc":"2.0","id":"mandate-2","error":{"code":-32602,"message":"bad"}}
+"#,
+            &long,
+            tail,
+        ]
+        .concat();
+        let routes = Arc::new(Routes::default());
+        let mut tap = LaneTap::new(Trickle(wire.into_bytes(), 0), Some(lane), routes.clone());
+        let mut passed = Vec::new();
+        tap.read_to_end(&mut passed).await.unwrap();
+        assert!(
+            passed == [theirs, changed, &long, tail].concat().into_bytes(),
+            "passed through: {} bytes",
+            passed.len()
+        );
+        match first.recv().await {
+            Some(LaneEvent::Progress(p)) => {
+                assert_eq!(Value::Object(p), serde_json::json!({"progress": 1}))
+            }
+            _ => unreachable!("progress first"),
+        }
+        // The log message came while calls were in flight on a shared connection: it cannot
+        // be attributed, so it is dropped (counted), never relayed.
+        assert_eq!(routes.dropped(), 1);
+        match first.recv().await {
+            Some(LaneEvent::Done(Ok(raw))) => {
+                assert_eq!(raw.get(), r#"{"content":[{"type":"text","text":"ok"}]}"#);
+            }
+            _ => unreachable!("then the result"),
+        }
+        match second.recv().await {
+            Some(LaneEvent::Done(Err(DownstreamError::Mcp(e)))) => assert_eq!(e.code, -32602),
+            _ => unreachable!("the error reply"),
+        }
     }
 }

@@ -1052,16 +1052,24 @@ pub async fn connect(
                     cmd.env(var, v);
                 }
             }
-            cmd.envs(env).kill_on_drop(true);
-            let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        anyhow::anyhow!("command `{command}` not found on PATH")
-                    }
-                    _ => anyhow::anyhow!("`{command}` could not be started: {e}"),
-                })?;
+            cmd.envs(env)
+                .kill_on_drop(true)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    anyhow::anyhow!("command `{command}` not found on PATH")
+                }
+                _ => anyhow::anyhow!("`{command}` could not be started: {e}"),
+            })?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                anyhow::bail!("`{command}` started without its standard input and output");
+            };
+            let stderr = child.stderr.take();
+            // The lane's replies are taken from the raw output before rmcp parses it.
+            let tap = fence::LaneTap::new(stdout, stdio.clone(), routes.clone());
+            let transport = fence::ChildTransport::new(child, tap, stdin);
             if let Some(stderr) = stderr {
                 let label = label.to_owned();
                 tokio::spawn(async move {
