@@ -264,14 +264,7 @@ impl StdioLane {
                     }
                     // Native calls are registered in `routes` too; see `Routes::log_route`.
                     routes.log_route(&rmcp::model::Extensions::default())?;
-                    let oldest = self
-                        .pending
-                        .lock()
-                        .ok()
-                        .and_then(|p| p.keys().next().copied());
-                    if let Some(call) = oldest {
-                        self.deliver(call, LaneEvent::Log(object(&l.params)));
-                    }
+                    self.log_to_oldest(object(&l.params));
                     None
                 }
                 _ => Some(JsonRpcMessage::Notification(n)),
@@ -297,6 +290,19 @@ struct Peek<'a> {
 }
 
 impl StdioLane {
+    /// A log message on a connection carrying one principal's calls goes to the oldest native
+    /// call in flight (see `Routes::log_route`).
+    fn log_to_oldest(&self, params: serde_json::Map<String, Value>) {
+        let oldest = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.keys().next().copied());
+        if let Some(call) = oldest {
+            self.deliver(call, LaneEvent::Log(params));
+        }
+    }
+
     fn has_pending(&self) -> bool {
         self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false)
     }
@@ -363,18 +369,11 @@ impl StdioLane {
                 {
                     return true;
                 }
-                let params = peek
-                    .params
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
-                    .unwrap_or_default();
-                let oldest = self
-                    .pending
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.keys().next().copied());
-                if let Some(call) = oldest {
-                    self.deliver(call, LaneEvent::Log(params));
-                }
+                self.log_to_oldest(
+                    peek.params
+                        .and_then(|p| serde_json::from_str(p.get()).ok())
+                        .unwrap_or_default(),
+                );
                 true
             }
             _ => false,
