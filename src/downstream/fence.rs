@@ -513,7 +513,8 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LaneTap<R> {
 
 /// A stdio downstream's process and its MCP connection (rmcp's line transport over the
 /// child's stdin and the [`LaneTap`] on its stdout). Closing closes stdin and waits up to
-/// three seconds for the child to exit, then kills it; dropping it kills the child.
+/// three seconds for the child to exit, then sends SIGTERM and waits three more, then kills it
+/// (as rmcp's own child transport does); dropping it kills the child.
 pub struct ChildTransport<R: tokio::io::AsyncRead> {
     child: Option<tokio::process::Child>,
     io: rmcp::transport::async_rw::AsyncRwTransport<RoleClient, R, tokio::process::ChildStdin>,
@@ -544,15 +545,33 @@ impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleClient> for
 
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.io.close().await?;
-        if let Some(mut child) = self.child.take()
-            && tokio::time::timeout(Duration::from_secs(3), child.wait())
-                .await
-                .is_err()
-        {
-            child.kill().await?;
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if exited(&mut child).await {
+            return Ok(());
         }
-        Ok(())
+        // Still running with its input closed: asked to stop, then stopped.
+        #[cfg(unix)]
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok())
+            && nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .is_ok()
+            && exited(&mut child).await
+        {
+            return Ok(());
+        }
+        child.kill().await
     }
+}
+
+/// Whether `child` exits within three seconds.
+async fn exited(child: &mut tokio::process::Child) -> bool {
+    tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_ok()
 }
 
 fn object<T: serde::Serialize>(params: &T) -> serde_json::Map<String, Value> {
@@ -692,6 +711,35 @@ mod tests {
             *at += n;
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    /// A downstream that keeps running when its input closes is asked to stop with SIGTERM
+    /// (and given the chance to clean up) before it would be killed.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn closing_a_child_that_ignores_its_closed_input_sends_sigterm_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("terminated");
+        let script = format!(
+            "trap 'touch {}; exit 0' TERM; while true; do sleep 0.1; done",
+            marker.display()
+        );
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        let tap = LaneTap::new(stdout, None, Arc::new(Routes::default()));
+        let mut transport = ChildTransport::new(child, tap, stdin);
+        let closed = tokio::time::timeout(Duration::from_secs(20), transport.close()).await;
+        assert!(matches!(closed, Ok(Ok(()))), "{closed:?}");
+        assert!(
+            marker.exists(),
+            "the child was killed without a SIGTERM first"
+        );
     }
 
     /// The tap takes exactly what `intercept` would (the lane's progress, replies and, while a
