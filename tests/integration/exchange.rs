@@ -409,6 +409,30 @@ client_secret_file = "sts-secret"
     (ws, protected, sts, listen, sts_port)
 }
 
+/// `actor_token = true`: each exchange also presents Mandate's own `client_credentials` token
+/// as the actor token; the real provider verifies it (its own token, for the exchanging client)
+/// and names that actor in the issued token's `act`, which the protected downstream sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc8693_with_an_actor_token_is_verified_by_the_provider_and_named_in_act() {
+    let (ws, _protected, mut sts, listen, _) = rfc8693_setup(300).await;
+    let settings = std::fs::read_to_string(ws.path().join("mandate.toml")).unwrap();
+    ws.write("mandate.toml", &format!("{settings}actor_token = true\n"));
+    let (server, url, alice) = pin_and_serve(&ws, &listen);
+    let seen = call(&url, &alice, "whoami").await.unwrap();
+    assert_eq!(seen["sub"], "alice@acme.example");
+    assert_eq!(seen["act"], json!({ "sub": "mandate" }));
+    let stats = sts.stats().await;
+    let actors = stats["actors"].as_array().unwrap();
+    assert_eq!(actors.len(), 1, "{stats}");
+    assert_eq!(actors[0]["client_id"], "mandate", "{stats}");
+    assert_eq!(
+        actors[0]["type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{stats}"
+    );
+    drop(server);
+    sts.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc8693_exchange_at_oidc_provider_is_cached_single_flight_and_fails_closed() {
     let (ws, protected, mut sts, listen, sts_port) = rfc8693_setup(300).await;

@@ -20,8 +20,8 @@
 // Environment: STS_NODE_MODULES (the npm peers' node_modules), MANDATE_ISSUER, MANDATE_JWKS (URL), STS_TARGETS (space-separated), STS_SCOPES
 // (space-separated), STS_TTL (seconds, default 300), STS_SECRET (client secret of `mandate` and
 // `mandate-post`), STS_PKJWT_JWK (public JWK of the `private_key_jwt` client `mandate-pkjwt`),
-// STS_PORT (default: any free port). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts
-// and every subject token / assertion it received.
+// STS_PORT (default: any free port). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts,
+// every subject token / assertion it received and the actor tokens it verified.
 
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -49,7 +49,7 @@ const mandateJwks = process.env.MANDATE_JWKS ? jose.createRemoteJWKSet(new URL(p
 const { privateKey } = await jose.generateKeyPair('ES256', { extractable: true });
 const jwk = { ...(await jose.exportJWK(privateKey)), kid: 'sts-es256', alg: 'ES256', use: 'sig' };
 
-const stats = { token_requests: 0, grants: {}, subjects: [] };
+const stats = { token_requests: 0, grants: {}, subjects: [], actors: [] };
 
 const server = http.createServer();
 await new Promise((resolve) => server.listen(Number(process.env.STS_PORT || 0), '127.0.0.1', resolve));
@@ -130,7 +130,21 @@ provider.registerGrantType(TE, async (ctx) => {
     ctx.body = { access_token: token, issued_token_type: ID_JAG, token_type: 'N_A', expires_in: ttl, scope };
     return;
   }
-  const act = { sub: client, ...(subject.act ? { act: subject.act } : {}) };
+  // An actor token must be this provider's own token for the exchanging client (RFC 8693
+  // §2.1: it represents the acting party); its subject becomes `act.sub`.
+  let actor = client;
+  if (p.actor_token) {
+    let payload;
+    try {
+      ({ payload } = await jose.jwtVerify(p.actor_token, own, { issuer }));
+    } catch (e) {
+      throw new errors.InvalidGrant(`actor token rejected: ${e.message}`);
+    }
+    actor = payload.client_id || payload.sub;
+    if (actor !== client) throw new errors.InvalidGrant('the actor token is not the exchanging client\'s');
+    stats.actors.push({ sub: payload.sub, client_id: payload.client_id, aud: payload.aud, type: p.actor_token_type });
+  }
+  const act = { sub: actor, ...(subject.act ? { act: subject.act } : {}) };
   const token = await sign({ sub: subject.sub, aud: target, client_id: client, scope, act }, 'at+jwt');
   ctx.body = { access_token: token, issued_token_type: ACCESS_TOKEN, token_type: 'Bearer', expires_in: ttl, scope };
 }, ['subject_token', 'subject_token_type', 'resource', 'audience', 'scope', 'requested_token_type', 'actor_token', 'actor_token_type']);
