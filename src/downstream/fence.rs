@@ -2,10 +2,10 @@
 //! native call path of stdio downstreams.
 //!
 //! **Stdio lane.** Tool calls to a stdio downstream do not go through rmcp's client: the
-//! [`StdioLane`] writes them on the connection (ids `mandate-<n>`) and this wrapper's reader takes
-//! their replies and progress (by Mandate's own progress token) out of the stream before rmcp
-//! sees them, pushing them in wire order into the call's own channel: one reader, a request-id →
-//! reply map, and progress always before the result.
+//! [`StdioLane`] writes them on the connection (ids `mandate-<n>`) and the [`LaneTap`] under
+//! rmcp's line reader takes their replies and progress (by Mandate's own progress token) out of
+//! the child's raw output before rmcp parses it, pushing them in wire order into the call's own
+//! channel: one reader, a request-id → reply map, and progress always before the result.
 //!
 //! **Fence** (for what still goes through rmcp: pass-through of resources and prompts). rmcp
 //! hands every incoming notification to its own task, so a progress or log message sent just
@@ -29,7 +29,7 @@ use std::time::Duration;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam,
     ClientNotification, ClientRequest, GetExtensions, JsonRpcMessage, JsonRpcNotification,
-    JsonRpcRequest, NumberOrString, ProgressToken, RequestId, ServerNotification, ServerResult,
+    JsonRpcRequest, ProgressToken, RequestId, ServerNotification,
 };
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
@@ -62,11 +62,9 @@ pub struct StdioLane {
 
 const PREFIX: &str = "mandate-";
 
-fn lane_id(id: &NumberOrString) -> Option<u64> {
-    match id {
-        NumberOrString::String(s) => s.strip_prefix(PREFIX)?.parse().ok(),
-        NumberOrString::Number(_) => None,
-    }
+/// The number of a lane id (`mandate-<n>`), as request id or progress token.
+fn lane_number(id: &str) -> Option<u64> {
+    id.strip_prefix(PREFIX)?.parse().ok()
 }
 
 impl StdioLane {
@@ -203,75 +201,6 @@ impl StdioLane {
             .and_then(|p| p.get(&n).map(|c| c.send(event).is_ok()))
             .unwrap_or(false)
     }
-
-    /// Takes a message meant for a native call out of the stream; returns it otherwise.
-    fn intercept(
-        &self,
-        message: RxJsonRpcMessage<RoleClient>,
-        routes: &Routes,
-    ) -> Option<RxJsonRpcMessage<RoleClient>> {
-        match message {
-            JsonRpcMessage::Response(r) => match lane_id(&r.id) {
-                Some(n) => {
-                    let raw = match r.result {
-                        ServerResult::CallToolResult(r) => serde_json::value::to_raw_value(&r),
-                        ServerResult::InputRequiredResult(r) => serde_json::value::to_raw_value(&r),
-                        _ => {
-                            self.deliver(
-                                n,
-                                LaneEvent::Done(Err(DownstreamError::Transport(
-                                    self.name.clone(),
-                                    "the downstream answered tools/call with another kind of result"
-                                        .into(),
-                                ))),
-                            );
-                            return None;
-                        }
-                    };
-                    let done = raw
-                        .map_err(|e| DownstreamError::Transport(self.name.clone(), e.to_string()));
-                    self.deliver(n, LaneEvent::Done(done));
-                    None
-                }
-                None => Some(JsonRpcMessage::Response(r)),
-            },
-            JsonRpcMessage::Error(e) => match e.id.as_ref().and_then(lane_id) {
-                Some(n) => {
-                    self.deliver(
-                        n,
-                        LaneEvent::Done(Err(DownstreamError::Mcp(rpc_error(e.error)))),
-                    );
-                    None
-                }
-                None => Some(JsonRpcMessage::Error(e)),
-            },
-            JsonRpcMessage::Notification(n) => match &n.notification {
-                ServerNotification::ProgressNotification(p) => {
-                    match lane_id(&p.params.progress_token.0) {
-                        Some(call) => {
-                            let mut params = object(&p.params);
-                            params.remove("progressToken");
-                            self.deliver(call, LaneEvent::Progress(params));
-                            None
-                        }
-                        None => Some(JsonRpcMessage::Notification(n)),
-                    }
-                }
-                ServerNotification::LoggingMessageNotification(l) => {
-                    let no_native = self.pending.lock().map(|p| p.is_empty()).unwrap_or(true);
-                    if no_native {
-                        return Some(JsonRpcMessage::Notification(n));
-                    }
-                    // Native calls are registered in `routes` too; see `Routes::log_route`.
-                    routes.log_route(&rmcp::model::Extensions::default())?;
-                    self.log_to_oldest(object(&l.params));
-                    None
-                }
-                _ => Some(JsonRpcMessage::Notification(n)),
-            },
-            other => Some(other),
-        }
-    }
 }
 
 /// Just enough of a downstream line to tell whether it is the lane's, borrowing from it.
@@ -307,10 +236,10 @@ impl StdioLane {
         self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false)
     }
 
-    /// [`StdioLane::intercept`] on a raw line, before rmcp parses it: takes the lane's replies,
-    /// its progress and (while a native call is in flight) log messages, with the same rules;
-    /// `false` leaves the line to rmcp. A line that only looks like the lane's but does not
-    /// parse is left to rmcp too, which answers or drops it as it does any other.
+    /// Takes a raw line meant for a native call out of the stream, before rmcp parses it: the
+    /// lane's replies, its progress and (while a native call is in flight) log messages; `false`
+    /// leaves the line to rmcp. A line that only looks like the lane's but does not parse is left
+    /// to rmcp too, which answers or drops it as it does any other.
     fn take_raw(&self, line: &[u8], routes: &Routes) -> bool {
         let ours = memchr::memmem::find(line, PREFIX.as_bytes()).is_some();
         let a_log_for_a_call =
@@ -328,7 +257,7 @@ impl StdioLane {
             (Some(id), None) => {
                 let Some(n) = serde_json::from_str::<&str>(id.get())
                     .ok()
-                    .and_then(|s| s.strip_prefix(PREFIX)?.parse::<u64>().ok())
+                    .and_then(lane_number)
                 else {
                     return false;
                 };
@@ -349,7 +278,7 @@ impl StdioLane {
                 let Some(n) = params
                     .get("progressToken")
                     .and_then(Value::as_str)
-                    .and_then(|t| t.strip_prefix(PREFIX)?.parse::<u64>().ok())
+                    .and_then(lane_number)
                 else {
                     return false;
                 };
@@ -574,13 +503,6 @@ async fn exited(child: &mut tokio::process::Child) -> bool {
         .is_ok()
 }
 
-fn object<T: serde::Serialize>(params: &T) -> serde_json::Map<String, Value> {
-    match serde_json::to_value(params) {
-        Ok(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    }
-}
-
 /// Removes a finished (or abandoned) call from the lane.
 struct Forget<'a> {
     lane: &'a StdioLane,
@@ -618,10 +540,8 @@ impl<T> Fenced<T> {
         }
     }
 
-    fn fence(&self, message: &mut Option<RxJsonRpcMessage<RoleClient>>) {
-        if let Some(JsonRpcMessage::Notification(JsonRpcNotification { notification, .. })) =
-            message
-        {
+    fn fence(&self, message: &mut RxJsonRpcMessage<RoleClient>) {
+        if let JsonRpcMessage::Notification(JsonRpcNotification { notification, .. }) = message {
             let seq = match notification {
                 ServerNotification::ProgressNotification(n) => {
                     Some(self.routes.arrived(Some(n.params.progress_token.clone())))
@@ -651,19 +571,14 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Fenced<T> {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         loop {
+            // The lane's own messages never get here: the [`LaneTap`] below rmcp took them.
             let mut message = match &mut self.lane {
-                None => match self.inner.receive().await {
-                    Some(m) => Some(m),
-                    None => return None,
-                },
-                Some((lane, outbound)) => {
+                None => self.inner.receive().await?,
+                Some((_, outbound)) => {
                     tokio::select! {
                         // Both branches are cancel-safe: the inner transports read from a
                         // framed stream or a channel.
-                        m = self.inner.receive() => match m {
-                            Some(m) => lane.intercept(m, &self.routes),
-                            None => return None,
-                        },
+                        m = self.inner.receive() => m?,
                         Some(out) = outbound.recv() => {
                             if self.inner.send(out).await.is_err() {
                                 tracing::warn!("cannot write to the downstream");
@@ -673,11 +588,8 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Fenced<T> {
                     }
                 }
             };
-            if message.is_none() {
-                continue;
-            }
             self.fence(&mut message);
-            return message;
+            return Some(message);
         }
     }
 
@@ -742,7 +654,7 @@ mod tests {
         );
     }
 
-    /// The tap takes exactly what `intercept` would (the lane's progress, replies and, while a
+    /// The tap takes the lane's lines (its progress, replies and, while a
     /// call is in flight, log messages), in wire order, and hands every other byte to rmcp
     /// unchanged — lines split across reads, a line longer than its buffer, a last line
     /// without a newline.

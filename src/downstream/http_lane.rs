@@ -115,9 +115,9 @@ impl HttpLane {
         DownstreamError::Transport(self.name.clone(), e.to_string())
     }
 
-    fn post(&self, session: &LaneSession, body: String) -> Outbound {
+    fn post(&self, session: &LaneSession, body: String) -> Outbound<'_> {
         let outbound = match &self.native {
-            Some(h1) => Outbound::Native(h1.request(body)),
+            Some(h1) => Outbound::Native(h1, h1.request(body)),
             None => Outbound::Pooled(self.client.post(self.url.clone()).body(body)),
         };
         outbound
@@ -129,12 +129,9 @@ impl HttpLane {
 
     /// Sends a request whose answer nobody reads (answers to the downstream's requests,
     /// cancellations); on the native lane the connection is kept when the answer was short.
-    async fn send_only(&self, outbound: Outbound) -> Result<(), String> {
+    async fn send_only(&self, outbound: Outbound<'_>) -> Result<(), String> {
         match outbound {
-            Outbound::Native(request) => {
-                let Some(h1) = &self.native else {
-                    return Err("no connection".into());
-                };
+            Outbound::Native(h1, request) => {
                 let (response, lease) = h1.send(request).await?;
                 if response.into_body().collect().await.is_ok() {
                     h1.give_back(lease, None);
@@ -212,15 +209,12 @@ impl HttpLane {
     async fn exchange(
         &self,
         session: &LaneSession,
-        request: Outbound,
+        request: Outbound<'_>,
         id: &str,
         sink: &dyn CallSink,
     ) -> Result<Box<RawValue>, DownstreamError> {
         match request {
-            Outbound::Native(request) => {
-                let Some(h1) = &self.native else {
-                    return Err(self.transport("no connection"));
-                };
+            Outbound::Native(h1, request) => {
                 let (response, lease) = h1.send(request).await.map_err(|e| self.transport(e))?;
                 let (outcome, rest) = self.read(session, response, id, sink).await;
                 // Only a connection whose answer was read (or whose event stream is past the
@@ -345,18 +339,18 @@ impl HttpLane {
     }
 }
 
-/// A POST being built: on the lane's own connections, or through `reqwest`.
-enum Outbound {
-    Native(http::Request<Full<Bytes>>),
+/// A POST being built: on the lane's own connections (with their pool), or through `reqwest`.
+enum Outbound<'a> {
+    Native(&'a H1, http::Request<Full<Bytes>>),
     Pooled(reqwest::RequestBuilder),
 }
 
-impl Outbound {
+impl Outbound<'_> {
     fn header(self, name: HeaderName, value: HeaderValue) -> Self {
         match self {
-            Self::Native(mut r) => {
+            Self::Native(h1, mut r) => {
                 r.headers_mut().insert(name, value);
-                Self::Native(r)
+                Self::Native(h1, r)
             }
             Self::Pooled(b) => Self::Pooled(b.header(name, value)),
         }
