@@ -9,7 +9,7 @@
 //! cargo build --release --bins --examples
 //! target/release/examples/bench [--concurrency 1,8,32] [--downstream http,stdio]
 //!     [--calls 20000] [--warmup 200] [--block 100] [--client-threads 1]
-//!     [--fresh-connections] [--json FILE]
+//!     [--fresh-connections] [--json FILE] [--floor]
 //! ```
 //!
 //! A default run takes about 1.5 minutes on 2 cores. Linux only (`/proc`).
@@ -77,6 +77,12 @@
 //!   are separate processes and not included.) The JSON also has Mandate's CPU
 //!   during the direct rounds, when it only finishes deferred work such as store
 //!   flushes, per second and added to the per-call figure;
+//! * with `--floor` (HTTP downstream): a third path in the same rounds, through
+//!   `examples/floor_proxy.rs`, a plain reverse proxy built from Mandate's own stack (the
+//!   same runtime, server, client connections and allocator) that parses nothing and
+//!   checks nothing. Its added p50 is the floor any broker on this stack pays on this
+//!   machine; `Mandate over the floor` (via p50 − floor p50) is what Mandate's stages
+//!   cost. Printed as a second table, with the floor proxy's CPU per call;
 //! * `Mandate RSS`: after the level's warmup → after its measured rounds, MiB;
 //!   the summary adds RSS at start and end and the peak (`VmHWM`);
 //! * `store B/call`: growth of the workspace on disk (Mandate's store, mostly the
@@ -118,7 +124,9 @@ const USAGE: &str = "usage: bench [options]
   --exchange PROFILE    the HTTP downstream's `[auth] exchange` (none; `embedded` measures
                         per-call On-Behalf-Of tokens, served from the cache after the first)
   --worker-threads W    Mandate's `[server] worker_threads` (its default, 1, when not given;
-                        a count or auto)";
+                        a count or auto)
+  --floor               HTTP downstream: also measure the floor, a plain reverse proxy on
+                        Mandate's own stack (examples/floor_proxy.rs), in the same rounds";
 
 /// The invoice every call asks for, and what its result must contain.
 const INVOICE_ID: &str = "INV-1001";
@@ -168,6 +176,8 @@ struct Options {
     exchange: String,
     /// Mandate's `[server] worker_threads`, when given.
     worker_threads: Option<String>,
+    /// Also measure the floor proxy (HTTP downstream).
+    floor: bool,
 }
 
 fn parse_list<T>(name: &str, v: &str, item: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -196,6 +206,7 @@ fn parse_args() -> Result<Options> {
         json: None,
         exchange: "none".into(),
         worker_threads: None,
+        floor: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -221,6 +232,7 @@ fn parse_args() -> Result<Options> {
                 opts.client_threads = number("--client-threads", value("--client-threads")?)?;
             }
             "--fresh-connections" => opts.fresh_connections = true,
+            "--floor" => opts.floor = true,
             "--concurrency" => {
                 let v = value("--concurrency")?;
                 opts.concurrency = parse_list("--concurrency", &v, |s| match s.parse::<usize>() {
@@ -252,6 +264,9 @@ fn parse_args() -> Result<Options> {
     }
     if opts.client_threads == 0 {
         bail!("--client-threads must be at least 1");
+    }
+    if opts.floor && !opts.downstreams.contains(&Downstream::Http) {
+        bail!("--floor measures a proxy in front of the HTTP downstream: add http to --downstream");
     }
     Ok(opts)
 }
@@ -799,6 +814,8 @@ struct PathRun {
     mandate_ticks: u64,
     /// Ticks of the bench itself during this path's rounds.
     own_ticks: u64,
+    /// Ticks of the floor proxy during this path's rounds (with `--floor`).
+    floor_ticks: u64,
 }
 
 struct PathReport {
@@ -842,6 +859,8 @@ struct Level {
     warmup: usize,
     direct: PathReport,
     via: PathReport,
+    /// With `--floor`: the floor proxy's path and its CPU per call.
+    floor: Option<(PathReport, f64)>,
     mandate_cpu_us_per_call: f64,
     /// Mandate's CPU during all measured rounds (direct ones too, which catch deferred
     /// work such as store flushes) per via call.
@@ -876,6 +895,17 @@ impl Level {
             "direct": path_json(&self.direct),
             "via_mandate": path_json(&self.via),
             "added_p50_us": round1(self.added_p50()),
+            "floor": self.floor.as_ref().map(|(f, cpu)| json!({
+                "path": path_json(f),
+                "added_p50_us": round1(f.stats.p50 - self.direct.stats.p50),
+                "mandate_over_floor_p50_us": round1(self.via.stats.p50 - f.stats.p50),
+                "throughput_ratio": if self.direct.calls_per_s > 0.0 {
+                    ((f.calls_per_s / self.direct.calls_per_s) * 1000.0).round() / 1000.0
+                } else {
+                    0.0
+                },
+                "cpu_us_per_call": round1(*cpu),
+            })),
             "throughput_ratio": (self.ratio() * 1000.0).round() / 1000.0,
             "mandate_cpu_us_per_call": round1(self.mandate_cpu_us_per_call),
             "mandate_cpu_us_per_call_all_rounds": round1(self.mandate_cpu_us_per_call_all_rounds),
@@ -905,6 +935,8 @@ struct Target<'a> {
     direct_shared: Option<&'a Peer<RoleClient>>,
     mission_url: String,
     token: String,
+    /// HTTP downstream with `--floor`: the floor proxy's URL (in front of the ledger) and pid.
+    floor: Option<(String, u32)>,
 }
 
 async fn run_level(
@@ -933,6 +965,17 @@ async fn run_level(
             direct_clients.push(client);
         }
     }
+    let mut floor_clients = Vec::new();
+    let mut floor_peers = Vec::new();
+    if let Some((url, _)) = &target.floor {
+        for _ in 0..c {
+            let client = connect_http(target.http, url, None, opts.fresh_connections)
+                .await
+                .context("connecting through the floor proxy")?;
+            floor_peers.push(client.peer().clone());
+            floor_clients.push(client);
+        }
+    }
     let mut via_clients = Vec::with_capacity(c);
     let mut via_peers = Vec::with_capacity(c);
     for _ in 0..c {
@@ -956,38 +999,63 @@ async fn run_level(
     phase(&via_peers, warmup)
         .await
         .context("via-Mandate warmup")?;
+    if !floor_peers.is_empty() {
+        phase(&floor_peers, warmup).await.context("floor warmup")?;
+    }
     mandate.check_alive()?;
 
     let rss_before_kib = rss_kib(pid)?;
     let per_round = opts.block.saturating_mul(c).max(1);
-    // An even number of rounds (when possible), so each path goes first equally often.
-    let rounds = opts.calls.div_ceil(per_round).max(2);
-    let rounds = (rounds + rounds % 2).min(opts.calls);
+    // The paths take turns within each round, in an order that rotates from round to round;
+    // the number of rounds is a multiple of the number of paths (when possible), so each path
+    // goes first equally often.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Path {
+        Direct,
+        Via,
+        Floor,
+    }
+    let mut paths = vec![Path::Direct, Path::Via];
+    if !floor_peers.is_empty() {
+        paths.push(Path::Floor);
+    }
+    let floor_pid = target.floor.as_ref().map(|(_, pid)| *pid);
+    let rounds = opts.calls.div_ceil(per_round).max(paths.len());
+    let rounds = rounds
+        .div_ceil(paths.len())
+        .saturating_mul(paths.len())
+        .min(opts.calls);
     let mut direct = PathRun::default();
     let mut via = PathRun::default();
+    let mut floor = PathRun::default();
     for round in 0..rounds {
         let n = opts.calls / rounds + usize::from(round < opts.calls % rounds);
-        // Direct first on even rounds, via Mandate first on odd ones.
-        let via_first = !round.is_multiple_of(2);
-        for via_turn in [via_first, !via_first] {
-            let (peers, run, what) = if via_turn {
-                (&via_peers, &mut via, "via Mandate")
-            } else {
-                (&direct_peers, &mut direct, "direct")
+        let mut order = paths.clone();
+        order.rotate_left(round % paths.len());
+        for turn in order {
+            let (peers, run, what) = match turn {
+                Path::Via => (&via_peers, &mut via, "via Mandate"),
+                Path::Direct => (&direct_peers, &mut direct, "direct"),
+                Path::Floor => (&floor_peers, &mut floor, "floor"),
             };
             let t0 = cpu_ticks(pid)?;
             let o0 = own_cpu_ticks()?;
+            let f0 = floor_pid.map(cpu_ticks).transpose()?;
             let (samples, wall) = phase(peers, n)
                 .await
                 .with_context(|| format!("{what}, round {}", round + 1))?;
             run.own_ticks += own_cpu_ticks()?.saturating_sub(o0);
             run.mandate_ticks += cpu_ticks(pid)?.saturating_sub(t0);
+            if let (Some(pid), Some(f0)) = (floor_pid, f0) {
+                run.floor_ticks += cpu_ticks(pid)?.saturating_sub(f0);
+            }
             run.samples.extend(samples);
             run.wall += wall;
         }
     }
     let rss_after_kib = rss_kib(pid)?;
 
+    close_all(floor_clients).await;
     close_all(via_clients).await;
     close_all(direct_clients).await;
     // sled flushes every 200 ms; let the level's records reach the disk.
@@ -1013,6 +1081,10 @@ async fn run_level(
         mandate_ticks: via.mandate_ticks,
         direct: direct.report(tick_us),
         via: via.report(tick_us),
+        floor: (!floor.samples.is_empty()).then(|| {
+            let cpu = floor.floor_ticks as f64 * tick_us / floor.samples.len() as f64;
+            (floor.report(tick_us), cpu)
+        }),
         rss_before_kib,
         rss_after_kib,
         store_bytes_per_call: store_growth as f64 / (via_calls + warmup) as f64,
@@ -1107,6 +1179,44 @@ fn print_markdown(levels: &[Level]) {
     }
 }
 
+/// With `--floor`: what the stack alone adds, and what Mandate adds on top of it.
+fn print_floor(levels: &[Level]) {
+    let floored: Vec<_> = levels
+        .iter()
+        .filter_map(|l| l.floor.as_ref().map(|f| (l, f)))
+        .collect();
+    if floored.is_empty() {
+        return;
+    }
+    println!(
+        "| downstream | c | direct p50 | floor proxy p50 (added) | Mandate p50 (added) | Mandate over the floor | floor calls/s ratio | floor proxy CPU/call | Mandate CPU/call |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (l, (floor, cpu)) in floored {
+        let direct = l.direct.stats.p50;
+        let floor_ratio = if l.direct.calls_per_s > 0.0 {
+            floor.calls_per_s / l.direct.calls_per_s
+        } else {
+            0.0
+        };
+        println!(
+            "| {} | {} | {:.0} µs | {:.0} µs (+{:.0}) | {:.0} µs (+{:.0}) | **+{:.0} µs** | {:.2}× | {:.0} µs | {:.0} µs |",
+            l.downstream.name(),
+            l.concurrency,
+            direct,
+            floor.stats.p50,
+            floor.stats.p50 - direct,
+            l.via.stats.p50,
+            l.via.stats.p50 - direct,
+            l.via.stats.p50 - floor.stats.p50,
+            floor_ratio,
+            cpu,
+            l.mandate_cpu_us_per_call,
+        );
+    }
+    println!();
+}
+
 // ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
@@ -1163,6 +1273,27 @@ async fn run(opts: &Options) -> Result<()> {
             .to_owned();
         http_ledger = Some(proc);
         ledger_url = Some(url);
+    }
+
+    // The floor proxy, in front of the same ledger.
+    let mut floor_proxy = None;
+    if let (true, Some(ledger)) = (opts.floor, ledger_url.as_deref()) {
+        let bin = ledger_bin.with_file_name("floor_proxy");
+        if !bin.is_file() {
+            bail!("{} is missing: {BUILD_HINT}", bin.display());
+        }
+        let origin =
+            reqwest::Url::parse(ledger).with_context(|| format!("the ledger's URL {ledger:?}"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--to", origin.as_str()]);
+        let (proc, first) = Proc::spawn("floor proxy", cmd)?;
+        let listening = first
+            .strip_prefix("floor proxy listening on ")
+            .with_context(|| format!("unexpected first line from the floor proxy: {first:?}"))?;
+        let mut url = reqwest::Url::parse(listening)
+            .with_context(|| format!("the floor proxy's URL {listening:?}"))?;
+        url.set_path(origin.path());
+        floor_proxy = Some((proc, url.to_string()));
     }
 
     write_workspace(
@@ -1249,6 +1380,10 @@ async fn run(opts: &Options) -> Result<()> {
             },
             mission_url: format!("{mandate_url}/mcp/{mission}"),
             token,
+            floor: match (downstream, &floor_proxy) {
+                (Downstream::Http, Some((proc, url))) => Some((url.clone(), proc.pid())),
+                _ => None,
+            },
         };
         for &c in &opts.concurrency {
             let level = match run_level(opts, &target, c, &mut mandate, ws, tick_us).await {
@@ -1312,6 +1447,7 @@ async fn run(opts: &Options) -> Result<()> {
     println!();
     print_markdown(&levels);
     println!();
+    print_floor(&levels);
 
     let report = json!({
         "calls": opts.calls,
