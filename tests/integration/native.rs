@@ -1071,3 +1071,56 @@ effect = "read"
     assert!(text.contains("not found on PATH"), "{msgs:?}");
     server.stop();
 }
+
+/// The bench's floor (`examples/floor_proxy.rs`) is a working MCP pass-through: an unmodified
+/// client opens a session through it and gets the ledger's real result, so the floor the bench
+/// reports is measured on calls that did the same work as the direct and via-Mandate ones.
+#[tokio::test]
+async fn floor_proxy_forwards_mcp_sessions_unchanged() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    let ledger = HttpLedger::start();
+    let bin = ledger_bin().with_file_name("floor_proxy");
+    assert!(bin.is_file(), "{} is missing: `cargo test` builds examples", bin.display());
+    let mut proxy = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--to", &ledger.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(proxy.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let origin = first
+        .trim()
+        .strip_prefix("floor proxy listening on ")
+        .unwrap_or_else(|| panic!("unexpected floor proxy output: {first:?}"))
+        .to_owned();
+    let url = format!("{origin}/mcp");
+    let client = ()
+        .serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .unwrap();
+    let mut params = rmcp::model::CallToolRequestParams::new("get_invoice".to_owned());
+    params.arguments = json!({"invoice_id": "INV-1001"}).as_object().cloned();
+    let result = client.call_tool(params).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let structured = result.structured_content.expect("structured content");
+    assert_eq!(structured["id"], "INV-1001");
+    assert_eq!(structured["amount_cents"], 482050);
+    client.cancel().await.unwrap();
+    // With the downstream gone, the proxy answers 502 and says why (it does not hang or crash).
+    drop(ledger);
+    let response = reqwest::Client::new()
+        .post(format!("{origin}/mcp"))
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(response.text().await.unwrap().starts_with("floor proxy: "));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
