@@ -1081,7 +1081,11 @@ async fn floor_proxy_forwards_mcp_sessions_unchanged() {
     use rmcp::transport::StreamableHttpClientTransport;
     let ledger = HttpLedger::start();
     let bin = ledger_bin().with_file_name("floor_proxy");
-    assert!(bin.is_file(), "{} is missing: `cargo test` builds examples", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test` builds examples",
+        bin.display()
+    );
     let mut proxy = Command::new(&bin)
         .args(["--listen", "127.0.0.1:0", "--to", &ledger.url])
         .stdout(Stdio::piped())
@@ -1098,10 +1102,7 @@ async fn floor_proxy_forwards_mcp_sessions_unchanged() {
         .unwrap_or_else(|| panic!("unexpected floor proxy output: {first:?}"))
         .to_owned();
     let url = format!("{origin}/mcp");
-    let client = ()
-        .serve(StreamableHttpClientTransport::from_uri(url))
-        .await
-        .unwrap();
+    let client = ().serve(StreamableHttpClientTransport::from_uri(url)).await.unwrap();
     let mut params = rmcp::model::CallToolRequestParams::new("get_invoice".to_owned());
     params.arguments = json!({"invoice_id": "INV-1001"}).as_object().cloned();
     let result = client.call_tool(params).await.unwrap();
