@@ -1373,6 +1373,22 @@ fn build_mission(
                 continue;
             }
             match manifests.get(m.get_ref()) {
+                // The residency wall holds for what a mission passes through as for its tools:
+                // a resource or prompt is data from the downstream's region.
+                Some(manifest)
+                    if manifest.environments.contains(&env)
+                        && !raw.regions.is_empty()
+                        && !raw.regions.iter().any(|r| r.get_ref() == &manifest.region) =>
+                {
+                    diags.push(src.at(
+                        m.span().start,
+                        format!(
+                            "tool manifest `{}` in `{field}` keeps data in region `{}`, which is not in this mission's `regions`",
+                            m.get_ref(),
+                            manifest.region
+                        ),
+                    ))
+                }
                 Some(manifest) if manifest.environments.contains(&env) => {
                     out.push(m.get_ref().clone())
                 }

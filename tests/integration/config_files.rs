@@ -555,6 +555,54 @@ fn a_region_mismatch_is_reported_once() {
     );
 }
 
+/// The residency wall covers what a mission passes through (`resources`, `prompts`) as it
+/// covers its tools: a manifest in another region is refused at load, with its position.
+#[test]
+fn resources_and_prompts_from_another_region_are_refused() {
+    let ws = base();
+    ws.write(
+        "tool-manifests/finance/archive.toml",
+        r#"description = "archive"
+environments = ["prod"]
+region = "us-east-1"
+
+[transport]
+kind = "http"
+url = "http://127.0.0.1:1/mcp"
+
+[[tools]]
+name = "fetch"
+effect = "read"
+"#,
+    );
+    mandate::tools::LockFile::from_definitions(
+        "finance/archive",
+        None,
+        vec![serde_json::json!({"name": "fetch", "inputSchema": {"type": "object"}})],
+    )
+    .write(&ws.path().join("tool-manifests/finance/archive.lock.json"))
+    .unwrap();
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice""#,
+        "regions = [\"eu-west-1\"]\nresources = [\"finance/ledger\", \"finance/archive\"]\nprompts = [\"finance/archive\"]",
+    );
+    assert_eq!(
+        diagnostics(&ws),
+        [
+            "missions/finance/prod/review.toml:8:32: tool manifest `finance/archive` in `resources` keeps data in region `us-east-1`, which is not in this mission's `regions`",
+            "missions/finance/prod/review.toml:9:12: tool manifest `finance/archive` in `prompts` keeps data in region `us-east-1`, which is not in this mission's `regions`",
+        ]
+    );
+    // The same manifest is fine for a mission that serves its region too.
+    ws.mission(
+        "finance/prod/review",
+        r#""finance/ledger/get_invoice""#,
+        "regions = [\"eu-west-1\", \"us-east-1\"]\nresources = [\"finance/archive\"]",
+    );
+    assert_eq!(diagnostics(&ws), Vec::<String>::new());
+}
+
 #[test]
 fn expired_missions_are_visible() {
     let ws = base();
