@@ -9,10 +9,10 @@
 //! `spawn_blocking`), never from an async worker. A networked backend then blocks one of those
 //! threads per call, which is what they are for.
 //!
-//! Implemented now: [`AuditLog`], [`KeyStore`], [`AgentStore`], [`HandoffStore`] and
-//! [`ApprovalStore`]. Declared for the issue that moves quotas into the store: [`QuotaStore`] (its
-//! shape may be refined, but it stays narrow: keyed records with compare-and-swap, no query
-//! language).
+//! The traits: [`AuditLog`], [`KeyStore`], [`AgentStore`], [`HandoffStore`] and
+//! [`ApprovalStore`]. Quota counters are not here: they are in-process token buckets behind
+//! `crate::quota::Buckets`, the seam a shared backend implements when several replicas must share
+//! them.
 //!
 //! sled allows one process at a time. While `mandate serve` runs it owns the store and writes
 //! `admin.json` (0600) beside it: the loopback URL and a random credential that the CLI uses to
@@ -155,14 +155,6 @@ pub trait HandoffStore: Send + Sync {
     ) -> Result<bool, StorageError>;
     /// Forgets every record for which `keep` is false; returns how many.
     fn prune(&self, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<u64, StorageError>;
-}
-
-/// Usage counters per key and window (declared; implemented with quotas).
-pub trait QuotaStore: Send + Sync {
-    /// Adds `amount` to the counter of `key` in `window` and returns the new total.
-    fn add(&self, key: &str, window: u64, amount: u64) -> Result<u64, StorageError>;
-    /// Forgets windows before `window`.
-    fn purge_before(&self, window: u64) -> Result<u64, StorageError>;
 }
 
 /// How the CLI reaches a running server: written by `mandate serve` with mode 0600.
