@@ -27,6 +27,37 @@ fn shipped_configuration_checks_clean() {
     mandate::mission::MissionRuntime::build_all(&config).unwrap();
 }
 
+/// The handoff walk-through ships as a workspace of its own (`examples/handoff`: missions A and B,
+/// the ledger and B's agent as pinned downstreams, policies and decision cases): it checks clean
+/// and its decision cases pass, through the same paths as `mandate check` and `mandate test`.
+#[test]
+fn the_shipped_handoff_example_checks_clean_and_passes_its_cases() {
+    let dir = repo().join("examples/handoff");
+    for command in ["check", "test"] {
+        let out = std::process::Command::new(mandate_bin())
+            .args([command, "--config"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mandate {command}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = mandate::config::load(&dir, true).unwrap();
+    assert_eq!(
+        config.missions.keys().collect::<Vec<_>>(),
+        ["finance/prod/payments", "finance/prod/review"]
+    );
+    assert_eq!(
+        config.missions["finance/prod/review"].handoffs,
+        ["finance/prod/payments"]
+    );
+    mandate::mission::MissionRuntime::build_all(&config).unwrap();
+}
+
 /// A valid base: one pinned manifest (lock written by hand) and one mission.
 fn base() -> Workspace {
     let ws = Workspace::new();
