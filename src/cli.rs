@@ -1777,6 +1777,7 @@ fn open_approvals(
                     config.settings.public_url,
                     crate::approval::webhook::DECISION_PATH
                 ),
+                audit.clone(),
             ))
         }
         _ => None,

@@ -487,7 +487,7 @@ impl Approvals {
         ));
         self.record(event).await;
         if let Some(webhook) = &self.webhook {
-            webhook.notify(&request);
+            webhook.notify(&request, self.event(&request, "webhook_undelivered"));
         }
         Ok(request)
     }

@@ -181,3 +181,71 @@ async fn the_sweep_expires_unseen_requests_and_forgets_old_finished_ones() {
     // Nothing more to do on a second pass.
     assert_eq!(approvals.sweep().await.unwrap(), (0, 0));
 }
+
+/// A request the webhook never takes (every attempt fails) is audited as undelivered, with why
+/// and what to do; the request itself stays as it was (pending, decidable with the CLI).
+#[tokio::test]
+async fn a_request_the_webhook_never_takes_is_audited_as_undelivered() {
+    use super::{Request, State};
+    use crate::store::{AuditLog, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (audit, _writer) = crate::audit::Auditor::start(&store).unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let notifier = super::webhook::Notifier::start(
+        format!("http://127.0.0.1:{port}/hook"),
+        secrecy::SecretString::from("secret"),
+        "http://127.0.0.1:8080/approvals/webhook".into(),
+        audit.clone(),
+    );
+    let now = crate::authn::unix_now();
+    let request = Request {
+        id: "apr-1".into(),
+        state: State::Pending,
+        call: "call-1".into(),
+        tenant: "acme".into(),
+        issuer: "https://issuer".into(),
+        subject: "alice".into(),
+        agent: "bot".into(),
+        mission: "finance/prod/review".into(),
+        tool: "pay_invoice".into(),
+        downstream_tool: "finance/ledger/pay_invoice".into(),
+        arguments: "{}".into(),
+        policy_version: "v1".into(),
+        created_at: now,
+        expires_at: now + 600,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        used_at: None,
+    };
+    let mut template = crate::audit::Event::new(crate::audit::EventKind::Approval);
+    template.tenant = Some("acme".into());
+    template.approval = Some("apr-1".into());
+    template.outcome = Some("webhook_undelivered".into());
+    notifier.notify(&request, template);
+    let log = store.audit_log().unwrap();
+    let mut found = None;
+    // Three attempts, 1 s and 2 s apart.
+    for _ in 0..100 {
+        audit.sync().await.unwrap();
+        found = log
+            .range("tenant:acme", 1, u64::MAX)
+            .map(|e| String::from_utf8(e.unwrap().1).unwrap())
+            .find(|line| line.contains("webhook_undelivered"));
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = found.expect("no webhook_undelivered record");
+    assert!(line.contains("\"approval\":\"apr-1\""), "{line}");
+    assert!(line.contains("after 3 attempts"), "{line}");
+    assert!(line.contains("unreachable"), "{line}");
+    assert!(line.contains("mandate approvals"), "{line}");
+}

@@ -19,6 +19,10 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{Decision, Request};
+use crate::audit::{Auditor, Event};
+
+/// Deliveries of one request to the webhook (1 s, then 2 s apart).
+const ATTEMPTS: u32 = 3;
 
 /// The signature header, both directions.
 pub const SIGNATURE_HEADER: &str = "X-Mandate-Signature";
@@ -130,9 +134,12 @@ pub struct WebhookDecision {
     pub reason: Option<String>,
 }
 
-/// Sends new requests to the webhook from one task, in order, retrying a few times.
+/// Sends new requests to the webhook from one task, in order, retrying a few times. A request
+/// the webhook never took (every attempt failed, or the queue was full) is audited
+/// (`webhook_undelivered`): it stays pending and can still be decided with the CLI or the admin API.
 pub struct Notifier {
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    tx: tokio::sync::mpsc::Sender<(Vec<u8>, Event)>,
+    audit: Auditor,
     decide_url: String,
     /// Verifies decisions coming back.
     secret: SecretString,
@@ -140,16 +147,18 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts the sender task (call within the runtime).
-    pub fn start(url: String, secret: SecretString, decide_url: String) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
+    pub fn start(url: String, secret: SecretString, decide_url: String, audit: Auditor) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, Event)>(256);
         let kept = secret.clone();
+        let auditor = audit.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default();
-            while let Some(body) = rx.recv().await {
-                for attempt in 0..3u32 {
+            while let Some((body, mut undelivered)) = rx.recv().await {
+                let mut last = String::new();
+                for attempt in 0..ATTEMPTS {
                     let t = crate::authn::unix_now();
                     let signature = sign(secret.expose_secret().as_bytes(), t, &body);
                     let sent = client
@@ -160,20 +169,34 @@ impl Notifier {
                         .send()
                         .await;
                     match sent {
-                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) if r.status().is_success() => {
+                            last.clear();
+                            break;
+                        }
                         Ok(r) => {
-                            tracing::warn!(status = %r.status(), attempt, "approval webhook refused a request")
+                            tracing::warn!(status = %r.status(), attempt, "approval webhook refused a request");
+                            last = format!("the webhook answered {}", r.status());
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, attempt, "approval webhook unreachable")
+                            tracing::warn!(error = %e, attempt, "approval webhook unreachable");
+                            last = format!("the webhook is unreachable ({e})");
                         }
                     }
-                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    if attempt + 1 < ATTEMPTS {
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                }
+                if !last.is_empty() {
+                    undelivered.detail = Some(format!(
+                        "approval request not delivered to the webhook after {ATTEMPTS} attempts: {last}; it stays pending: decide it with `mandate approvals` or the admin API"
+                    ));
+                    auditor.record(undelivered).await;
                 }
             }
         });
         Self {
             tx,
+            audit,
             decide_url,
             secret: kept,
         }
@@ -196,8 +219,9 @@ impl Notifier {
         serde_json::from_slice(body).map_err(|e| WebhookRefused::Body(e.to_string()))
     }
 
-    /// Queues the notification of a new request (dropped, with a warning, if the queue is full).
-    pub fn notify(&self, request: &Request) {
+    /// Queues the notification of a new request; `undelivered` is the audit record written if
+    /// the webhook never takes it (its detail is filled in then).
+    pub fn notify(&self, request: &Request, mut undelivered: Event) {
         let body = serde_json::json!({
             "type": "approval.requested",
             "id": request.id,
@@ -220,11 +244,22 @@ impl Notifier {
         });
         match serde_json::to_vec(&body) {
             Ok(bytes) => {
-                if self.tx.try_send(bytes).is_err() {
+                if let Err(full) = self.tx.try_send((bytes, undelivered)) {
                     tracing::warn!(approval = %request.id, "approval webhook queue full; request not sent");
+                    let (_, mut undelivered) = full.into_inner();
+                    undelivered.detail = Some(
+                        "approval request not sent to the webhook: its queue is full; it stays pending: decide it with `mandate approvals` or the admin API".into(),
+                    );
+                    self.audit.record_now(undelivered);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot serialise the approval webhook body"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise the approval webhook body");
+                undelivered.detail = Some(format!(
+                    "approval request not sent to the webhook: cannot serialise it ({e})"
+                ));
+                self.audit.record_now(undelivered);
+            }
         }
     }
 }
