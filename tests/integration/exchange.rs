@@ -871,7 +871,11 @@ async fn an_embedded_downstream_token_never_outlives_the_callers_token() {
         "--ttl",
         "30s",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let short = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let caller_exp = jwt_payload(&short)["exp"].as_u64().unwrap();
     assert!(caller_exp <= now() + 31, "{caller_exp}");
@@ -1034,7 +1038,10 @@ client_auth = "client_secret_post"
         refused.contains("needs a user's token, and this caller's token is app-only"),
         "{refused}"
     );
-    assert!(refused.contains("call with a token issued to a user"), "{refused}");
+    assert!(
+        refused.contains("call with a token issued to a user"),
+        "{refused}"
+    );
     let stats = sts.stats().await;
     assert_eq!(stats["grants"]["on_behalf_of"], 1, "{stats}");
     assert_eq!(stats["token_requests"], requests_before, "{stats}");
@@ -1061,4 +1068,111 @@ client_auth = "client_secret_post"
         assert_eq!(c["subject"], "alice@acme.example");
         assert_eq!(c["exchange"]["expires_at"], caller_exp, "{c}");
     }
+}
+
+/// POSTs an MCP `initialize` to `url` with `token`: the HTTP status.
+async fn initialize_status(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The RFC 8693 grant of the embedded authorization server over HTTP, the success path: a
+/// registered agent authenticates with its client secret and exchanges a token issued to it for
+/// an audience-bound token of the user, which the real protected downstream (verifying with the
+/// broker's JWKS, audience itself) accepts, while it refuses the subject token itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_token_endpoint_exchanges_an_agents_token_for_a_downstream_token() {
+    let (ws, listen, broker, jwks) = embedded_workspace().await;
+    let protected = Protected::start(&ws, jwks.to_str().unwrap(), &broker);
+    protected_manifest(&ws, "protected", &protected.url, "exchange = \"embedded\"");
+    ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
+    let mission = ws.path().join("missions/corp/prod/who.toml");
+    let text = std::fs::read_to_string(&mission)
+        .unwrap()
+        .replace("agents = [\"bot\"]", "agents = [\"bot\", \"sdk-bot\"]");
+    std::fs::write(&mission, text).unwrap();
+    let onboarded = ws.mandate(&[
+        "agents",
+        "onboard",
+        "sdk-bot",
+        "--tenant",
+        "acme",
+        "--owner",
+        "dana@acme.example",
+        "--mission",
+        "corp/prod/who",
+        "--json",
+    ]);
+    assert!(
+        onboarded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&onboarded.stderr)
+    );
+    let onboarded: Value = serde_json::from_slice(&onboarded.stdout).unwrap();
+    let secret = onboarded["client_secret"].as_str().unwrap().to_owned();
+    let (server, _, _) = pin_and_serve(&ws, &listen);
+    let subject = ws.token_for(
+        "alice@acme.example",
+        "acme",
+        "sdk-bot",
+        Some("corp/prod/who"),
+    );
+
+    let mut form = reqwest::Url::parse("http://form.invalid/").unwrap();
+    form.query_pairs_mut().extend_pairs([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", subject.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("resource", protected.url.as_str()),
+        ("scope", "who.read"),
+    ]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth/token", server.url))
+        .basic_auth("sdk-bot", Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.query().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{body}"
+    );
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in > 0 && expires_in <= 300, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let claims = jwt_payload(token);
+    assert_eq!(claims["iss"], broker.as_str());
+    assert_eq!(claims["sub"], "alice@acme.example");
+    assert_eq!(claims["aud"], protected.url.as_str());
+    assert_eq!(claims["scope"], "who.read");
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": broker, "client_id": "sdk-bot" })
+    );
+    // The downstream accepts the exchanged token and refuses the subject token (not its audience).
+    assert_eq!(initialize_status(&protected.url, token).await, 200);
+    assert_eq!(initialize_status(&protected.url, &subject).await, 401);
+    server.stop();
 }

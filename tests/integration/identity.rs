@@ -1218,12 +1218,20 @@ async fn an_issuer_with_typ_jwt_admits_jwt_and_untyped_access_tokens_and_refuses
     let refused = [
         (
             "ID token with `nonce`",
-            sign(&header(Some("JWT")), &with("nonce", json!("n-0S6")), &signer),
+            sign(
+                &header(Some("JWT")),
+                &with("nonce", json!("n-0S6")),
+                &signer,
+            ),
             "an ID token (`nonce`/`at_hash`)",
         ),
         (
             "untyped ID token with `at_hash`",
-            sign(&header(None), &with("at_hash", json!("77QmUPtjPfzWtF2AnpK9RQ")), &signer),
+            sign(
+                &header(None),
+                &with("at_hash", json!("77QmUPtjPfzWtF2AnpK9RQ")),
+                &signer,
+            ),
             "an ID token (`nonce`/`at_hash`)",
         ),
         (
