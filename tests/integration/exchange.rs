@@ -955,6 +955,7 @@ issuer = "{sts_issuer}"
 tenant = "acme"
 audiences = ["mandate", "mandate-post"]
 algorithms = ["ES256"]
+attributes = {{ idtyp = "idtyp" }}
 
 [[exchange]]
 name = "corp"
@@ -1040,6 +1041,19 @@ client_auth = "client_secret_post"
     );
     assert!(
         refused.contains("call with a token issued to a user"),
+        "{refused}"
+    );
+    // Entra's app-only tokens name the service principal as `sub` (not the client id): the
+    // `idtyp = app` claim (mapped to the attribute `idtyp`) marks them.
+    let principal = provider_token(
+        &key,
+        &json!({ "iss": sts_issuer, "sub": "5f1c-service-principal", "aud": ["mandate", "mandate-post"],
+            "client_id": "bot", "idtyp": "app", "iat": now(), "exp": now() + 60,
+            "jti": "app-2" }),
+    );
+    let refused = call(&url, &principal, "whoami_entra").await.unwrap_err();
+    assert!(
+        refused.contains("this caller's token is app-only"),
         "{refused}"
     );
     let stats = sts.stats().await;
