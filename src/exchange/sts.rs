@@ -519,7 +519,7 @@ mod tests {
             &issuer,
             "mandate",
             &caller,
-            &target,
+            target,
             Duration::from_secs(300),
         )
         .unwrap();
@@ -542,7 +542,7 @@ mod tests {
                 &issuer,
                 "mandate",
                 &expired,
-                &target,
+                target,
                 Duration::from_secs(300)
             )
             .map(|m| m.jti)
