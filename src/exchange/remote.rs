@@ -482,3 +482,140 @@ pub fn app_only(caller: &Caller) -> bool {
             .get("idtyp")
             .is_some_and(|t| t.as_str() == Some("app"))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::authn::Issuer;
+    use crate::exchange::Exchanger;
+    use crate::store::Store;
+
+    /// An `rfc8693` profile for a manifest whose tool needs `who.read`: the loaded exchanger
+    /// (owning the target) and its directory.
+    fn setup() -> (tempfile::TempDir, Exchanger) {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("sts-secret", "s3cret");
+        write(
+            "mandate.toml",
+            "[[exchange]]\nname = \"corp\"\nkind = \"rfc8693\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"mandate\"\nclient_secret_file = \"sts-secret\"\n",
+        );
+        write(
+            "tool-manifests/corp/p.toml",
+            "description = \"p\"\nenvironments = [\"prod\"]\nregion = \"eu\"\n[transport]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/mcp\"\n[auth]\nexchange = \"corp\"\n[[tools]]\nname = \"whoami\"\neffect = \"read\"\nscopes = [\"who.read\"]\n",
+        );
+        write(
+            "missions/corp/prod/who.toml",
+            "description = \"w\"\ntenant = \"acme\"\nowner = \"a@acme.example\"\nexpires = 2099-12-31\nagents = [\"bot\"]\ntools = [\"corp/p/whoami\"]\n",
+        );
+        let config = crate::config::load(dir.path(), false).unwrap();
+        let store = Store::open(&dir.path().join(".mandate")).unwrap();
+        let issuer = Arc::new(Issuer::load_or_create(&store, &config.settings.public_url).unwrap());
+        let exchanger = Exchanger::new(&config, issuer).unwrap();
+        (dir, exchanger)
+    }
+
+    fn target(exchanger: &Exchanger) -> Arc<Target> {
+        exchanger.manifests["corp/p"].tools["whoami"].clone()
+    }
+
+    fn response(scope: Option<&str>) -> TokenResponse {
+        TokenResponse {
+            access_token: "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJqLTEiLCJleHAiOjQxMDI0NDQ4MDB9.c2ln"
+                .to_owned(),
+            token_type: "Bearer".to_owned(),
+            issued_token_type: Some(TYPE_ACCESS_TOKEN.to_owned()),
+            expires_in: Some(120),
+            scope: scope.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_response_scope_broader_than_requested_is_refused() {
+        let (_dir, exchanger) = setup();
+        let target = target(&exchanger);
+        assert_eq!(target.scope, "who.read");
+        let remote = target.profile.remote.as_ref().unwrap();
+        // As asked, narrower (no scope) or the same: accepted.
+        for scope in [None, Some("who.read"), Some(" who.read ")] {
+            let got = remote
+                .accept(response(scope), &target, Some(TYPE_ACCESS_TOKEN))
+                .unwrap();
+            assert_eq!(got.jti.as_deref(), Some("j-1"));
+            assert!(got.expires_at <= unix_now() + 120);
+        }
+        // Broader: one scope more, or another scope altogether.
+        for (scope, extra) in [("who.read who.admin", "who.admin"), ("admin", "admin")] {
+            let err = remote
+                .accept(response(Some(scope)), &target, Some(TYPE_ACCESS_TOKEN))
+                .map(|g| g.token)
+                .unwrap_err();
+            assert_eq!(
+                err,
+                ExchangeError::BadResponse {
+                    profile: "corp".to_owned(),
+                    reason: format!(
+                        "a token with scope `{extra}`, broader than requested (refused)"
+                    ),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn provider_errors_map_to_their_answers() {
+        let (_dir, exchanger) = setup();
+        let target = target(&exchanger);
+        let remote = target.profile.remote.as_ref().unwrap();
+        let error = |code: &str, description: Option<&str>| ErrorResponse {
+            error: code.to_owned(),
+            error_description: description.map(str::to_owned),
+        };
+        // `invalid_grant`: the subject token was refused; the caller gets a fresh token.
+        let refused = remote.refusal(
+            error("invalid_grant", Some("subject token expired\n")),
+            &target,
+        );
+        assert_eq!(
+            refused,
+            ExchangeError::SubjectRefused {
+                code: "invalid_grant".to_owned(),
+                description: Some("subject token expired".to_owned()),
+            }
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("refused the caller's token for exchange (`invalid_grant`"),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("get a fresh token and retry"));
+        assert_eq!(
+            remote.refusal(error("invalid_target", None), &target),
+            ExchangeError::InvalidTarget {
+                audience: "http://127.0.0.1:9/mcp".to_owned()
+            }
+        );
+        for code in ["interaction_required", "consent_required", "login_required"] {
+            assert!(matches!(
+                remote.refusal(error(code, None), &target),
+                ExchangeError::NeedsUser { code: c, .. } if c == code
+            ));
+        }
+        assert_eq!(
+            remote.refusal(error("unauthorized_client", None), &target),
+            ExchangeError::Refused {
+                profile: "corp".to_owned(),
+                code: "unauthorized_client".to_owned(),
+                description: None,
+            }
+        );
+    }
+}

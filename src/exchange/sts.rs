@@ -492,4 +492,62 @@ mod tests {
             .unwrap_err();
         assert_eq!(forged.error, "invalid_request");
     }
+    /// The clamp of the embedded STS: a downstream token never outlives the caller's token
+    /// (the profile's 5 minutes are cut to the caller's 30 seconds), and a caller whose token
+    /// is past its expiry gets none.
+    #[tokio::test]
+    async fn a_minted_token_never_outlives_the_callers_token() {
+        let (_dir, exchanger, issuer, verifier) = setup();
+        let short = issuer
+            .mint(&TokenRequest {
+                subject: "alice@acme.example".into(),
+                tenant: "acme".into(),
+                agent: "bot".into(),
+                audience: issuer.issuer().into(),
+                roles: Vec::new(),
+                attributes: Default::default(),
+                ttl: Duration::from_secs(30),
+            })
+            .unwrap();
+        let caller = verifier
+            .verify(&short.token, &[issuer.issuer()])
+            .await
+            .unwrap();
+        assert!(caller.expires_at <= unix_now() + 30);
+        let target = exchanger.target("corp/p", "whoami").unwrap();
+        let minted = mint_for_caller(
+            &issuer,
+            "mandate",
+            &caller,
+            target,
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        assert_eq!(minted.expires_at, caller.expires_at);
+        // Over HTTP (the `/oauth/token` grant) the same: `expires_in` within the caller's.
+        let mut request = form(&issuer, DOWNSTREAM, "who.read");
+        request.subject_token = Some(SecretString::from(short.token.clone()));
+        let r = token_exchange_grant(&exchanger, &verifier, &request, "bot")
+            .await
+            .unwrap();
+        assert!(
+            unix_now() + r.expires_in <= caller.expires_at + 1,
+            "{}",
+            r.expires_in
+        );
+        let mut expired = (*caller).clone();
+        expired.expires_at = unix_now().saturating_sub(1);
+        assert_eq!(
+            mint_for_caller(
+                &issuer,
+                "mandate",
+                &expired,
+                target,
+                Duration::from_secs(300)
+            )
+            .map(|m| m.jti)
+            .unwrap_err(),
+            ExchangeError::CallerExpired
+        );
+    }
 }

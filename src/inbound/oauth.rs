@@ -9,8 +9,11 @@
 //!   used once). The token's `sub` and `azp` are the agent itself (a service identity), its
 //!   tenant the agent's; RFC 8707 `resource` becomes its `aud` (a mission the agent may use, or
 //!   the broker); `scope` is narrowed to the scopes of the tools it can reach.
-//! - `urn:ietf:params:oauth:grant-type:token-exchange`: the embedded STS plugs in at
-//!   [`token_exchange`]; until then it answers `unsupported_grant_type`.
+//! - `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693), served by the embedded STS
+//!   ([`crate::exchange::token_exchange_grant`]): an authenticated agent exchanges a token this
+//!   broker issued to it for a short-lived token of the same user bound to one configured
+//!   downstream (`resource` or `audience`), its scopes narrowed to that downstream's, with `act`
+//!   naming Mandate acting for the agent.
 //!
 //! Failed client authentications are audited, aggregated per reason and peer like failed bearer
 //! tokens. The client MCP SDKs require an `authorization_endpoint` in the metadata, so one is

@@ -806,3 +806,387 @@ client_secret_env = "MANDATE_TEST_SECRET_THAT_IS_NOT_SET"
         "{err}"
     );
 }
+
+/// `mandate agents <args>` against the running broker (its admin API); must succeed.
+fn agents_ok(ws: &Workspace, args: &[&str]) {
+    let mut all = vec!["agents"];
+    all.extend(args);
+    let out = ws.mandate(&all);
+    assert!(
+        out.status.success(),
+        "mandate agents {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Suspension takes effect at once on the exchange cache: the agent's cached downstream token
+/// is dropped, so after `resume` the next call makes a new exchange at the real provider
+/// (a new `jti`, a second exchange) instead of reusing the token cached before the suspension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_an_agent_drops_its_cached_downstream_tokens() {
+    let (ws, _protected, mut sts, listen, _) = rfc8693_setup(300).await;
+    let (server, url, alice) = pin_and_serve(&ws, &listen);
+    let exchanges = |stats: &Value| stats["grants"]["token_exchange"].as_u64().unwrap_or(0);
+
+    let first = call(&url, &alice, "whoami").await.unwrap();
+    assert_eq!(exchanges(&sts.stats().await), 1);
+    // The token is cached: without a revocation the next call reuses it.
+    let cached = call(&url, &alice, "whoami").await.unwrap();
+    assert_eq!(cached["jti"], first["jti"]);
+    assert_eq!(exchanges(&sts.stats().await), 1);
+
+    agents_ok(&ws, &["suspend", "bot", "--reason", "incident 7"]);
+    agents_ok(&ws, &["resume", "bot"]);
+
+    let after = call(&url, &alice, "whoami").await.unwrap();
+    assert_eq!(after["sub"], "alice@acme.example");
+    assert_ne!(
+        after["jti"], first["jti"],
+        "the token cached before the suspension was used again"
+    );
+    assert_eq!(exchanges(&sts.stats().await), 2);
+    server.stop();
+    sts.stop();
+}
+
+/// The embedded STS never mints a downstream token that outlives the caller's token: a caller
+/// token of 30 seconds gets a downstream token expiring with it, not after the profile's 5 min.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_downstream_token_never_outlives_the_callers_token() {
+    let (ws, listen, broker, jwks) = embedded_workspace().await;
+    let protected = Protected::start(&ws, jwks.to_str().unwrap(), &broker);
+    protected_manifest(&ws, "protected", &protected.url, "exchange = \"embedded\"");
+    ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
+    let (server, url, _) = pin_and_serve(&ws, &listen);
+    let out = ws.mandate(&[
+        "token",
+        "--sub",
+        "alice@acme.example",
+        "--tenant",
+        "acme",
+        "--agent",
+        "bot",
+        "--mission",
+        "corp/prod/who",
+        "--ttl",
+        "30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let caller_exp = jwt_payload(&short)["exp"].as_u64().unwrap();
+    assert!(caller_exp <= now() + 31, "{caller_exp}");
+
+    let seen = call(&url, &short, "whoami").await.unwrap();
+    let exp = seen["exp"].as_u64().unwrap();
+    assert!(
+        exp <= caller_exp,
+        "the downstream token expires at {exp}, after the caller's token ({caller_exp})"
+    );
+    assert!(exp > now(), "{exp}");
+    server.stop();
+    let records = audit_records(&ws);
+    let call = records
+        .iter()
+        .find(|r| r["kind"] == "call" && r["tool"] == "whoami")
+        .unwrap();
+    assert_eq!(call["exchange"]["expires_at"], exp);
+}
+
+/// An ES256 key for `STS_JWK`: the private JWK the provider signs with, and the same key for
+/// the test to sign the user's access token as the provider would have issued it.
+fn provider_key() -> (Value, jsonwebtoken::EncodingKey) {
+    use p256::pkcs8::EncodePrivateKey;
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "kid": "sts-fixed", "alg": "ES256",
+        "use": "sig", "x": b64.encode(point.x().unwrap()), "y": b64.encode(point.y().unwrap()),
+        "d": b64.encode(key.to_bytes()) });
+    let pem = key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    (jwk, encoding)
+}
+
+/// An `at+jwt` access token of the provider (signed with its key) with these claims.
+fn provider_token(key: &jsonwebtoken::EncodingKey, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("at+jwt".to_owned());
+    header.kid = Some("sts-fixed".to_owned());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+/// A caller whose token an EXTERNAL issuer issued: the same `oidc-provider` is both the
+/// `[[identity.issuers]]` entry Mandate admits the caller by and the `rfc8693` / `entra-obo`
+/// STS. The subject token of the exchange is the caller's own token (the provider verifies it:
+/// its own token, audience the exchanging client), the downstream sees the user, the downstream
+/// audience and Mandate as actor; the cached exchanged token is kept no longer than the caller's
+/// token lives; the caller's token reaches no downstream request, log line or audit record. An
+/// app-only token of the same provider is refused for `entra-obo` before the provider is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_callers_own_token_is_the_subject_token_at_the_sts() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ws = Workspace::new();
+    let sts_port = free_port();
+    let sts_issuer = format!("http://127.0.0.1:{sts_port}");
+    let protected = Protected::start(&ws, &format!("{sts_issuer}/jwks"), &sts_issuer);
+    let (jwk, key) = provider_key();
+    let mut sts = Sts::start_with(
+        &format!("http://{listen}"),
+        &[&protected.url],
+        "who.read who.list",
+        300,
+        sts_port,
+        &[("STS_JWK", &jwk.to_string())],
+    );
+    ws.write("sts-secret", SECRET);
+    ws.write(
+        "mandate.toml",
+        &format!(
+            r#"[server]
+listen = "{listen}"
+
+[[identity.issuers]]
+issuer = "{sts_issuer}"
+tenant = "acme"
+audiences = ["mandate", "mandate-post"]
+algorithms = ["ES256"]
+attributes = {{ idtyp = "idtyp" }}
+
+[[exchange]]
+name = "corp"
+kind = "rfc8693"
+token_endpoint = "{sts_issuer}/token"
+client_id = "mandate"
+client_secret_file = "sts-secret"
+
+[[exchange]]
+name = "entra"
+kind = "entra-obo"
+token_endpoint = "{sts_issuer}/token"
+client_id = "mandate-post"
+client_secret_file = "sts-secret"
+client_auth = "client_secret_post"
+"#
+        ),
+    );
+    protected_manifest(&ws, "protected", &protected.url, "exchange = \"corp\"");
+    protected_manifest(&ws, "entra", &protected.url, "exchange = \"entra\"");
+    ws.mission(
+        "corp/prod/who",
+        r#""corp/protected/whoami", { tool = "corp/entra/whoami", as = "whoami_entra" }"#,
+        "",
+    );
+    ws.pin();
+    let server = ws.serve_on(&listen);
+    let url = server.mission_url("corp/prod/who");
+    for _ in 0..100 {
+        let ready: Value = reqwest::get(format!("{}/readyz", server.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["issuers"][0]["ready"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The user's access token for Mandate (audience: Mandate's client ids at the provider),
+    // expiring in a minute, well before the provider's 5-minute tokens.
+    let caller_exp = now() + 60;
+    let alice = provider_token(
+        &key,
+        &json!({ "iss": sts_issuer, "sub": "alice@acme.example", "aud": ["mandate", "mandate-post"],
+            "client_id": "bot", "scope": "who.read", "iat": now(), "exp": caller_exp,
+            "jti": "alice-1" }),
+    );
+    let seen = call(&url, &alice, "whoami").await.unwrap();
+    assert_eq!(seen["iss"], sts_issuer.as_str());
+    assert_eq!(seen["sub"], "alice@acme.example");
+    assert_eq!(seen["aud"], protected.url.as_str());
+    assert_eq!(seen["act"], json!({ "sub": "mandate" }));
+    // The provider got the caller's own token as the subject token, not a Mandate assertion.
+    let stats = sts.stats().await;
+    assert_eq!(stats["grants"]["token_exchange"], 1, "{stats}");
+    assert_eq!(stats["subjects"], json!([alice]), "{stats}");
+
+    // Entra OBO: the caller's token is the assertion.
+    let obo = call(&url, &alice, "whoami_entra").await.unwrap();
+    assert_eq!(obo["sub"], "alice@acme.example");
+    assert_eq!(obo["aud"], protected.url.as_str());
+    assert_eq!(obo["act"], json!({ "sub": "mandate-post" }));
+    let stats = sts.stats().await;
+    assert_eq!(stats["grants"]["on_behalf_of"], 1, "{stats}");
+    assert_eq!(stats["subjects"], json!([alice, alice]), "{stats}");
+
+    // An app-only token of the same provider (no user: its subject is the client, `idtyp` app)
+    // is refused for Entra OBO with a clear error, before the provider is asked.
+    let requests_before = stats["token_requests"].clone();
+    let app = provider_token(
+        &key,
+        &json!({ "iss": sts_issuer, "sub": "bot", "aud": ["mandate", "mandate-post"],
+            "client_id": "bot", "idtyp": "app", "iat": now(), "exp": now() + 60,
+            "jti": "app-1" }),
+    );
+    let refused = call(&url, &app, "whoami_entra").await.unwrap_err();
+    assert!(
+        refused.contains("needs a user's token, and this caller's token is app-only"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("call with a token issued to a user"),
+        "{refused}"
+    );
+    // Entra's app-only tokens name the service principal as `sub` (not the client id): the
+    // `idtyp = app` claim (mapped to the attribute `idtyp`) marks them.
+    let principal = provider_token(
+        &key,
+        &json!({ "iss": sts_issuer, "sub": "5f1c-service-principal", "aud": ["mandate", "mandate-post"],
+            "client_id": "bot", "idtyp": "app", "iat": now(), "exp": now() + 60,
+            "jti": "app-2" }),
+    );
+    let refused = call(&url, &principal, "whoami_entra").await.unwrap_err();
+    assert!(
+        refused.contains("this caller's token is app-only"),
+        "{refused}"
+    );
+    let stats = sts.stats().await;
+    assert_eq!(stats["grants"]["on_behalf_of"], 1, "{stats}");
+    assert_eq!(stats["token_requests"], requests_before, "{stats}");
+
+    // The caller's token went to the provider only: never to the downstream, the log or the
+    // audit records.
+    let record = protected.raw_record();
+    assert!(!record.contains(&alice) && !record.contains(&app));
+    let log = server.log();
+    server.stop();
+    sts.stop();
+    assert!(!log.contains(&alice) && !log.contains(&app));
+    let records = audit_records(&ws);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(&alice) && !text.contains(&app));
+    // The provider's token lives 5 minutes; Mandate keeps it no longer than the caller's token.
+    assert!(seen["exp"].as_u64().unwrap() > caller_exp, "{seen}");
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "call" && r["outcome"] == "ok")
+        .collect();
+    assert_eq!(calls.len(), 2, "{records:?}");
+    for c in calls {
+        assert_eq!(c["subject"], "alice@acme.example");
+        assert_eq!(c["exchange"]["expires_at"], caller_exp, "{c}");
+    }
+}
+
+/// POSTs an MCP `initialize` to `url` with `token`: the HTTP status.
+async fn initialize_status(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The RFC 8693 grant of the embedded authorization server over HTTP, the success path: a
+/// registered agent authenticates with its client secret and exchanges a token issued to it for
+/// an audience-bound token of the user, which the real protected downstream (verifying with the
+/// broker's JWKS, audience itself) accepts, while it refuses the subject token itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_token_endpoint_exchanges_an_agents_token_for_a_downstream_token() {
+    let (ws, listen, broker, jwks) = embedded_workspace().await;
+    let protected = Protected::start(&ws, jwks.to_str().unwrap(), &broker);
+    protected_manifest(&ws, "protected", &protected.url, "exchange = \"embedded\"");
+    ws.mission("corp/prod/who", r#""corp/protected/whoami""#, "");
+    let mission = ws.path().join("missions/corp/prod/who.toml");
+    let text = std::fs::read_to_string(&mission)
+        .unwrap()
+        .replace("agents = [\"bot\"]", "agents = [\"bot\", \"sdk-bot\"]");
+    std::fs::write(&mission, text).unwrap();
+    let onboarded = ws.mandate(&[
+        "agents",
+        "onboard",
+        "sdk-bot",
+        "--tenant",
+        "acme",
+        "--owner",
+        "dana@acme.example",
+        "--mission",
+        "corp/prod/who",
+        "--json",
+    ]);
+    assert!(
+        onboarded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&onboarded.stderr)
+    );
+    let onboarded: Value = serde_json::from_slice(&onboarded.stdout).unwrap();
+    let secret = onboarded["client_secret"].as_str().unwrap().to_owned();
+    let (server, _, _) = pin_and_serve(&ws, &listen);
+    let subject = ws.token_for(
+        "alice@acme.example",
+        "acme",
+        "sdk-bot",
+        Some("corp/prod/who"),
+    );
+
+    let mut form = reqwest::Url::parse("http://form.invalid/").unwrap();
+    form.query_pairs_mut().extend_pairs([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", subject.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("resource", protected.url.as_str()),
+        ("scope", "who.read"),
+    ]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth/token", server.url))
+        .basic_auth("sdk-bot", Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.query().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{body}"
+    );
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in > 0 && expires_in <= 300, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let claims = jwt_payload(token);
+    assert_eq!(claims["iss"], broker.as_str());
+    assert_eq!(claims["sub"], "alice@acme.example");
+    assert_eq!(claims["aud"], protected.url.as_str());
+    assert_eq!(claims["scope"], "who.read");
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": broker, "client_id": "sdk-bot" })
+    );
+    // The downstream accepts the exchanged token and refuses the subject token (not its audience).
+    assert_eq!(initialize_status(&protected.url, token).await, 200);
+    assert_eq!(initialize_status(&protected.url, &subject).await, 401);
+    server.stop();
+}

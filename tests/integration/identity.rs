@@ -1175,3 +1175,122 @@ fn with_iss(claims: &Value, iss: &str) -> Value {
     c["iss"] = json!(iss);
     c
 }
+
+/// `typ = "JWT"`, the configuration for Entra ID, Okta and Keycloak (their access tokens carry
+/// `typ: JWT` or none), end to end: `JWT` (any case, with or without `application/`) and untyped
+/// access tokens are admitted and reach the downstream; an ID token (`nonce` or `at_hash`, the
+/// same `typ: JWT`), an RFC 9068 `at+jwt` token (not this issuer's type, including one the IdP
+/// itself issued) and an ID-JAG are refused with 401, audited with their reason, and never reach
+/// the downstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_with_typ_jwt_admits_jwt_and_untyped_access_tokens_and_refuses_id_tokens() {
+    let key = SigningKey::new("idp-es256");
+    let idp = Idp::start(&idp_config(&[&key], 0));
+    let ws = workspace(&idp, "typ = \"JWT\"");
+    let server = ws.serve();
+    wait_issuer_ready(&server).await;
+    let url = server.mission_url(MISSION);
+    let signer = key.encoding();
+    let t = now();
+    let claims = json!({"iss": idp.url, "sub": "bot", "aud": url, "exp": t + 300, "iat": t,
+        "jti": "j-typ", "client_id": "bot", "tenant": "acme", "scope": "mcp:tools"});
+    let header = |typ: Option<&str>| {
+        let mut h = json!({"alg": "ES256", "kid": "idp-es256"});
+        if let Some(typ) = typ {
+            h["typ"] = json!(typ);
+        }
+        h
+    };
+    let with = |field: &str, value: Value| {
+        let mut v = claims.clone();
+        v[field] = value;
+        v
+    };
+    let admitted = [
+        ("typ JWT", sign(&header(Some("JWT")), &claims, &signer)),
+        ("typ jwt", sign(&header(Some("jwt")), &claims, &signer)),
+        (
+            "typ application/jwt",
+            sign(&header(Some("application/jwt")), &claims, &signer),
+        ),
+        ("untyped", sign(&header(None), &claims, &signer)),
+    ];
+    let refused = [
+        (
+            "ID token with `nonce`",
+            sign(
+                &header(Some("JWT")),
+                &with("nonce", json!("n-0S6")),
+                &signer,
+            ),
+            "an ID token (`nonce`/`at_hash`)",
+        ),
+        (
+            "untyped ID token with `at_hash`",
+            sign(
+                &header(None),
+                &with("at_hash", json!("77QmUPtjPfzWtF2AnpK9RQ")),
+                &signer,
+            ),
+            "an ID token (`nonce`/`at_hash`)",
+        ),
+        (
+            "typ at+jwt",
+            sign(&header(Some("at+jwt")), &claims, &signer),
+            "not this issuer's access token type",
+        ),
+        (
+            "the IdP's own at+jwt access token",
+            idp.token("bot", SECRET, &url, None).await,
+            "not this issuer's access token type",
+        ),
+        (
+            "typ of an ID-JAG",
+            sign(&header(Some("oauth-id-jag+jwt")), &claims, &signer),
+            "`typ` is not an access token type",
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (what, token) in &admitted {
+        let r = call_request(&http, &url)
+            .bearer_auth(token)
+            .json(&call_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("INV-1001"), "{what}: {body}");
+    }
+    for (what, token, _) in &refused {
+        let r = call_request(&http, &url)
+            .bearer_auth(token)
+            .json(&call_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what} was not refused");
+        assert!(r.headers().get("www-authenticate").is_some(), "{what}");
+    }
+    server.stop();
+
+    let records = audit_records(&ws);
+    let calls = records.iter().filter(|r| r["kind"] == "call").count();
+    assert_eq!(
+        calls,
+        admitted.len(),
+        "only the admitted tokens reach the downstream"
+    );
+    let failures: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "auth_failure")
+        .collect();
+    for (what, _, reason) in &refused {
+        assert!(
+            failures
+                .iter()
+                .any(|r| r["detail"].as_str().unwrap_or_default().contains(reason)),
+            "{what}: no audit record says {reason}: {failures:#?}"
+        );
+    }
+}

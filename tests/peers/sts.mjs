@@ -20,7 +20,7 @@
 // Environment: STS_NODE_MODULES (the npm peers' node_modules), MANDATE_ISSUER, MANDATE_JWKS (URL), STS_TARGETS (space-separated), STS_SCOPES
 // (space-separated), STS_TTL (seconds, default 300), STS_SECRET (client secret of `mandate` and
 // `mandate-post`), STS_PKJWT_JWK (public JWK of the `private_key_jwt` client `mandate-pkjwt`),
-// STS_PORT (default: any free port). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts,
+// STS_PORT (default: any free port), STS_JWK (optional fixed private signing JWK, ES256). Prints `sts listening on <issuer>`. `GET /stats` returns the request counts,
 // every subject token / assertion it received and the actor tokens it verified.
 
 import http from 'node:http';
@@ -46,8 +46,13 @@ const secret = process.env.STS_SECRET || 'mandate-secret';
 const mandateIssuer = process.env.MANDATE_ISSUER;
 const mandateJwks = process.env.MANDATE_JWKS ? jose.createRemoteJWKSet(new URL(process.env.MANDATE_JWKS)) : null;
 
-const { privateKey } = await jose.generateKeyPair('ES256', { extractable: true });
-const jwk = { ...(await jose.exportJWK(privateKey)), kid: 'sts-es256', alg: 'ES256', use: 'sig' };
+// STS_JWK: a fixed private signing key (a test that plays the user's sign-in signs that user's
+// access token with it, as this provider would have); otherwise a fresh one.
+const fixed = process.env.STS_JWK ? JSON.parse(process.env.STS_JWK) : null;
+const privateKey = fixed
+  ? await jose.importJWK(fixed, 'ES256')
+  : (await jose.generateKeyPair('ES256', { extractable: true })).privateKey;
+const jwk = fixed ?? { ...(await jose.exportJWK(privateKey)), kid: 'sts-es256', alg: 'ES256', use: 'sig' };
 
 const stats = { token_requests: 0, grants: {}, subjects: [], actors: [] };
 
