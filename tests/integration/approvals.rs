@@ -681,3 +681,48 @@ fn serve_refuses_a_webhook_without_its_secret() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_permit_marked_approval_approver_holds_large_payments_until_approved_once() {
+    // No approval in the manifest: the mission's policy asks for one above a threshold.
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.write(
+        &format!("missions/{MISSION}.cedar"),
+        r#"@id("small") permit (principal, action == Action::"call:pay_invoice", resource) when { context.args.amount_cents <= 100000 };
+@id("large") @approval("approver") permit (principal, action == Action::"call:pay_invoice", resource) when { context.args.amount_cents > 100000 };
+"#,
+    );
+    ws.mission(MISSION, r#""finance/ledger/pay_invoice""#, "");
+    ws.write("mandate.toml", "[approvals]\nwait = \"300ms\"\n");
+    ws.pin();
+    let server = ws.serve();
+    let client = connect(&ws, &server).await;
+    let pay = |amount: u64| {
+        call(
+            "pay_invoice",
+            json!({ "invoice_id": "INV-1003", "amount_cents": amount }),
+        )
+    };
+
+    let small = client.call_tool(pay(5000)).await.unwrap();
+    assert_eq!(small.is_error, Some(false), "{}", text(&small));
+    let large = client.call_tool(pay(1_250_000)).await.unwrap();
+    let id = pending_id(&large);
+    let (ok, _, err) = cli(&ws, &["approvals", "approve", &id, "--reason", "CFO ok"]);
+    assert!(ok, "{err}");
+    let ran = client.call_tool(pay(1_250_000)).await.unwrap();
+    assert_eq!(ran.is_error, Some(false), "{}", text(&ran));
+    // Once: the identical call again needs a new approval.
+    let again = client.call_tool(pay(1_250_000)).await.unwrap();
+    assert_ne!(pending_id(&again), id);
+    client.cancel().await.unwrap();
+    server.stop();
+    let paid: Vec<Value> = audit_records(&ws)
+        .into_iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "pay_invoice" && r["outcome"] == "ok")
+        .collect();
+    assert_eq!(paid.len(), 2, "the small one and the approved one: {paid:#?}");
+    assert_eq!(paid[1]["policy"], format!("{MISSION}.cedar:large"), "{}", paid[1]);
+    assert!(approval_outcomes(&ws, &id).contains(&"approved".to_owned()));
+}
