@@ -227,7 +227,7 @@ const GENERATED_POLICIES: &str = r#"
 @id("fallback") permit (principal, action == Action::"call:get_invoice", resource)
   when { principal.scopes.isEmpty() && principal.tenant == "acme" };
 @id("handed-on-payments") forbid (principal, action == Action::"call:pay_invoice", resource)
-  when { context.chain.contains("a-bot") && context.args.amount_cents > 3000 };
+  when { context.chain.contains("z-bot") && context.args.amount_cents <= 3000 };
 @id("handoff-b") permit (principal, action == Action::"handoff", resource == Mission::"acme/prod/b")
   when { !context.chain.contains("z-bot") && context.time.hour >= 7 };
 @id("handoff-any") @approval("user") permit (principal, action == Action::"handoff", resource)

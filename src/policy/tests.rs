@@ -570,7 +570,7 @@ fn live_risk_counters_count_calls_per_agent_and_forget_after_a_minute() {
     let rt = runtime();
     let p = engine(
         &rt,
-        "permit (principal, action, resource) when { context.risk.calls_last_minute <= 2 };",
+        "permit (principal, action in Action::\"call\", resource) when { context.risk.calls_last_minute <= 2 };",
     )
     .unwrap();
     let c = caller(json!({}));
