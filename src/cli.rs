@@ -1429,14 +1429,12 @@ async fn serve(
                 verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
-                handoffs: Arc::new(
-                    crate::handoff::Handoffs::new(
-                        issuer.clone(),
-                        Arc::new(store.handoffs()?),
-                        &config,
-                        agents.clone(),
-                    ),
-                ),
+                handoffs: Arc::new(crate::handoff::Handoffs::new(
+                    issuer.clone(),
+                    Arc::new(store.handoffs()?),
+                    &config,
+                    agents.clone(),
+                )),
                 admin_token,
                 approvals: core.approvals.clone(),
                 quotas: core.quotas.clone(),

@@ -342,17 +342,29 @@ mod tests {
         let (audit, _writer) = Auditor::start(&store).unwrap();
         let q = Quotas::in_process(&audit);
         // Two agents, two tools: one user, one bucket.
-        assert!(q.check("m", &limits, &person("alice", "bot"), "get").is_ok());
-        assert!(q.check("m", &limits, &person("alice", "other"), "list").is_ok());
+        assert!(
+            q.check("m", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("alice", "other"), "list")
+                .is_ok()
+        );
         let refused = q
             .check("m", &limits, &person("alice", "third"), "pay")
             .unwrap_err();
         assert_eq!(refused.scope, "user `alice`");
         assert_eq!(refused.per_minute, 2);
-        assert!(refused.retry_after_secs >= 29 && refused.retry_after_secs <= 30, "{refused}");
+        assert!(
+            refused.retry_after_secs >= 29 && refused.retry_after_secs <= 30,
+            "{refused}"
+        );
         // Another user, and the same user on another mission, have their own.
         assert!(q.check("m", &limits, &person("bob", "bot"), "get").is_ok());
-        assert!(q.check("m2", &limits, &person("alice", "bot"), "get").is_ok());
+        assert!(
+            q.check("m2", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -367,16 +379,31 @@ mod tests {
         let store = crate::store::Store::open(dir.path()).unwrap();
         let (audit, _writer) = Auditor::start(&store).unwrap();
         let q = Quotas::in_process(&audit);
-        assert!(q.check("m", &limits, &person("alice", "bot"), "get").is_ok());
-        assert!(q.check("m", &limits, &person("bob", "other"), "list").is_ok());
-        assert!(q.check("m", &limits, &person("carol", "third"), "pay").is_ok());
+        assert!(
+            q.check("m", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("bob", "other"), "list")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("carol", "third"), "pay")
+                .is_ok()
+        );
         let refused = q
             .check("m", &limits, &person("dave", "fourth"), "get_supplier")
             .unwrap_err();
         assert_eq!(refused.scope, "mission");
         assert_eq!(refused.per_minute, 3);
-        assert!(refused.retry_after_secs >= 19 && refused.retry_after_secs <= 20, "{refused}");
+        assert!(
+            refused.retry_after_secs >= 19 && refused.retry_after_secs <= 20,
+            "{refused}"
+        );
         // Another mission is not affected.
-        assert!(q.check("m2", &limits, &person("dave", "fourth"), "get").is_ok());
+        assert!(
+            q.check("m2", &limits, &person("dave", "fourth"), "get")
+                .is_ok()
+        );
     }
 }

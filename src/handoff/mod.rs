@@ -5,8 +5,8 @@
 //! A handoff downstream is an MCP server that is itself an agent (its tool manifest says
 //! `[auth] exchange = "handoff"`, `mission = "<B>"`, `agent = "<B's agent>"`), used by a mission A
 //! that lists B in `handoffs` and whose policies permit the Cedar action `handoff` to B (decided
-with the call, in the policy stage, before anything is minted: [`crate::policy::authorize`]).
-When A's call goes to it, [`Handoffs::mint`] issues a token with
+//! with the call, in the policy stage, before anything is minted: [`crate::policy::authorize`]).
+//! When A's call goes to it, [`Handoffs::mint`] issues a token with
 //! `sub` = the user, `azp` = B's agent (the intended recipient), `act` = A's agent nesting the
 //! caller's own chain, `aud` = B's mission resource URL, `exp` ≤ 5 minutes, and records its `jti`
 //! in the ledger first ([`Record`]: user, tenant, from and to mission, actor chain, issued,

@@ -461,9 +461,16 @@ fn the_handoff_action_is_decided_on_the_target_mission() {
     let d = all.decide_handoff(&q(alice), "acme/prod/b");
     assert!(d.allow, "{d:?}");
     // Calls only: a handoff is not a call (deny by default, no policy named).
-    let calls = engine(&rt, "permit (principal, action in Action::\"call\", resource);").unwrap();
+    let calls = engine(
+        &rt,
+        "permit (principal, action in Action::\"call\", resource);",
+    )
+    .unwrap();
     let d = calls.decide_handoff(&q(alice), "acme/prod/b");
-    assert!(!d.allow && d.policies.is_empty() && d.errors.is_empty(), "{d:?}");
+    assert!(
+        !d.allow && d.policies.is_empty() && d.errors.is_empty(),
+        "{d:?}"
+    );
     // A forbid on one target mission names itself; other targets pass.
     let text = "permit (principal, action, resource);\n@id(\"not-to-b\") forbid (principal, action == Action::\"handoff\", resource == Mission::\"acme/prod/b\");";
     let p = engine(&rt, text).unwrap();
@@ -507,7 +514,10 @@ fn policies_see_the_agent_s_owner_and_status_and_the_caller_s_region() {
     let rt = runtime();
     let text = "permit (principal, action, resource) when { context.agent has status && context.agent.status == \"active\" && context.agent has owner && context.agent.owner == \"bob@acme.example\" && context has region && context.region == \"eu-west-1\" };";
     let p = engine(&rt, text).unwrap();
-    let args = json!({"invoice_id": "INV-1001"}).as_object().cloned().unwrap();
+    let args = json!({"invoice_id": "INV-1001"})
+        .as_object()
+        .cloned()
+        .unwrap();
     let facts = |owner: &str, status: &str| {
         Some(AgentFacts {
             owner: Some(owner.into()),
@@ -577,6 +587,12 @@ fn live_risk_counters_count_calls_per_agent_and_forget_after_a_minute() {
     let args = json!({"invoice_id": "INV-1001"});
     assert!(decide(&p, &c, "get_invoice", args.clone(), t0).allow);
     assert!(decide(&p, &c, "get_invoice", args.clone(), t0 + 1).allow);
-    assert!(!decide(&p, &c, "get_invoice", args.clone(), t0 + 2).allow, "third call in a minute");
-    assert!(decide(&p, &c, "get_invoice", args, t0 + 120).allow, "a minute later");
+    assert!(
+        !decide(&p, &c, "get_invoice", args.clone(), t0 + 2).allow,
+        "third call in a minute"
+    );
+    assert!(
+        decide(&p, &c, "get_invoice", args, t0 + 120).allow,
+        "a minute later"
+    );
 }

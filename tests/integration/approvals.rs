@@ -700,7 +700,11 @@ async fn a_permit_marked_approval_approver_holds_large_payments_until_approved_o
     let client = connect(&ws, &server).await;
     // The ledger's approved invoices: INV-1005 (215 075 cents), INV-1003 (1 250 000 cents).
     let pay = |amount: u64| {
-        let invoice = if amount > 1_000_000 { "INV-1003" } else { "INV-1005" };
+        let invoice = if amount > 1_000_000 {
+            "INV-1003"
+        } else {
+            "INV-1005"
+        };
         call(
             "pay_invoice",
             json!({ "invoice_id": invoice, "amount_cents": amount }),
@@ -724,8 +728,17 @@ async fn a_permit_marked_approval_approver_holds_large_payments_until_approved_o
         .into_iter()
         .filter(|r| r["kind"] == "call" && r["tool"] == "pay_invoice" && r["outcome"] == "ok")
         .collect();
-    assert_eq!(paid.len(), 2, "the small one and the approved one: {paid:#?}");
-    assert_eq!(paid[1]["policy"], format!("{MISSION}.cedar:large"), "{}", paid[1]);
+    assert_eq!(
+        paid.len(),
+        2,
+        "the small one and the approved one: {paid:#?}"
+    );
+    assert_eq!(
+        paid[1]["policy"],
+        format!("{MISSION}.cedar:large"),
+        "{}",
+        paid[1]
+    );
     assert!(approval_outcomes(&ws, &id).contains(&"approved".to_owned()));
 }
 

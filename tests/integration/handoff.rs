@@ -644,7 +644,10 @@ async fn a_s_policy_decides_the_handoff_before_a_token_is_minted() {
         )),
         "{text}"
     );
-    assert!(!text.contains("not-to-b"), "no policy ids reach the caller: {text}");
+    assert!(
+        !text.contains("not-to-b"),
+        "no policy ids reach the caller: {text}"
+    );
     assert_eq!(listed.is_error, Some(false), "{listed:?}");
     server.stop();
     let records = audit_records(&s.ws);
@@ -655,9 +658,9 @@ async fn a_s_policy_decides_the_handoff_before_a_token_is_minted() {
     assert_eq!(denial["policy"], format!("{A}.cedar:not-to-b"), "{denial}");
     assert!(denial["handoff"].is_null(), "no token was minted");
     assert!(
-        records_of(&records, B)
-            .iter()
-            .all(|r| !["call", "denial", "auth_failure"].contains(&r["kind"].as_str().unwrap_or(""))),
+        records_of(&records, B).iter().all(
+            |r| !["call", "denial", "auth_failure"].contains(&r["kind"].as_str().unwrap_or(""))
+        ),
         "nothing reached B: {records:#?}"
     );
 }
@@ -685,9 +688,8 @@ async fn suspending_a_s_agent_while_b_holds_the_token_refuses_b_s_call() {
     })
     .await;
     // Through the running broker's admin API.
-    let out = s
-        .ws
-        .mandate(&["agents", "suspend", "a-bot", "--reason", "investigation"]);
+    let out =
+        s.ws.mandate(&["agents", "suspend", "a-bot", "--reason", "investigation"]);
     assert!(
         out.status.success(),
         "{}",
@@ -732,19 +734,16 @@ async fn b_s_policy_refuses_a_user_it_does_not_serve_even_through_a_handoff() {
     );
     let server = s.serve();
     let ask = json!({ "tool": "get_invoice", "arguments": { "invoice_id": "INV-1001" } });
-    let sales = s
-        .ws
-        .agent_token_with("sam@acme.example", "a-bot", A, &["department=sales"]);
+    let sales =
+        s.ws.agent_token_with("sam@acme.example", "a-bot", A, &["department=sales"]);
     let attempts = hand_to_b(&server, &sales, ask.clone()).await;
     assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
-    let finance = s
-        .ws
-        .agent_token_with("fay@acme.example", "a-bot", A, &["department=finance"]);
+    let finance =
+        s.ws.agent_token_with("fay@acme.example", "a-bot", A, &["department=finance"]);
     let attempts = hand_to_b(&server, &finance, ask).await;
     assert_eq!(attempts[0]["ok"], true, "{attempts:?}");
     assert_eq!(
-        attempts[0]["result"]["structuredContent"]["id"],
-        "INV-1001",
+        attempts[0]["result"]["structuredContent"]["id"], "INV-1001",
         "{attempts:?}"
     );
     server.stop();

@@ -689,9 +689,23 @@ impl Workspace {
 
 impl Workspace {
     /// `mandate token` for `agent` on `mission` with extra `--attr key=value` claims.
-    pub fn agent_token_with(&self, sub: &str, agent: &str, mission: &str, attrs: &[&str]) -> String {
+    pub fn agent_token_with(
+        &self,
+        sub: &str,
+        agent: &str,
+        mission: &str,
+        attrs: &[&str],
+    ) -> String {
         let mut args = vec![
-            "token", "--sub", sub, "--tenant", "acme", "--agent", agent, "--mission", mission,
+            "token",
+            "--sub",
+            sub,
+            "--tenant",
+            "acme",
+            "--agent",
+            agent,
+            "--mission",
+            mission,
         ];
         for a in attrs {
             args.extend(["--attr", a]);
