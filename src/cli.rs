@@ -1366,7 +1366,12 @@ async fn serve(
     let sweeper = agents.spawn_sweeper(config.settings.agents.clone(), shutdown.clone());
     let housekeeping = spawn_housekeeping(
         core.approvals.clone(),
-        crate::handoff::Handoffs::new(issuer.clone(), Arc::new(store.handoffs()?), &config),
+        crate::handoff::Handoffs::new(
+            issuer.clone(),
+            Arc::new(store.handoffs()?),
+            &config,
+            agents.clone(),
+        ),
         shutdown.clone(),
     );
     // Suspension and offboarding act at once: the agent's cached downstream tokens go too.
@@ -1424,14 +1429,12 @@ async fn serve(
                 verifier: verifier.clone(),
                 pool: pool.clone(),
                 missions: states.clone(),
-                handoffs: Arc::new(
-                    crate::handoff::Handoffs::new(
-                        issuer.clone(),
-                        Arc::new(store.handoffs()?),
-                        &config,
-                    )
-                    .with_agents(agents.clone()),
-                ),
+                handoffs: Arc::new(crate::handoff::Handoffs::new(
+                    issuer.clone(),
+                    Arc::new(store.handoffs()?),
+                    &config,
+                    agents.clone(),
+                )),
                 admin_token,
                 approvals: core.approvals.clone(),
                 quotas: core.quotas.clone(),

@@ -310,4 +310,100 @@ mod tests {
                 .is_ok()
         );
     }
+
+    fn person(subject: &str, agent: &str) -> Caller {
+        Caller {
+            issuer: "i".into(),
+            subject: subject.into(),
+            tenant: "acme".into(),
+            agent: agent.into(),
+            roles: vec![],
+            token_id: "t".into(),
+            audience: "a".into(),
+            expires_at: 0,
+            scopes: vec![],
+            attributes: Default::default(),
+            act: None,
+            actors: vec![],
+            token: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_bucket_spans_the_user_s_agents_and_tools() {
+        let limits = Limits {
+            calls_per_minute: None,
+            per_agent: None,
+            per_user: Some(2),
+            per_tool: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (audit, _writer) = Auditor::start(&store).unwrap();
+        let q = Quotas::in_process(&audit);
+        // Two agents, two tools: one user, one bucket.
+        assert!(
+            q.check("m", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("alice", "other"), "list")
+                .is_ok()
+        );
+        let refused = q
+            .check("m", &limits, &person("alice", "third"), "pay")
+            .unwrap_err();
+        assert_eq!(refused.scope, "user `alice`");
+        assert_eq!(refused.per_minute, 2);
+        assert!(
+            refused.retry_after_secs >= 29 && refused.retry_after_secs <= 30,
+            "{refused}"
+        );
+        // Another user, and the same user on another mission, have their own.
+        assert!(q.check("m", &limits, &person("bob", "bot"), "get").is_ok());
+        assert!(
+            q.check("m2", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mission_bucket_spans_every_user_agent_and_tool() {
+        let limits = Limits {
+            calls_per_minute: Some(3),
+            per_agent: Some(10),
+            per_user: Some(10),
+            per_tool: Some(10),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (audit, _writer) = Auditor::start(&store).unwrap();
+        let q = Quotas::in_process(&audit);
+        assert!(
+            q.check("m", &limits, &person("alice", "bot"), "get")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("bob", "other"), "list")
+                .is_ok()
+        );
+        assert!(
+            q.check("m", &limits, &person("carol", "third"), "pay")
+                .is_ok()
+        );
+        let refused = q
+            .check("m", &limits, &person("dave", "fourth"), "get_supplier")
+            .unwrap_err();
+        assert_eq!(refused.scope, "mission");
+        assert_eq!(refused.per_minute, 3);
+        assert!(
+            refused.retry_after_secs >= 19 && refused.retry_after_secs <= 20,
+            "{refused}"
+        );
+        // Another mission is not affected.
+        assert!(
+            q.check("m2", &limits, &person("dave", "fourth"), "get")
+                .is_ok()
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! webhook that tells a ticketing system about new requests ([`webhook`]).
 //!
 //! A call needs approval when its tool's manifest says `approval = "approver"` (or `"user"`), or
-//! a permitting policy asks for it ([`Authorized::approval_required`]). An `approver` request is
+//! a permitting policy asks for it ([`Authorized::approval_required`]; the stricter of the two
+//! holds, `approver` over `user`: a policy never lowers the manifest's). An `approver` request is
 //! bound to the digest of the exact call ([`call_digest`]: the user, agent, mission, tool, the
 //! RFC 8785 canonical arguments and the policy version), expires after `[approvals] ttl`, and
 //! approves one call: the identical call, retried after the approval, runs once; anything else

@@ -242,7 +242,9 @@ impl Reject {
                 "mandate could not get a token for tool `{tool}`: {e}"
             )),
             // The agent reads why its handoff was refused (the edge, the depth) and can adapt.
-            Reject::Handoff(_) => Answer::ToolError(self.to_string()),
+            Reject::Handoff(_) | Reject::Policy(PolicyDenied::Handoff { .. }) => {
+                Answer::ToolError(self.to_string())
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! A handoff downstream is an MCP server that is itself an agent (its tool manifest says
 //! `[auth] exchange = "handoff"`, `mission = "<B>"`, `agent = "<B's agent>"`), used by a mission A
-//! that lists B in `handoffs`. When A's call goes to it, [`Handoffs::mint`] issues a token with
+//! that lists B in `handoffs` and whose policies permit the Cedar action `handoff` to B (decided
+//! with the call, in the policy stage, before anything is minted: [`crate::policy::authorize`]).
+//! When A's call goes to it, [`Handoffs::mint`] issues a token with
 //! `sub` = the user, `azp` = B's agent (the intended recipient), `act` = A's agent nesting the
 //! caller's own chain, `aud` = B's mission resource URL, `exp` ≤ 5 minutes, and records its `jti`
 //! in the ledger first ([`Record`]: user, tenant, from and to mission, actor chain, issued,
@@ -191,27 +193,27 @@ pub struct Handoffs {
     missions: BTreeMap<String, Mission>,
     public_url: String,
     /// The agent registry: every actor of a chain must be registered, active and onboarded for
-    /// the mission it acted in (`None` only in unit tests without a registry).
-    agents: Option<Arc<crate::agents::Registry>>,
+    /// the mission it acted in. Always there: a chain is never admitted unchecked.
+    agents: Arc<crate::agents::Registry>,
 }
 
 impl Handoffs {
-    pub fn new(issuer: Arc<Issuer>, ledger: Arc<dyn HandoffStore>, config: &Config) -> Self {
+    /// Every actor of a chain is checked against `agents`, the agent registry (a suspended or
+    /// offboarded agent anywhere in the chain refuses the call).
+    pub fn new(
+        issuer: Arc<Issuer>,
+        ledger: Arc<dyn HandoffStore>,
+        config: &Config,
+        agents: Arc<crate::agents::Registry>,
+    ) -> Self {
         Self {
             issuer,
             ledger,
             settings: config.settings.handoff,
             missions: config.missions.clone(),
             public_url: config.settings.public_url.clone(),
-            agents: None,
+            agents,
         }
-    }
-
-    /// Checks every actor of a chain against the agent registry (a suspended or offboarded
-    /// agent anywhere in the chain refuses the call).
-    pub fn with_agents(mut self, agents: Arc<crate::agents::Registry>) -> Self {
-        self.agents = Some(agents);
-        self
     }
 
     /// Forgets ledger records a day past their token's expiry: a later hop's token, minted
@@ -233,12 +235,9 @@ impl Handoffs {
 
     /// Whether `agent` is registered, active and onboarded for `mission`, where it acted.
     fn actor_active(&self, agent: &str, mission: &str) -> bool {
-        match &self.agents {
-            Some(registry) => registry
-                .admit(agent, mission, crate::authn::unix_now())
-                .is_ok(),
-            None => !agent.is_empty(),
-        }
+        self.agents
+            .admit(agent, mission, crate::authn::unix_now())
+            .is_ok()
     }
 
     /// Mints the handoff token for `caller`'s call on mission `from` to the agent `target`.

@@ -102,14 +102,30 @@ mod ledger {
         verifier: Verifier,
     }
 
-    fn fixture() -> Fixture {
+    /// The agent registry with every agent the missions declare registered and active.
+    async fn registry(store: &Store) -> Arc<crate::agents::Registry> {
+        let (audit, _writer) =
+            crate::audit::Auditor::start(store).unwrap_or_else(|e| unreachable!("{e}"));
+        let agents = store.agents().unwrap_or_else(|e| unreachable!("{e}"));
+        let registry = crate::agents::Registry::load(Arc::new(agents), audit)
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        registry
+            .register_declared(&config())
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        registry
+    }
+
+    async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
         let store = Store::open(dir.path()).unwrap_or_else(|e| unreachable!("{e}"));
         let issuer =
             Arc::new(Issuer::load_or_create(&store, URL).unwrap_or_else(|e| unreachable!("{e}")));
         let ledger = Arc::new(store.handoffs().unwrap_or_else(|e| unreachable!("{e}")));
+        let agents = registry(&store).await;
         Fixture {
-            handoffs: Handoffs::new(issuer.clone(), ledger, &config()),
+            handoffs: Handoffs::new(issuer.clone(), ledger, &config(), agents),
             verifier: Verifier::new(issuer, &[]).unwrap_or_else(|e| unreachable!("{e}")),
             _dir: dir,
         }
@@ -145,7 +161,7 @@ mod ledger {
 
     #[tokio::test]
     async fn a_handoff_is_used_once_re_verified_hop_by_hop_and_bounded_in_depth() {
-        let f = fixture();
+        let f = fixture().await;
         let a = user_of_a();
         let mut a = a;
         a.attributes = [
@@ -227,7 +243,7 @@ mod ledger {
 
     #[tokio::test]
     async fn act_that_the_ledger_did_not_issue_is_refused() {
-        let f = fixture();
+        let f = fixture().await;
         // A token of another issuer claiming a chain.
         let mut foreign = user_of_a();
         foreign.issuer = "https://idp.example".into();
@@ -264,7 +280,7 @@ mod ledger {
         let issuer =
             Arc::new(Issuer::load_or_create(&store, URL).unwrap_or_else(|e| unreachable!("{e}")));
         let ledger = Arc::new(store.handoffs().unwrap_or_else(|e| unreachable!("{e}")));
-        let handoffs = Handoffs::new(issuer, ledger.clone(), &config());
+        let handoffs = Handoffs::new(issuer, ledger.clone(), &config(), registry(&store).await);
         let now = crate::authn::unix_now();
         let record = |expires: u64| {
             serde_json::to_vec(&Record {

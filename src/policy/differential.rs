@@ -226,6 +226,14 @@ const GENERATED_POLICIES: &str = r#"
   when { context.agent == Agent::"rogue-bot" && !principal.roles.contains("lead") };
 @id("fallback") permit (principal, action == Action::"call:get_invoice", resource)
   when { principal.scopes.isEmpty() && principal.tenant == "acme" };
+@id("handed-on-payments") forbid (principal, action == Action::"call:pay_invoice", resource)
+  when { context.chain.contains("z-bot") && context.args.amount_cents <= 3000 };
+@id("handoff-b") permit (principal, action == Action::"handoff", resource == Mission::"acme/prod/b")
+  when { !context.chain.contains("z-bot") && context.time.hour >= 7 };
+@id("handoff-any") @approval("user") permit (principal, action == Action::"handoff", resource)
+  when { principal has department && principal.department == "finance" };
+@id("no-rogue-handoff") forbid (principal, action == Action::"handoff", resource)
+  when { context.agent == Agent::"rogue-bot" || (context has region && context.region == "us-east-1") };
 "#;
 
 #[test]
@@ -240,6 +248,7 @@ fn generated_requests_decide_as_cedar_does() {
     ];
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     let mut tally = Tally::default();
+    let mut handoffs = Tally::default();
     for i in 0..400 {
         let mut c = caller(json!({}));
         c.subject = (*rng.pick(&[
@@ -255,6 +264,17 @@ fn generated_requests_decide_as_cedar_does() {
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
         c.token_id = String::new();
+        // A direct call, or one handed on once or twice (`context.chain`).
+        let actor = |agent: &str| crate::handoff::Actor {
+            agent: agent.into(),
+            mission: format!("acme/prod/{agent}"),
+            handoff: None,
+        };
+        c.actors = match rng.below(3) {
+            0 => vec![],
+            1 => vec![actor("a-bot")],
+            _ => vec![actor("z-bot"), actor("a-bot")],
+        };
         let mut attrs = serde_json::Map::new();
         let mut groups = rng.subset(&["ap", "auditors"]);
         for rare in ["contractors", "ghosts", "risky"] {
@@ -318,14 +338,24 @@ fn generated_requests_decide_as_cedar_does() {
         };
         let q = query(&c, tool, &args, now, risk);
         let what = format!(
-            "request {i}: {tool} {args:?} by {} ({:?}, {:?}) via {} at {now}, {risk:?}",
-            c.subject, c.roles, c.attributes, c.agent
+            "request {i}: {tool} {args:?} by {} ({:?}, {:?}) via {} after {:?} at {now}, {risk:?}",
+            c.subject, c.roles, c.attributes, c.agent, c.actors
         );
         tally.same(&p.decide(&q), &p.reference(&q), &what);
+        let to = *rng.pick(&["acme/prod/b", "acme/prod/c"]);
+        handoffs.same(
+            &p.decide_handoff(&q, to),
+            &p.reference_handoff(&q, to),
+            &format!("handoff to {to} of {what}"),
+        );
     }
     assert!(
         tally.allow >= 40 && tally.deny >= 40 && tally.errors >= 5 && tally.approvals >= 5,
         "{tally:?}"
+    );
+    assert!(
+        handoffs.allow >= 40 && handoffs.deny >= 40 && handoffs.approvals >= 5,
+        "{handoffs:?}"
     );
 }
 

@@ -84,8 +84,18 @@ struct Constants {
     agent: ast::EntityType,
     /// `context.mission`.
     mission: ast::Value,
-    /// `context.chain` (no actor chain yet).
+    /// `context.chain` of a direct call (no earlier actors): built once, so a call without a
+    /// handoff allocates nothing for it.
     chain: ast::Value,
+}
+
+/// The `handoff` action: decided when a call of this mission hands work to another mission
+/// (the resource is the receiving `Mission`, known only per call).
+struct HandoffEntry {
+    action: EntityUid,
+    /// The policies whose action scope can match `Action::"handoff"`.
+    slice: PolicySet,
+    fast: fast::Slice,
 }
 
 struct Types {
@@ -108,6 +118,7 @@ pub struct MissionPolicy {
     file: Option<PathBuf>,
     entities: Entities,
     tools: BTreeMap<String, ToolEntry>,
+    handoff: HandoffEntry,
     /// The missions naming each agent (for `Agent.missions`).
     agent_missions: HashMap<String, Vec<EntityUid>>,
     types: Types,
@@ -327,6 +338,30 @@ impl MissionPolicy {
                 core(&entities),
             );
         }
+        let handoff_action = uid(&action_type, "handoff");
+        let mut handoff = HandoffEntry {
+            action: handoff_action.clone(),
+            slice: PolicySet::new(),
+            fast: fast::Slice::default(),
+        };
+        for p in policies.policies() {
+            let applies = match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => a == handoff_action,
+                ActionConstraint::In(list) => list.contains(&handoff_action),
+            };
+            if applies {
+                handoff
+                    .slice
+                    .add(p.clone())
+                    .map_err(|e| internal(e.to_string()))?;
+            }
+        }
+        handoff.fast = fast::Slice::new(
+            &handoff.slice,
+            AsRef::<ast::EntityUID>::as_ref(&handoff.action),
+            core(&entities),
+        );
         let constants = Constants {
             user: AsRef::<ast::EntityType>::as_ref(&types.user).clone(),
             agent: AsRef::<ast::EntityType>::as_ref(&types.agent).clone(),
@@ -353,6 +388,7 @@ impl MissionPolicy {
             file: path,
             entities,
             tools: entries,
+            handoff,
             agent_missions,
             types,
             constants,
@@ -508,10 +544,14 @@ impl MissionPolicy {
 
     /// The call's context, built directly as Cedar values: the constant parts were built at
     /// load; the arguments are typed from the tool's pinned input schema ([`schema::record`]).
+    ///
+    /// `args`: the tool's argument fields (`None` for the `handoff` action, whose context has no
+    /// `args`). `context.chain` is the agents of the verified earlier hops (`Caller::actors`),
+    /// most recent first as a set; empty (the constant) for a direct call.
     fn context(
         &self,
         q: &Query<'_>,
-        entry: &ToolEntry,
+        args: Option<&[Field]>,
         risk: RiskSignals,
     ) -> Result<ast::Context, schema::ArgError> {
         let time = super::clock::time(q.now);
@@ -538,7 +578,18 @@ impl MissionPolicy {
                 None,
             ),
         );
-        pairs.insert("chain".into(), k.chain.clone());
+        let chain = if q.caller.actors.is_empty() {
+            k.chain.clone()
+        } else {
+            ast::Value::set(
+                q.caller
+                    .actors
+                    .iter()
+                    .map(|a| ast::Value::from(a.agent.as_str())),
+                None,
+            )
+        };
+        pairs.insert("chain".into(), chain);
         pairs.insert(
             "risk".into(),
             ast::Value::record(
@@ -552,7 +603,9 @@ impl MissionPolicy {
                 None,
             ),
         );
-        pairs.insert("args".into(), schema::record(&entry.args, q.arguments)?);
+        if let Some(args) = args {
+            pairs.insert("args".into(), schema::record(args, q.arguments)?);
+        }
         if let Some(region) = q
             .caller
             .attributes
@@ -577,7 +630,8 @@ impl MissionPolicy {
     fn request(
         &self,
         q: &Query<'_>,
-        entry: &ToolEntry,
+        action: &EntityUid,
+        resource: &EntityUid,
         context: ast::Context,
     ) -> Result<ast::Request, String> {
         let principal = ast::EntityUID::from_components(
@@ -585,8 +639,8 @@ impl MissionPolicy {
             ast::Eid::new(q.caller.subject.as_str()),
             None,
         );
-        let action = AsRef::<ast::EntityUID>::as_ref(&entry.action).clone();
-        let resource = AsRef::<ast::EntityUID>::as_ref(&entry.uid).clone();
+        let action = AsRef::<ast::EntityUID>::as_ref(action).clone();
+        let resource = AsRef::<ast::EntityUID>::as_ref(resource).clone();
         if cfg!(debug_assertions) {
             let schema: &ValidatorSchema = self.schema.as_ref();
             ast::Request::new(
@@ -616,9 +670,42 @@ impl MissionPolicy {
         let risk = q
             .risk
             .unwrap_or_else(|| self.rates.record(&q.caller.agent, q.now));
-        let context = self.context(q, entry, risk).map_err(|e| e.to_string())?;
-        let request = self.request(q, entry, context)?;
+        let context = self
+            .context(q, Some(&entry.args), risk)
+            .map_err(|e| e.to_string())?;
+        let request = self.request(q, &entry.action, &entry.uid, context)?;
         Ok((entry, request, self.entities_for(q)?))
+    }
+
+    /// The request and entity store of a handoff to mission `to` (the live risk signals are
+    /// read, not counted: the call handing on was counted by its own decision).
+    fn prepare_handoff(
+        &self,
+        q: &Query<'_>,
+        to: &str,
+    ) -> Result<(ast::Request, Arc<Entities>), String> {
+        let risk = q
+            .risk
+            .unwrap_or_else(|| self.rates.read(&q.caller.agent, q.now));
+        let context = self.context(q, None, risk).map_err(|e| e.to_string())?;
+        let resource = uid(&self.types.mission, to);
+        let request = self.request(q, &self.handoff.action, &resource, context)?;
+        Ok((request, self.entities_for(q)?))
+    }
+
+    /// Decides whether the caller's call may hand work to mission `to` (Cedar action
+    /// `handoff`, resource `Mission::"<to>"`, the call's context without `args`). Fails
+    /// closed: no permit → deny; any error → deny. `q.tool` is not used.
+    pub fn decide_handoff(&self, q: &Query<'_>, to: &str) -> Decision {
+        match self.prepare_handoff(q, to) {
+            Ok((request, entities)) => self.handoff.fast.decide(request, core(&entities)),
+            Err(error) => Decision {
+                allow: false,
+                policies: Vec::new(),
+                errors: vec![error],
+                approval: None,
+            },
+        }
     }
 
     /// Decides one call. Fails closed: no permit → deny; any error → deny.
@@ -776,10 +863,10 @@ impl MissionPolicy {
             calls_last_minute: 1,
             baseline_percent: 100,
         };
-        let context = self.context(q, entry, risk).unwrap();
+        let context = self.context(q, Some(&entry.args), risk).unwrap();
         let b = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
-        let request = self.request(q, entry, context).unwrap();
+        let request = self.request(q, &entry.action, &entry.uid, context).unwrap();
         let c = t.elapsed().as_nanos();
         let t = std::time::Instant::now();
         let d = entry.fast.decide(request, core(&entities));
@@ -808,6 +895,29 @@ impl MissionPolicy {
             .authorizer
             .is_authorized(&request, &entry.slice, &entities);
         cedar_decision(&response, &entry.slice)
+    }
+}
+
+#[cfg(test)]
+impl MissionPolicy {
+    /// [`MissionPolicy::reference`] for [`MissionPolicy::decide_handoff`].
+    pub(crate) fn reference_handoff(&self, q: &Query<'_>, to: &str) -> Decision {
+        let (request, entities) = match self.prepare_handoff(q, to) {
+            Ok(x) => x,
+            Err(error) => {
+                return Decision {
+                    allow: false,
+                    policies: Vec::new(),
+                    errors: vec![error],
+                    approval: None,
+                };
+            }
+        };
+        let request = cedar_policy::Request::from(request);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.handoff.slice, &entities);
+        cedar_decision(&response, &self.handoff.slice)
     }
 }
 

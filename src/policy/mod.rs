@@ -72,15 +72,11 @@ impl Authorized {
         &self.policies
     }
     /// Whether the call needs approval before it runs, and by whom: `approver` (a human
-    /// approver) or `user` (the user, in their own client) — from a permitting policy's
-    /// `@approval(...)`, else from the tool's manifest (`approval = "approver" | "user"`).
+    /// approver) or `user` (the user, in their own client) — the strictest of a permitting
+    /// policy's `@approval(...)` and the tool's manifest (`approval = "approver" | "user"`):
+    /// a policy can add or raise an approval, never lower the manifest's.
     pub fn approval_required(&self) -> Option<&str> {
-        self.approval
-            .as_deref()
-            .or(match self.tool().spec.approval.as_str() {
-                "none" => None,
-                mode => Some(mode),
-            })
+        self.approval.as_deref()
     }
     /// The mission the call was checked against.
     pub fn mission(&self) -> &Arc<MissionRuntime> {
@@ -111,6 +107,16 @@ pub enum PolicyDenied {
     /// The decision could not be evaluated: fail closed.
     #[error("denied by policy: evaluation error: {}", errors.join("; "))]
     Error { errors: Vec<String> },
+    /// The call would hand work to mission `to`, and no policy of this mission permits the
+    /// Cedar action `handoff` to it (or one forbids it, or it could not be evaluated).
+    #[error(
+        "denied by policy: this mission's policies do not permit handing work to mission `{to}`: the mission owner must permit `Action::\"handoff\"` to it"
+    )]
+    Handoff {
+        to: String,
+        policies: Vec<String>,
+        errors: Vec<String>,
+    },
 }
 
 impl PolicyDenied {
@@ -119,7 +125,9 @@ impl PolicyDenied {
         match self {
             PolicyDenied::ReasoningRequired(_) => REASONING_POLICY.into(),
             PolicyDenied::WrongMission => SCOPE_POLICY.into(),
-            PolicyDenied::Tool { policies } | PolicyDenied::Call { policies } => {
+            PolicyDenied::Tool { policies }
+            | PolicyDenied::Call { policies }
+            | PolicyDenied::Handoff { policies, .. } => {
                 if policies.is_empty() {
                     DEFAULT_DENY.into()
                 } else {
@@ -176,8 +184,19 @@ pub fn visible(mission: &MissionRuntime, caller: &Caller, tool: &str) -> bool {
     mission.policy.could_permit(caller, tool)
 }
 
+/// The strictest of the approvals a permit and a tool manifest ask for (`approver` over `user`
+/// over none; the manifest's `"none"` asks for none).
+pub fn strictest_approval(policy: Option<&str>, manifest: &str) -> Option<String> {
+    let manifest = match manifest {
+        "none" => None,
+        mode => Some(mode),
+    };
+    fast::strictest_approval([policy, manifest].into_iter())
+}
+
 /// Stage 4: decide. The call must be for this mission (permits are bound to theirs); the
-/// mission's reasoning rule, then Cedar.
+/// mission's reasoning rule, then Cedar: the call, and when the tool's downstream is another
+/// mission's agent, the `handoff` to that mission (before any handoff token is minted).
 pub fn authorize(
     mission: &MissionRuntime,
     valid: Valid,
@@ -197,7 +216,7 @@ pub fn authorize(
         }
     }
     let caller = valid.caller().clone();
-    let decision = mission.policy.decide(&Query {
+    let query = Query {
         caller: &caller,
         tool: &valid.tool().exposed,
         arguments: valid.arguments(),
@@ -205,7 +224,8 @@ pub fn authorize(
         // What the agent registry knows about the agent (owner, status).
         agent,
         risk: None,
-    });
+    };
+    let decision = mission.policy.decide(&query);
     if !decision.errors.is_empty() {
         return Err(PolicyDenied::Error {
             errors: decision.errors,
@@ -221,10 +241,23 @@ pub fn authorize(
             },
         );
     }
+    let mut policies = decision.policies;
+    if let Some(target) = &valid.downstream().manifest.handoff {
+        let handoff = mission.policy.decide_handoff(&query, &target.mission);
+        if !handoff.allow {
+            return Err(PolicyDenied::Handoff {
+                to: target.mission.clone(),
+                policies: handoff.policies,
+                errors: handoff.errors,
+            });
+        }
+        policies.extend(handoff.policies);
+    }
+    let approval = strictest_approval(decision.approval.as_deref(), &valid.tool().spec.approval);
     Ok(Authorized {
         valid,
-        policies: decision.policies,
-        approval: decision.approval,
+        policies,
+        approval,
         version: mission.policy.version().to_owned(),
     })
 }

@@ -61,11 +61,38 @@ impl Rates {
         rate.buckets[(now % 60) as usize] += 1;
         rate.total += 1;
         let last_minute: u64 = rate.buckets.iter().map(|&b| u64::from(b)).sum();
-        let minutes = (now.saturating_sub(rate.first_sec) / 60).max(1);
-        let average = (rate.total / minutes).max(1);
-        RiskSignals {
-            calls_last_minute: last_minute as i64,
-            baseline_percent: (last_minute * 100 / average) as i64,
-        }
+        signals(rate, last_minute, now)
+    }
+
+    /// The signals of `agent` at `now` without counting a call (zero calls for an agent not
+    /// seen yet): what a second decision about the same call (its handoff) sees.
+    pub fn read(&self, agent: &str, now: u64) -> RiskSignals {
+        let agents = match self.agents.lock() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(rate) = agents.get(agent) else {
+            return RiskSignals {
+                calls_last_minute: 0,
+                baseline_percent: 0,
+            };
+        };
+        // Bucket `s % 60` holds second `s` for the 60 seconds up to the last call; of those,
+        // only the ones still within the minute before `now` count.
+        let from = now.saturating_sub(59).max(rate.last_sec.saturating_sub(59));
+        let last_minute: u64 = (from..=now.min(rate.last_sec))
+            .map(|s| u64::from(rate.buckets[(s % 60) as usize]))
+            .sum();
+        signals(rate, last_minute, now)
+    }
+}
+
+/// The signals of an agent's counters, given its calls in the last minute.
+fn signals(rate: &Rate, last_minute: u64, now: u64) -> RiskSignals {
+    let minutes = (now.saturating_sub(rate.first_sec) / 60).max(1);
+    let average = (rate.total / minutes).max(1);
+    RiskSignals {
+        calls_last_minute: last_minute as i64,
+        baseline_percent: (last_minute * 100 / average) as i64,
     }
 }

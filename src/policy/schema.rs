@@ -331,9 +331,15 @@ type Time = { hour: Long, minute: Long, weekday: String, date: String };
 /// percentage of its own average calls per minute.
 type Risk = { calls_last_minute: Long, baseline_percent: Long };
 
-/// Every tool call: use `action in Action::"call"`.
+/// Every tool call: use `action in Action::"call"`. In every context, `chain` holds the agents
+/// of the earlier hops of a handed-off call (most recent first; empty for a direct call): they
+/// can refuse (`forbid ... when { context.chain.contains("a-bot") }`) but the current agent,
+/// `context.agent`, is the one that acts.
 action call;
 
+/// Handing the user's work to another mission's agent (a tool whose downstream is that agent),
+/// decided in the handing mission before Mandate mints the handoff token: `resource` is the
+/// receiving mission (`resource == Mission::"<domain>/<env>/<name>"`); no permit, no handoff.
 action handoff appliesTo {
   principal: [User],
   resource: [Mission],

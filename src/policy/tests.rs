@@ -411,3 +411,188 @@ fn an_entity_store_is_reused_only_for_its_own_token_and_caller() {
     // The same token again: its own store, still.
     assert!(decide(&p, &finance, "get_invoice", args, MONDAY).allow);
 }
+
+fn actor(agent: &str) -> crate::handoff::Actor {
+    crate::handoff::Actor {
+        agent: agent.into(),
+        mission: format!("acme/prod/{agent}"),
+        handoff: None,
+    }
+}
+
+#[test]
+fn the_actor_chain_is_in_the_context() {
+    let rt = runtime();
+    let p = engine(
+        &rt,
+        "permit (principal, action, resource);\n@id(\"not-via-a\") forbid (principal, action in Action::\"call\", resource) when { context.chain.contains(\"a-bot\") };",
+    )
+    .unwrap();
+    let args = json!({"invoice_id": "INV-1001"});
+    let direct = caller(json!({}));
+    assert!(decide(&p, &direct, "get_invoice", args.clone(), MONDAY).allow);
+    let mut handed = caller(json!({}));
+    handed.actors = vec![actor("z-bot"), actor("a-bot")];
+    let d = decide(&p, &handed, "get_invoice", args.clone(), MONDAY);
+    assert!(!d.allow, "{d:?}");
+    assert_eq!(d.policies, ["finance/prod/invoice-review.cedar:not-via-a"]);
+    handed.actors = vec![actor("z-bot")];
+    assert!(decide(&p, &handed, "get_invoice", args, MONDAY).allow);
+}
+
+#[test]
+fn the_handoff_action_is_decided_on_the_target_mission() {
+    let rt = runtime();
+    let m = "finance/prod/invoice-review.cedar";
+    let q = |c: &'static Caller| Query {
+        caller: c,
+        tool: "",
+        arguments: &EMPTY,
+        now: MONDAY,
+        agent: None,
+        risk: None,
+    };
+    static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
+        std::sync::LazyLock::new(serde_json::Map::new);
+    static ALICE: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(|| caller(json!({})));
+    let alice = &*ALICE;
+    // A permit-all policy permits handing on.
+    let all = engine(&rt, "permit (principal, action, resource);").unwrap();
+    let d = all.decide_handoff(&q(alice), "acme/prod/b");
+    assert!(d.allow, "{d:?}");
+    // Calls only: a handoff is not a call (deny by default, no policy named).
+    let calls = engine(
+        &rt,
+        "permit (principal, action in Action::\"call\", resource);",
+    )
+    .unwrap();
+    let d = calls.decide_handoff(&q(alice), "acme/prod/b");
+    assert!(
+        !d.allow && d.policies.is_empty() && d.errors.is_empty(),
+        "{d:?}"
+    );
+    // A forbid on one target mission names itself; other targets pass.
+    let text = "permit (principal, action, resource);\n@id(\"not-to-b\") forbid (principal, action == Action::\"handoff\", resource == Mission::\"acme/prod/b\");";
+    let p = engine(&rt, text).unwrap();
+    let d = p.decide_handoff(&q(alice), "acme/prod/b");
+    assert!(!d.allow, "{d:?}");
+    assert_eq!(d.policies, [format!("{m}:not-to-b")]);
+    assert!(p.decide_handoff(&q(alice), "acme/prod/c").allow);
+    // The handoff's context has no `args`: a policy reading them does not validate for it.
+    let bad = engine(
+        &rt,
+        "permit (principal, action == Action::\"handoff\", resource) when { context.args.amount_cents > 1 };",
+    );
+    assert!(bad.is_err(), "{:?}", bad.map(|p| p.len()));
+}
+
+#[test]
+fn a_policy_never_lowers_the_manifest_s_approval() {
+    let cases = [
+        (None, "none", None),
+        (None, "user", Some("user")),
+        (None, "approver", Some("approver")),
+        (Some("user"), "none", Some("user")),
+        (Some("user"), "user", Some("user")),
+        // The case the review found: a permit's `@approval("user")` weakened the manifest.
+        (Some("user"), "approver", Some("approver")),
+        (Some("approver"), "none", Some("approver")),
+        (Some("approver"), "user", Some("approver")),
+        (Some("approver"), "approver", Some("approver")),
+    ];
+    for (policy, manifest, expected) in cases {
+        assert_eq!(
+            strictest_approval(policy, manifest).as_deref(),
+            expected,
+            "policy {policy:?}, manifest {manifest:?}"
+        );
+    }
+}
+
+#[test]
+fn policies_see_the_agent_s_owner_and_status_and_the_caller_s_region() {
+    let rt = runtime();
+    let text = "permit (principal, action, resource) when { context.agent has status && context.agent.status == \"active\" && context.agent has owner && context.agent.owner == \"bob@acme.example\" && context has region && context.region == \"eu-west-1\" };";
+    let p = engine(&rt, text).unwrap();
+    let args = json!({"invoice_id": "INV-1001"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let facts = |owner: &str, status: &str| {
+        Some(AgentFacts {
+            owner: Some(owner.into()),
+            status: Some(status.into()),
+        })
+    };
+    let decide = |c: &Caller, agent: Option<AgentFacts>| {
+        p.decide(&Query {
+            caller: c,
+            tool: "get_invoice",
+            arguments: &args,
+            now: MONDAY,
+            agent,
+            risk: None,
+        })
+        .allow
+    };
+    let eu = caller(json!({"region": "eu-west-1"}));
+    let us = caller(json!({"region": "us-east-1"}));
+    let nowhere = caller(json!({}));
+    assert!(decide(&eu, facts("bob@acme.example", "active")));
+    assert!(!decide(&eu, facts("bob@acme.example", "suspended")));
+    assert!(!decide(&eu, facts("eve@acme.example", "active")));
+    assert!(!decide(&eu, None), "no registry: no owner, no status");
+    assert!(!decide(&us, facts("bob@acme.example", "active")));
+    assert!(!decide(&nowhere, facts("bob@acme.example", "active")));
+}
+
+#[test]
+fn live_risk_counters_count_calls_per_agent_and_forget_after_a_minute() {
+    let rates = risk::Rates::default();
+    let t0 = MONDAY;
+    assert_eq!(rates.read("bot", t0).calls_last_minute, 0, "not seen yet");
+    for i in 0..5 {
+        let s = rates.record("bot", t0 + i);
+        assert_eq!(s.calls_last_minute, i as i64 + 1);
+    }
+    // Reading counts nothing; another agent has its own counters.
+    assert_eq!(rates.read("bot", t0 + 5).calls_last_minute, 5);
+    assert_eq!(rates.read("bot", t0 + 5).calls_last_minute, 5);
+    assert_eq!(rates.record("other", t0 + 5).calls_last_minute, 1);
+    // Within the first minute the average is the minute itself: 100 %.
+    assert_eq!(rates.record("bot", t0 + 10).baseline_percent, 100);
+    // 60 s after the first call it has left the window.
+    assert_eq!(rates.read("bot", t0 + 60).calls_last_minute, 5);
+    assert_eq!(rates.read("bot", t0 + 70).calls_last_minute, 0);
+    let later = rates.record("bot", t0 + 200);
+    assert_eq!(later.calls_last_minute, 1);
+    // 7 calls over 3 minutes: 2 a minute on average; 1 in the last minute is 50 %.
+    assert_eq!(later.baseline_percent, 50);
+    // A burst shows against the baseline.
+    let mut burst = later;
+    for _ in 0..9 {
+        burst = rates.record("bot", t0 + 201);
+    }
+    assert_eq!(burst.calls_last_minute, 10);
+    // 16 calls over 3 minutes: 5 a minute; 10 in the last minute is 200 %.
+    assert_eq!(burst.baseline_percent, 200, "{burst:?}");
+    // What a policy sees: the engine counts each call of `decide`.
+    let rt = runtime();
+    let p = engine(
+        &rt,
+        "permit (principal, action in Action::\"call\", resource) when { context.risk.calls_last_minute <= 2 };",
+    )
+    .unwrap();
+    let c = caller(json!({}));
+    let args = json!({"invoice_id": "INV-1001"});
+    assert!(decide(&p, &c, "get_invoice", args.clone(), t0).allow);
+    assert!(decide(&p, &c, "get_invoice", args.clone(), t0 + 1).allow);
+    assert!(
+        !decide(&p, &c, "get_invoice", args.clone(), t0 + 2).allow,
+        "third call in a minute"
+    );
+    assert!(
+        decide(&p, &c, "get_invoice", args, t0 + 120).allow,
+        "a minute later"
+    );
+}

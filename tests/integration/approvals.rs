@@ -681,3 +681,85 @@ fn serve_refuses_a_webhook_without_its_secret() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_permit_marked_approval_approver_holds_large_payments_until_approved_once() {
+    // No approval in the manifest: the mission's policy asks for one above a threshold.
+    let ws = Workspace::new();
+    ws.ledger(&[]);
+    ws.write(
+        &format!("missions/{MISSION}.cedar"),
+        r#"@id("small") permit (principal, action == Action::"call:pay_invoice", resource) when { context.args.amount_cents <= 1000000 };
+@id("large") @approval("approver") permit (principal, action == Action::"call:pay_invoice", resource) when { context.args.amount_cents > 1000000 };
+"#,
+    );
+    ws.mission(MISSION, r#""finance/ledger/pay_invoice""#, "");
+    ws.write("mandate.toml", "[approvals]\nwait = \"300ms\"\n");
+    ws.pin();
+    let server = ws.serve();
+    let client = connect(&ws, &server).await;
+    // The ledger's approved invoices: INV-1005 (215 075 cents), INV-1003 (1 250 000 cents).
+    let pay = |amount: u64| {
+        let invoice = if amount > 1_000_000 {
+            "INV-1003"
+        } else {
+            "INV-1005"
+        };
+        call(
+            "pay_invoice",
+            json!({ "invoice_id": invoice, "amount_cents": amount }),
+        )
+    };
+
+    let small = client.call_tool(pay(215_075)).await.unwrap();
+    assert_eq!(small.is_error, Some(false), "{}", text(&small));
+    let large = client.call_tool(pay(1_250_000)).await.unwrap();
+    let id = pending_id(&large);
+    let (ok, _, err) = cli(&ws, &["approvals", "approve", &id, "--reason", "CFO ok"]);
+    assert!(ok, "{err}");
+    let ran = client.call_tool(pay(1_250_000)).await.unwrap();
+    assert_eq!(ran.is_error, Some(false), "{}", text(&ran));
+    // Once: the identical call again needs a new approval.
+    let again = client.call_tool(pay(1_250_000)).await.unwrap();
+    assert_ne!(pending_id(&again), id);
+    client.cancel().await.unwrap();
+    server.stop();
+    let paid: Vec<Value> = audit_records(&ws)
+        .into_iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "pay_invoice" && r["outcome"] == "ok")
+        .collect();
+    assert_eq!(
+        paid.len(),
+        2,
+        "the small one and the approved one: {paid:#?}"
+    );
+    assert_eq!(
+        paid[1]["policy"],
+        format!("{MISSION}.cedar:large"),
+        "{}",
+        paid[1]
+    );
+    assert!(approval_outcomes(&ws, &id).contains(&"approved".to_owned()));
+}
+
+#[tokio::test]
+async fn a_permit_s_approval_by_the_user_does_not_lower_the_manifest_s_approver() {
+    // The manifest says `approve_invoice` needs an approver; the permit asks only the user.
+    // The stricter one holds: a human approver, through `mandate approvals approve`.
+    let ws = workspace("wait = \"300ms\"", "");
+    ws.write(
+        &format!("missions/{MISSION}.cedar"),
+        "@id(\"ask-user\") @approval(\"user\") permit (principal, action, resource);\n",
+    );
+    let server = ws.serve();
+    let client = connect(&ws, &server).await;
+    let first = client.call_tool(approve_invoice("INV-1002")).await.unwrap();
+    // Not an elicitation to the user (this client cannot answer one): an approver's request.
+    let id = pending_id(&first);
+    let (ok, _, err) = cli(&ws, &["approvals", "approve", &id]);
+    assert!(ok, "{err}");
+    let ran = client.call_tool(approve_invoice("INV-1002")).await.unwrap();
+    assert_eq!(ran.is_error, Some(false), "{}", text(&ran));
+    client.cancel().await.unwrap();
+    server.stop();
+}

@@ -554,3 +554,223 @@ fn handoff_settings_and_handoff_auth_fields_are_validated() {
         );
     }
 }
+
+/// The text of a tool result.
+fn result_text(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn b_s_policy_sees_a_s_agent_in_the_chain() {
+    // B's policy refuses work handed on by A's agent (`context.chain`), and only that: the same
+    // call by B's agent on its own token is permitted.
+    let s = setup("", B);
+    s.ws.write(
+        &format!("missions/{B}.cedar"),
+        "permit (principal, action, resource);\n@id(\"not-for-a\") forbid (principal, action in Action::\"call\", resource) when { context.chain.contains(\"a-bot\") };\n",
+    );
+    let server = s.serve();
+    let attempts = hand_to_b(&server, &s.token_a(), json!({ "tool": "list_invoices" })).await;
+    assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied by policy"),
+        "{attempts:?}"
+    );
+    // Without a handoff: B's agent's own token, the same call.
+    let direct = s.ws.token_for(USER, "acme", "b-bot", Some(B));
+    let client = client(&server.mission_url(B), &direct).await;
+    let r = client
+        .call_tool(call("list_invoices", json!({})))
+        .await
+        .unwrap();
+    client.cancel().await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    server.stop();
+    let records = audit_records(&s.ws);
+    let on_b = records_of(&records, B);
+    let denial = on_b
+        .iter()
+        .find(|r| r["kind"] == "denial" && r["tool"] == "list_invoices")
+        .unwrap_or_else(|| panic!("no denial on B: {records:#?}"));
+    assert_eq!(denial["policy"], format!("{B}.cedar:not-for-a"), "{denial}");
+    assert_eq!(
+        denial["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
+    let ran: Vec<&Value> = on_b
+        .iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "list_invoices")
+        .collect();
+    assert_eq!(ran.len(), 1, "{records:#?}");
+    assert_eq!(ran[0]["outcome"], "ok");
+    assert!(ran[0]["actors"].is_null(), "{}", ran[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_s_policy_decides_the_handoff_before_a_token_is_minted() {
+    // A's policy permits every call but forbids handing work to B: the `ask` call is refused
+    // before any token exists, nothing reaches B, the audit names the policy.
+    let s = setup("", B);
+    s.ws.write(
+        &format!("missions/{A}.cedar"),
+        &format!(
+            "permit (principal, action, resource);\n@id(\"not-to-b\") forbid (principal, action == Action::\"handoff\", resource == Mission::\"{B}\");\n"
+        ),
+    );
+    let server = s.serve();
+    let client = client(&server.mission_url(A), &s.token_a()).await;
+    let r = client
+        .call_tool(call("ask", json!({ "tool": "list_invoices" })))
+        .await
+        .unwrap();
+    // A's other tools still work.
+    let listed = client
+        .call_tool(call("list_invoices", json!({})))
+        .await
+        .unwrap();
+    client.cancel().await.unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let text = result_text(&r);
+    assert!(
+        text.contains(&format!(
+            "policies do not permit handing work to mission `{B}`"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-to-b"),
+        "no policy ids reach the caller: {text}"
+    );
+    assert_eq!(listed.is_error, Some(false), "{listed:?}");
+    server.stop();
+    let records = audit_records(&s.ws);
+    let denial = records_of(&records, A)
+        .into_iter()
+        .find(|r| r["kind"] == "denial" && r["tool"] == "ask")
+        .unwrap_or_else(|| panic!("no denial on A: {records:#?}"));
+    assert_eq!(denial["policy"], format!("{A}.cedar:not-to-b"), "{denial}");
+    assert!(denial["handoff"].is_null(), "no token was minted");
+    assert!(
+        records_of(&records, B).iter().all(
+            |r| !["call", "denial", "auth_failure"].contains(&r["kind"].as_str().unwrap_or(""))
+        ),
+        "nothing reached B: {records:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspending_a_s_agent_while_b_holds_the_token_refuses_b_s_call() {
+    let s = setup("", B);
+    let server = s.serve();
+    let token = s.token_a();
+    let url = server.mission_url(A);
+    let call_a = tokio::spawn(async move {
+        let client = client(&url, &token).await;
+        let _ = client
+            .call_tool(call(
+                "ask",
+                json!({ "tool": "list_invoices", "wait_ms": 4000 }),
+            ))
+            .await;
+    });
+    let ws = &s.ws;
+    eventually(10, "the handoff to B", || {
+        export_records(ws, &[])
+            .iter()
+            .any(|r| r["kind"] == "call_intent" && r["tool"] == "ask")
+    })
+    .await;
+    // Through the running broker's admin API.
+    let out =
+        s.ws.mandate(&["agents", "suspend", "a-bot", "--reason", "investigation"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(15, "B's refused call", || {
+        export_records(ws, &[])
+            .iter()
+            .any(|r| r["kind"] == "auth_failure" && r["mission"] == B)
+    })
+    .await;
+    call_a.abort();
+    server.stop();
+    let records = audit_records(&s.ws);
+    assert!(
+        !records_of(&records, B).iter().any(|r| r["kind"] == "call"),
+        "{records:#?}"
+    );
+    let refused = records_of(&records, B)
+        .into_iter()
+        .find(|r| r["kind"] == "auth_failure")
+        .unwrap();
+    assert_eq!(refused["outcome"], "forbidden", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("agent `a-bot` in the handoff chain is no longer active"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn b_s_policy_refuses_a_user_it_does_not_serve_even_through_a_handoff() {
+    // Confused deputy, user-limited: B has `get_invoice`, but B's policy serves the finance
+    // department only. A (which permits everyone) hands a sales user's work to B: denied on B,
+    // nothing reaches the ledger; a finance user through the same path is served.
+    let s = setup("", B);
+    s.ws.write(
+        &format!("missions/{B}.cedar"),
+        "@id(\"finance-only\") permit (principal, action in Action::\"call\", resource) when { principal has department && principal.department == \"finance\" };\n",
+    );
+    let server = s.serve();
+    let ask = json!({ "tool": "get_invoice", "arguments": { "invoice_id": "INV-1001" } });
+    let sales =
+        s.ws.agent_token_with("sam@acme.example", "a-bot", A, &["department=sales"]);
+    let attempts = hand_to_b(&server, &sales, ask.clone()).await;
+    assert_eq!(attempts[0]["ok"], false, "{attempts:?}");
+    let finance =
+        s.ws.agent_token_with("fay@acme.example", "a-bot", A, &["department=finance"]);
+    let attempts = hand_to_b(&server, &finance, ask).await;
+    assert_eq!(attempts[0]["ok"], true, "{attempts:?}");
+    assert_eq!(
+        attempts[0]["result"]["structuredContent"]["id"], "INV-1001",
+        "{attempts:?}"
+    );
+    server.stop();
+    let records = audit_records(&s.ws);
+    let on_b = records_of(&records, B);
+    let denial = on_b
+        .iter()
+        .find(|r| r["kind"] == "denial" && r["subject"] == "sam@acme.example")
+        .unwrap_or_else(|| panic!("no denial on B: {records:#?}"));
+    assert_eq!(denial["tool"], "get_invoice");
+    assert_eq!(
+        denial["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
+    assert!(
+        !on_b
+            .iter()
+            .any(|r| r["kind"] == "call" && r["subject"] == "sam@acme.example"),
+        "sam's call reached the downstream: {records:#?}"
+    );
+    let served = on_b
+        .iter()
+        .find(|r| r["kind"] == "call" && r["subject"] == "fay@acme.example")
+        .unwrap_or_else(|| panic!("fay's call did not run: {records:#?}"));
+    assert_eq!(served["outcome"], "ok");
+    assert_eq!(
+        served["actors"],
+        json!([{ "agent": "a-bot", "mission": A }])
+    );
+}

@@ -684,3 +684,38 @@ impl Workspace {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
+
+// --- policy, approvals and handoff gaps (pol) ---
+
+impl Workspace {
+    /// `mandate token` for `agent` on `mission` with extra `--attr key=value` claims.
+    pub fn agent_token_with(
+        &self,
+        sub: &str,
+        agent: &str,
+        mission: &str,
+        attrs: &[&str],
+    ) -> String {
+        let mut args = vec![
+            "token",
+            "--sub",
+            sub,
+            "--tenant",
+            "acme",
+            "--agent",
+            agent,
+            "--mission",
+            mission,
+        ];
+        for a in attrs {
+            args.extend(["--attr", a]);
+        }
+        let out = self.mandate(&args);
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
