@@ -177,7 +177,16 @@ impl CallRecord {
                 let (kind, outcome) = reject.audit();
                 event.kind = kind;
                 event.outcome = Some(outcome.into());
-                event.detail = Some(reject.to_string());
+                event.detail = Some(match reject {
+                    // The caller is not told why a handoff decision failed to evaluate; the
+                    // audit record is.
+                    Reject::Policy(crate::policy::PolicyDenied::Handoff { errors, .. })
+                        if !errors.is_empty() =>
+                    {
+                        format!("{reject} (evaluation error: {})", errors.join("; "))
+                    }
+                    _ => reject.to_string(),
+                });
                 if let Some(policy) = reject.policy() {
                     event.decision = Some("deny".into());
                     event.policy = Some(policy);

@@ -665,6 +665,38 @@ async fn a_s_policy_decides_the_handoff_before_a_token_is_minted() {
     );
 }
 
+/// A handoff decision that cannot be evaluated fails closed; the audit record says why, the
+/// caller is not told.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_decision_that_cannot_be_evaluated_refuses_and_the_audit_says_why() {
+    let s = setup("", B);
+    // The forbid overflows (the risk counter is at least 1): an evaluation error.
+    s.ws.write(
+        &format!("missions/{A}.cedar"),
+        "permit (principal, action, resource);\n@id(\"overflow\") forbid (principal, action == Action::\"handoff\", resource) when { context.risk.calls_last_minute + 9223372036854775807 > 0 };\n",
+    );
+    let server = s.serve();
+    let client = client(&server.mission_url(A), &s.token_a()).await;
+    let r = client
+        .call_tool(call("ask", json!({ "tool": "list_invoices" })))
+        .await
+        .unwrap();
+    client.cancel().await.unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let text = result_text(&r);
+    assert!(text.contains("do not permit handing work"), "{text}");
+    assert!(!text.contains("evaluation error"), "{text}");
+    server.stop();
+    let records = audit_records(&s.ws);
+    let denial = records_of(&records, A)
+        .into_iter()
+        .find(|r| r["kind"] == "denial" && r["tool"] == "ask")
+        .unwrap_or_else(|| panic!("no denial on A: {records:#?}"));
+    let detail = denial["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("evaluation error"), "{denial}");
+    assert!(detail.contains("overflow"), "{denial}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn suspending_a_s_agent_while_b_holds_the_token_refuses_b_s_call() {
     let s = setup("", B);
