@@ -26,6 +26,9 @@ pub struct ExposedTool {
     pub spec: ToolSpec,
     /// The region its downstream keeps data in (the tool manifest's `region`).
     pub region: String,
+    /// The mission a call hands work to, when the downstream is another mission's agent
+    /// (`[auth] exchange = "handoff"`): Cedar decides `Action::"handoff"` to it too.
+    pub handoff_to: Option<String>,
     /// The pinned definition with `name` replaced by the exposed name.
     pub definition: Value,
     input: jsonschema::Validator,
@@ -143,6 +146,7 @@ impl MissionRuntime {
                     tool: t.tool.clone(),
                     timeout: spec.timeout.unwrap_or(manifest.timeout),
                     region: manifest.region.clone(),
+                    handoff_to: manifest.handoff.as_ref().map(|h| h.mission.clone()),
                     spec: spec.clone(),
                     definition,
                     input,

@@ -60,6 +60,10 @@ pub struct Case {
     pub time: Option<Spanned<String>>,
     /// The risk signals (default: 1 call in the last minute, 100 % of baseline).
     pub risk: Option<RiskSignals>,
+    /// The agents of the earlier hops when the call was handed over (`context.chain`; default:
+    /// none, a direct call).
+    #[serde(default)]
+    pub chain: Vec<String>,
     /// `allow` or `deny`.
     pub expect: Expect,
     /// The determining policies (ids as in the file, e.g. `pay-limit`, or in full).
@@ -101,7 +105,15 @@ pub fn caller(mission: &crate::config::Mission, case: &Case) -> Caller {
         scopes: Vec::new(),
         attributes: case.attributes.clone(),
         act: None,
-        actors: Vec::new(),
+        actors: case
+            .chain
+            .iter()
+            .map(|agent| crate::handoff::Actor {
+                agent: agent.clone(),
+                mission: String::new(),
+                handoff: None,
+            })
+            .collect(),
         token: Default::default(),
     }
 }
@@ -138,8 +150,23 @@ pub fn run_case(runtime: &MissionRuntime, case: &Case, now: u64) -> Result<(), S
                 None,
             ),
             Ok(()) => {
-                let d = runtime.policy.decide(&query(case, &caller, now));
-                (d.allow, d.policies, d.errors, d.approval)
+                let q = query(case, &caller, now);
+                let d = runtime.policy.decide(&q);
+                match (&exposed.handoff_to, d.allow) {
+                    // As a call does: a tool that hands work to another mission needs the
+                    // `handoff` action permitted too.
+                    (Some(to), true) => {
+                        let h = runtime.policy.decide_handoff(&q, to);
+                        if h.allow {
+                            let mut policies = d.policies;
+                            policies.extend(h.policies);
+                            (true, policies, d.errors, d.approval)
+                        } else {
+                            (false, h.policies, h.errors, None)
+                        }
+                    }
+                    _ => (d.allow, d.policies, d.errors, d.approval),
+                }
             }
         };
     let mut problems = Vec::new();

@@ -244,6 +244,62 @@ fn schema_cedar_prints_typed_arguments() {
     );
 }
 
+/// A decision case can describe a handed-over call (`chain`: the agents of the earlier hops),
+/// so a mission author tests chain policies as the broker decides them.
+#[test]
+fn decision_cases_describe_the_actor_chain() {
+    let ws = policy_ws(&format!(
+        "{POLICY}\n@id(\"not-for-a\")\nforbid (principal, action in Action::\"call\", resource) when {{ context.chain.contains(\"a-bot\") }};\n"
+    ));
+    ws.write(
+        "missions/finance/prod/review.cases.toml",
+        r#"[[case]]
+name = "a direct read"
+tool = "get_invoice"
+arguments = { invoice_id = "INV-1001" }
+expect = "allow"
+policies = ["reads"]
+
+[[case]]
+name = "a read handed over by a-bot"
+tool = "get_invoice"
+arguments = { invoice_id = "INV-1001" }
+chain = ["a-bot"]
+expect = "deny"
+policies = ["not-for-a"]
+
+[[case]]
+name = "a read handed over by another agent"
+tool = "get_invoice"
+arguments = { invoice_id = "INV-1001" }
+chain = ["c-bot"]
+expect = "allow"
+"#,
+    );
+    let out = ws.mandate(&["test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("test result: ok. 3 passed; 0 failed"),
+        "{stdout}"
+    );
+    // Expecting the handed-over read to pass fails, naming the chain policy.
+    ws.write(
+        "missions/finance/prod/review.cases.toml",
+        r#"[[case]]
+name = "a read handed over by a-bot"
+tool = "get_invoice"
+arguments = { invoice_id = "INV-1001" }
+chain = ["a-bot"]
+expect = "allow"
+"#,
+    );
+    let out = ws.mandate(&["test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("expected allow, got deny"), "{stdout}");
+}
+
 #[test]
 fn mandate_test_runs_the_cases_and_fails_on_a_mismatch() {
     let ws = policy_ws(POLICY);
