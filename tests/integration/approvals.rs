@@ -211,13 +211,15 @@ async fn a_waiting_call_proceeds_when_approved_while_it_waits() {
 
 #[tokio::test]
 async fn an_unused_approval_expires() {
-    let ws = workspace("wait = \"0s\"\nttl = \"1s\"", "");
+    // 3 s: the approval below (a CLI process) must land before the request expires even on a
+    // loaded machine (1 s was seen to be too short while the whole suite ran).
+    let ws = workspace("wait = \"0s\"\nttl = \"3s\"", "");
     let server = ws.serve();
     let client = connect(&ws, &server).await;
     let id = pending_id(&client.call_tool(approve_invoice("INV-1001")).await.unwrap());
     let (ok, _, err) = cli(&ws, &["approvals", "approve", &id]);
     assert!(ok, "{err}");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = client.call_tool(approve_invoice("INV-1001")).await.unwrap();
     let t = text(&r);
     assert_eq!(r.is_error, Some(true));
