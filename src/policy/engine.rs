@@ -751,6 +751,32 @@ impl MissionPolicy {
         partial.decision() != Some(CedarDecision::Deny)
     }
 
+    /// Whether some context could let `caller` hand work to mission `to` (for `tools/list`: a
+    /// tool whose downstream is another mission's agent is useless without the handoff). The
+    /// same partial evaluation as [`Self::could_permit`], for `Action::"handoff"`.
+    pub fn could_permit_handoff(&self, caller: &Caller, to: &str) -> bool {
+        let q = Query {
+            caller,
+            tool: "",
+            arguments: &serde_json::Map::new(),
+            now: 0,
+            agent: None,
+            risk: None,
+        };
+        let Ok(entities) = self.entities_for(&q) else {
+            return false;
+        };
+        let request = RequestBuilder::default()
+            .principal(uid(&self.types.user, &caller.subject))
+            .action(self.handoff.action.clone())
+            .resource(uid(&self.types.mission, to))
+            .build();
+        let partial =
+            self.authorizer
+                .is_authorized_partial(&request, &self.handoff.slice, &entities);
+        partial.decision() != Some(CedarDecision::Deny)
+    }
+
     /// The mission id this engine decides for.
     pub fn mission_id(&self) -> &str {
         &self.mission_id

@@ -179,9 +179,15 @@ pub fn digest(text: &str) -> String {
     crate::audit::digest_bytes(text.as_bytes())
 }
 
-/// Whether `caller` could be permitted `tool` on this mission (for `tools/list`).
+/// Whether `caller` could be permitted `tool` on this mission (for `tools/list`); for a tool
+/// that hands work to another mission, the handoff too.
 pub fn visible(mission: &MissionRuntime, caller: &Caller, tool: &str) -> bool {
     mission.policy.could_permit(caller, tool)
+        && mission
+            .tools
+            .get(tool)
+            .and_then(|t| t.handoff_to.as_deref())
+            .is_none_or(|to| mission.policy.could_permit_handoff(caller, to))
 }
 
 /// The strictest of the approvals a permit and a tool manifest ask for (`approver` over `user`

@@ -626,6 +626,16 @@ async fn a_s_policy_decides_the_handoff_before_a_token_is_minted() {
     );
     let server = s.serve();
     let client = client(&server.mission_url(A), &s.token_a()).await;
+    // No context could permit the handoff: `tools/list` does not offer the tool.
+    let listed: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(!listed.contains(&"ask".to_owned()), "{listed:?}");
+    assert!(listed.contains(&"list_invoices".to_owned()), "{listed:?}");
     let r = client
         .call_tool(call("ask", json!({ "tool": "list_invoices" })))
         .await
