@@ -66,6 +66,18 @@ pub struct Decision {
     pub approval: Option<String>,
 }
 
+impl Decision {
+    /// A decision that could not be made: fail closed, with why.
+    fn failed(error: String) -> Self {
+        Self {
+            allow: false,
+            policies: Vec::new(),
+            errors: vec![error],
+            approval: None,
+        }
+    }
+}
+
 struct ToolEntry {
     uid: EntityUid,
     action: EntityUid,
@@ -699,12 +711,7 @@ impl MissionPolicy {
     pub fn decide_handoff(&self, q: &Query<'_>, to: &str) -> Decision {
         match self.prepare_handoff(q, to) {
             Ok((request, entities)) => self.handoff.fast.decide(request, core(&entities)),
-            Err(error) => Decision {
-                allow: false,
-                policies: Vec::new(),
-                errors: vec![error],
-                approval: None,
-            },
+            Err(error) => Decision::failed(error),
         }
     }
 
@@ -712,12 +719,7 @@ impl MissionPolicy {
     pub fn decide(&self, q: &Query<'_>) -> Decision {
         match self.prepare(q) {
             Ok((entry, request, entities)) => entry.fast.decide(request, core(&entities)),
-            Err(error) => Decision {
-                allow: false,
-                policies: Vec::new(),
-                errors: vec![error],
-                approval: None,
-            },
+            Err(error) => Decision::failed(error),
         }
     }
 
@@ -726,35 +728,28 @@ impl MissionPolicy {
     /// (e.g. no permit can match this user and tool, or an unconditional forbid). Every actual
     /// call is still decided by [`MissionPolicy::decide`].
     pub fn could_permit(&self, caller: &Caller, tool: &str) -> bool {
-        let Some(entry) = self.tools.get(tool) else {
-            return false;
-        };
-        let q = Query {
-            caller,
-            tool,
-            arguments: &serde_json::Map::new(),
-            now: 0,
-            agent: None,
-            risk: None,
-        };
-        let Ok(entities) = self.entities_for(&q) else {
-            return false;
-        };
-        let request = RequestBuilder::default()
-            .principal(uid(&self.types.user, &caller.subject))
-            .action(entry.action.clone())
-            .resource(entry.uid.clone())
-            .build();
-        let partial = self
-            .authorizer
-            .is_authorized_partial(&request, &entry.slice, &entities);
-        partial.decision() != Some(CedarDecision::Deny)
+        self.tools.get(tool).is_some_and(|entry| {
+            self.could_permit_request(caller, &entry.action, &entry.uid, &entry.slice)
+        })
     }
 
     /// Whether some context could let `caller` hand work to mission `to` (for `tools/list`: a
     /// tool whose downstream is another mission's agent is useless without the handoff). The
     /// same partial evaluation as [`Self::could_permit`], for `Action::"handoff"`.
     pub fn could_permit_handoff(&self, caller: &Caller, to: &str) -> bool {
+        let resource = uid(&self.types.mission, to);
+        self.could_permit_request(caller, &self.handoff.action, &resource, &self.handoff.slice)
+    }
+
+    /// Cedar's partial evaluation of `caller` doing `action` on `resource` with the context
+    /// unknown: false only when no context could permit it.
+    fn could_permit_request(
+        &self,
+        caller: &Caller,
+        action: &EntityUid,
+        resource: &EntityUid,
+        slice: &PolicySet,
+    ) -> bool {
         let q = Query {
             caller,
             tool: "",
@@ -768,12 +763,12 @@ impl MissionPolicy {
         };
         let request = RequestBuilder::default()
             .principal(uid(&self.types.user, &caller.subject))
-            .action(self.handoff.action.clone())
-            .resource(uid(&self.types.mission, to))
+            .action(action.clone())
+            .resource(resource.clone())
             .build();
-        let partial =
-            self.authorizer
-                .is_authorized_partial(&request, &self.handoff.slice, &entities);
+        let partial = self
+            .authorizer
+            .is_authorized_partial(&request, slice, &entities);
         partial.decision() != Some(CedarDecision::Deny)
     }
 
@@ -908,12 +903,7 @@ impl MissionPolicy {
         let (entry, request, entities) = match self.prepare(q) {
             Ok(x) => x,
             Err(error) => {
-                return Decision {
-                    allow: false,
-                    policies: Vec::new(),
-                    errors: vec![error],
-                    approval: None,
-                };
+                return Decision::failed(error);
             }
         };
         let request = cedar_policy::Request::from(request);
@@ -931,12 +921,7 @@ impl MissionPolicy {
         let (request, entities) = match self.prepare_handoff(q, to) {
             Ok(x) => x,
             Err(error) => {
-                return Decision {
-                    allow: false,
-                    policies: Vec::new(),
-                    errors: vec![error],
-                    approval: None,
-                };
+                return Decision::failed(error);
             }
         };
         let request = cedar_policy::Request::from(request);

@@ -661,6 +661,18 @@ impl Workspace {
 
     /// `mandate token` with extra `--attr key=value` claims.
     pub fn token_with(&self, sub: &str, tenant: &str, mission: &str, attrs: &[&str]) -> String {
+        self.token_args(sub, tenant, "bot", mission, attrs)
+    }
+
+    /// `mandate token` with every choice spelled out (`--attr key=value` claims included).
+    pub fn token_args(
+        &self,
+        sub: &str,
+        tenant: &str,
+        agent: &str,
+        mission: &str,
+        attrs: &[&str],
+    ) -> String {
         let mut args = vec![
             "token",
             "--sub",
@@ -668,7 +680,7 @@ impl Workspace {
             "--tenant",
             tenant,
             "--agent",
-            "bot",
+            agent,
             "--mission",
             mission,
         ];
@@ -688,7 +700,7 @@ impl Workspace {
 // --- policy, approvals and handoff gaps (pol) ---
 
 impl Workspace {
-    /// `mandate token` for `agent` on `mission` with extra `--attr key=value` claims.
+    /// `mandate token` for `agent` on `mission` (tenant acme) with extra `--attr key=value` claims.
     pub fn agent_token_with(
         &self,
         sub: &str,
@@ -696,26 +708,6 @@ impl Workspace {
         mission: &str,
         attrs: &[&str],
     ) -> String {
-        let mut args = vec![
-            "token",
-            "--sub",
-            sub,
-            "--tenant",
-            "acme",
-            "--agent",
-            agent,
-            "--mission",
-            mission,
-        ];
-        for a in attrs {
-            args.extend(["--attr", a]);
-        }
-        let out = self.mandate(&args);
-        assert!(
-            out.status.success(),
-            "token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        self.token_args(sub, "acme", agent, mission, attrs)
     }
 }
